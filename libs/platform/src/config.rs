@@ -1,0 +1,435 @@
+//! Configuration: defaults → optional `winback.toml` → `WINBACK_*` environment variables
+//! (`__` separates sections: `WINBACK_SERVER__REQUEST_TIMEOUT_MS=5000`). Validated at start;
+//! every error names the key at fault.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Name of the optional configuration file looked up in the working directory.
+pub const CONFIG_FILE: &str = "winback.toml";
+
+/// Top-level sections; other `WINBACK_*` variables are not configuration (e.g. test settings).
+const SECTIONS: &[&str] = &[
+    "listen", "data_dir", "database", "auth", "server", "telemetry", "events", "clients",
+];
+
+/// An invalid or unreadable configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key has a value that does not parse or is unknown.
+    #[error("configuration key `{key}`: {reason}")]
+    Load {
+        /// The key, dotted (`server.request_timeout_ms`).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A key parses but breaks a rule.
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid {
+        /// The key, dotted.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The key at fault, dotted.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Load { key, .. } => key,
+            Self::Invalid { key, .. } => key,
+        }
+    }
+}
+
+/// The whole configuration of a Winback process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// Folder for SQLite files, keys and local outboxes.
+    pub data_dir: PathBuf,
+    /// Database.
+    pub database: DatabaseConfig,
+    /// Tokens.
+    pub auth: AuthConfig,
+    /// gRPC server limits.
+    pub server: ServerConfig,
+    /// Logs, traces and metrics.
+    pub telemetry: TelemetryConfig,
+    /// Event feed.
+    pub events: EventsConfig,
+    /// Where the other services are.
+    pub clients: ClientsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("data"),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            server: ServerConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            events: EventsConfig::default(),
+            clients: ClientsConfig::default(),
+        }
+    }
+}
+
+/// Database settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`. `{service}` is replaced by the service name; empty
+    /// means one SQLite file per service under the data folder. On PostgreSQL each service
+    /// keeps its tables in a schema of its own name.
+    pub url: String,
+    /// Connections per service pool.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 10,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The database URL of one service.
+    pub fn url_for(&self, service: &str, data_dir: &Path) -> String {
+        if self.url.is_empty() {
+            format!("sqlite://{}/{service}.db?mode=rwc", data_dir.display())
+        } else {
+            self.url.replace("{service}", service)
+        }
+    }
+}
+
+/// Token settings. Tokens are EdDSA (Ed25519) JWTs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// PEM public key that verifies tokens; empty means `<data_dir>/keys/token.pub.pem`.
+    pub public_key_file: PathBuf,
+    /// PEM PKCS#8 private key that signs tokens (only the process that issues tokens needs
+    /// it); empty means `<data_dir>/keys/token.key.pem`.
+    pub private_key_file: PathBuf,
+    /// Expected `iss` claim.
+    pub issuer: String,
+    /// Lifetime of tenant tokens issued by `winback tenant create`, in days.
+    pub token_ttl_days: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            public_key_file: PathBuf::new(),
+            private_key_file: PathBuf::new(),
+            issuer: "winback".into(),
+            token_ttl_days: 365,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Path of the public key.
+    pub fn public_key_path(&self, data_dir: &Path) -> PathBuf {
+        or_default(&self.public_key_file, data_dir, "keys/token.pub.pem")
+    }
+
+    /// Path of the private key.
+    pub fn private_key_path(&self, data_dir: &Path) -> PathBuf {
+        or_default(&self.private_key_file, data_dir, "keys/token.key.pem")
+    }
+}
+
+fn or_default(path: &Path, data_dir: &Path, default: &str) -> PathBuf {
+    if path.as_os_str().is_empty() {
+        data_dir.join(default)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// gRPC server limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Deadline of a unary call, in milliseconds (streams are not cut).
+    pub request_timeout_ms: u64,
+    /// Largest message a service accepts or sends, in bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent requests per client connection.
+    pub concurrency_per_connection: usize,
+    /// How long shutdown waits for in-flight calls, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 30_000,
+            max_message_bytes: 16 * 1024 * 1024,
+            concurrency_per_connection: 256,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs, traces and metrics. Traces and metrics go over OTLP when the standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` variable is set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `pretty` or `json`.
+    pub log_format: LogFormat,
+    /// `tracing` filter, e.g. `info,winback=debug`.
+    pub log_filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// Event feed settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// How often a feed with no news looks again, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Events read from the outbox per query.
+    pub batch_size: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 200,
+            batch_size: 500,
+        }
+    }
+}
+
+/// Addresses of the other services (`http://host:port`). Empty means this process's own
+/// listen address: the embedded mode, where services still talk through gRPC.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientsConfig {
+    /// Profiles service.
+    pub profiles: String,
+    /// Segmentation service.
+    pub segmentation: String,
+    /// Campaigns service.
+    pub campaigns: String,
+    /// Offers service.
+    pub offers: String,
+    /// Delivery service.
+    pub delivery: String,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (or `./winback.toml` if it exists), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The layered sources, for callers that add their own on top.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(CONFIG_FILE).exists() => figment = figment.merge(Toml::file(CONFIG_FILE)),
+            None => {}
+        }
+        figment.merge(
+            Env::prefixed("WINBACK_")
+                .split("__")
+                .filter(|key| {
+                    let section = key.as_str().split('.').next().unwrap_or_default();
+                    SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+                }),
+        )
+    }
+
+    /// Extracts and validates a configuration from layered sources.
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(|err| ConfigError::Load {
+            key: if err.path.is_empty() {
+                err.metadata
+                    .as_ref()
+                    .map(|m| m.name.to_string())
+                    .unwrap_or_else(|| "<root>".into())
+            } else {
+                err.path.join(".")
+            },
+            reason: err.kind.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules a parsed configuration must follow.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        let url = &self.database.url;
+        if !(url.is_empty() || url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return invalid("database.url", "must start with sqlite: or postgres://");
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1");
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty");
+        }
+        if self.auth.issuer.is_empty() {
+            return invalid("auth.issuer", "must not be empty");
+        }
+        if self.auth.token_ttl_days == 0 {
+            return invalid("auth.token_ttl_days", "must be at least 1");
+        }
+        if self.server.request_timeout_ms == 0 {
+            return invalid("server.request_timeout_ms", "must be greater than 0");
+        }
+        if self.server.max_message_bytes < 1024 {
+            return invalid("server.max_message_bytes", "must be at least 1024");
+        }
+        if self.server.concurrency_per_connection == 0 {
+            return invalid("server.concurrency_per_connection", "must be at least 1");
+        }
+        if self.events.poll_interval_ms == 0 {
+            return invalid("events.poll_interval_ms", "must be greater than 0");
+        }
+        if self.events.batch_size == 0 || self.events.batch_size > 10_000 {
+            return invalid("events.batch_size", "must be between 1 and 10000");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter).is_err() {
+            return invalid("telemetry.log_filter", "is not a valid tracing filter");
+        }
+        for (key, value) in [
+            ("clients.profiles", &self.clients.profiles),
+            ("clients.segmentation", &self.clients.segmentation),
+            ("clients.campaigns", &self.clients.campaigns),
+            ("clients.offers", &self.clients.offers),
+            ("clients.delivery", &self.clients.delivery),
+        ] {
+            if !(value.is_empty() || value.starts_with("http://") || value.starts_with("https://")) {
+                return invalid(key, "must be an http:// or https:// URL");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in_jail(f: impl FnOnce(&mut Jail) -> Result<(), figment::Error>) -> Result<Config, ConfigError> {
+        let mut result = None;
+        Jail::expect_with(|jail| {
+            f(jail)?;
+            result = Some(Config::load(None));
+            Ok(())
+        });
+        result.expect("jail ran")
+    }
+
+    #[test]
+    fn defaults_are_valid_and_listen_on_50051() {
+        let config = load_in_jail(|_| Ok(())).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen.port(), 50051);
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let config = load_in_jail(|jail| {
+            jail.create_file(CONFIG_FILE, "data_dir = \"/srv/winback\"\n[server]\nrequest_timeout_ms = 5000\n")?;
+            jail.set_env("WINBACK_SERVER__REQUEST_TIMEOUT_MS", "7000");
+            jail.set_env("WINBACK_TEST_POSTGRES_URL", "not configuration");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/srv/winback"));
+        assert_eq!(config.server.request_timeout_ms, 7000);
+    }
+
+    #[test]
+    fn a_value_that_does_not_parse_names_its_key() {
+        let err = load_in_jail(|jail| {
+            jail.set_env("WINBACK_SERVER__REQUEST_TIMEOUT_MS", "soon");
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.key(), "server.request_timeout_ms");
+        assert!(err.to_string().contains("server.request_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_named() {
+        let err = load_in_jail(|jail| {
+            jail.create_file(CONFIG_FILE, "[server]\nrequest_timeout = 5\n")?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("request_timeout"), "{err}");
+    }
+
+    #[test]
+    fn a_rule_violation_names_its_key() {
+        let err = load_in_jail(|jail| {
+            jail.set_env("WINBACK_DATABASE__URL", "mysql://localhost/winback");
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.key(), "database.url");
+        let err = load_in_jail(|jail| {
+            jail.set_env("WINBACK_EVENTS__BATCH_SIZE", "0");
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.key(), "events.batch_size");
+    }
+
+    #[test]
+    fn database_url_is_per_service() {
+        let mut db = DatabaseConfig::default();
+        assert_eq!(db.url_for("offers", Path::new("/d")), "sqlite:///d/offers.db?mode=rwc");
+        db.url = "postgres://pg/winback_{service}".into();
+        assert_eq!(db.url_for("offers", Path::new("/d")), "postgres://pg/winback_offers");
+    }
+}

@@ -1,0 +1,92 @@
+//! Database connections. One URL per service: `sqlite://…` (the embedded default, one file
+//! per service) or `postgres://…` (production; each service in a schema of its own name).
+//! Every service runs its migrations at start.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
+use sea_orm_migration::MigratorTrait;
+
+/// Connects to a service's database, creating the SQLite file or the PostgreSQL schema if
+/// needed.
+pub async fn connect(url: &str, service: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false);
+    if url.starts_with("sqlite:") {
+        if let Some(dir) = sqlite_path(url).and_then(|p| p.parent().map(Path::to_path_buf)) {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(&dir).map_err(|e| DbErr::Custom(format!("{}: {e}", dir.display())))?;
+            }
+        }
+        // WAL lets readers (the event feed) run beside the single writer; the busy timeout
+        // makes writers queue instead of failing with "database is locked".
+        options.map_sqlx_sqlite_opts(|opts| {
+            opts.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true)
+                .create_if_missing(true)
+        });
+        return Database::connect(options).await;
+    }
+    let schema = schema_name(service);
+    {
+        let admin = Database::connect(ConnectOptions::new(url.to_owned()).sqlx_logging(false).to_owned()).await?;
+        admin
+            .execute_raw(Statement::from_string(DbBackend::Postgres, format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")))
+            .await?;
+        admin.close().await?;
+    }
+    options.set_schema_search_path(schema);
+    Database::connect(options).await
+}
+
+/// Connects and runs the migrations of `M`, plus the platform's own (event feed) tables.
+pub async fn connect_and_migrate<M: MigratorTrait>(
+    url: &str,
+    service: &str,
+    max_connections: u32,
+) -> Result<DatabaseConnection, DbErr> {
+    let db = connect(url, service, max_connections).await?;
+    crate::events::migration::PlatformMigrator::up(&db, None).await?;
+    M::up(&db, None).await?;
+    Ok(db)
+}
+
+/// The schema name of a service on PostgreSQL: the service name, made identifier-safe.
+pub fn schema_name(service: &str) -> String {
+    service
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect()
+}
+
+fn sqlite_path(url: &str) -> Option<&Path> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| Path::new(path))
+}
+
+/// True when the connection is PostgreSQL.
+pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
+    db.get_database_backend() == DbBackend::Postgres
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_path_is_read_from_the_url() {
+        assert_eq!(sqlite_path("sqlite://data/profiles.db?mode=rwc"), Some(Path::new("data/profiles.db")));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(schema_name("Profiles-1"), "profiles_1");
+    }
+}

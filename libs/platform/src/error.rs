@@ -1,0 +1,173 @@
+//! One mapping from domain errors to `tonic::Status`. Services turn their own errors into a
+//! [`ServiceError`]; invalid input carries field-level `google.rpc.BadRequest` details.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field, e.g. `customers[3].email`.
+    pub field: String,
+    /// What is wrong with it, in lowercase words.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// An error a service returns to its caller.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is invalid; nothing was stored.
+    #[error("invalid argument: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// A named thing does not exist for this tenant.
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// What kind of thing, e.g. "customer".
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The thing exists already with other content.
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists {
+        /// What kind of thing.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The operation does not fit the current state.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// The caller is known but may not do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The caller is not known.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// A quota or rate limit was hit.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    /// Something broke inside; the caller sees no detail.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ServiceError {
+    /// An invalid-argument error for one field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// A not-found error.
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+        Self::NotFound { kind, id: id.into() }
+    }
+
+    /// An internal error from any source; the source is logged, not returned.
+    pub fn internal(source: impl std::fmt::Display) -> Self {
+        Self::Internal(source.to_string())
+    }
+}
+
+impl From<sea_orm::DbErr> for ServiceError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::internal(err)
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::InvalidArgument(violations) => {
+                let message = format!("invalid argument: {}", describe(&violations));
+                let mut details = ErrorDetails::new();
+                for v in &violations {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            ServiceError::NotFound { .. } => Status::not_found(err.to_string()),
+            ServiceError::AlreadyExists { .. } => Status::already_exists(err.to_string()),
+            ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ServiceError::PermissionDenied(m) => Status::permission_denied(m),
+            ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
+            ServiceError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ServiceError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// Field violations of a status, for clients and tests.
+pub fn field_violations(status: &Status) -> Vec<FieldViolation> {
+    status
+        .get_details_bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .into_iter()
+                .map(|v| FieldViolation::new(v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_field_level_bad_request_details() {
+        let status: Status = ServiceError::InvalidArgument(vec![
+            FieldViolation::new("customers[2].email", "not an email address"),
+            FieldViolation::new("customers[5].phone", "not in E.164"),
+        ])
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("customers[2].email"));
+        let violations = field_violations(&status);
+        assert_eq!(violations.len(), 2);
+        assert_eq!(violations[1].field, "customers[5].phone");
+    }
+
+    #[test]
+    fn each_error_kind_maps_to_its_code() {
+        let cases: Vec<(ServiceError, Code)> = vec![
+            (ServiceError::not_found("customer", "c1"), Code::NotFound),
+            (ServiceError::AlreadyExists { kind: "order", id: "o1".into() }, Code::AlreadyExists),
+            (ServiceError::FailedPrecondition("paused".into()), Code::FailedPrecondition),
+            (ServiceError::PermissionDenied("scope".into()), Code::PermissionDenied),
+            (ServiceError::Unauthenticated("token".into()), Code::Unauthenticated),
+            (ServiceError::ResourceExhausted("quota".into()), Code::ResourceExhausted),
+        ];
+        for (err, code) in cases {
+            assert_eq!(Status::from(err).code(), code);
+        }
+    }
+
+    #[test]
+    fn internal_errors_hide_their_detail() {
+        let status: Status = ServiceError::internal("password=secret in connection string").into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+}

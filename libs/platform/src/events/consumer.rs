@@ -1,0 +1,273 @@
+//! The consuming side of the event feed. A consumer keeps its cursor in its own database
+//! and hands each event once to an idempotent handler: the handler's effect, the inbox row
+//! (event id) and the cursor move are committed in one transaction. Delivery is
+//! at-least-once (a restart resumes from the stored cursor), the effect exactly-once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic::transport::Channel;
+use winback_proto::events::events_service_client::EventsServiceClient;
+use winback_proto::events::{Event, EventSource, SubscribeRequest};
+
+use super::sql::statement;
+use crate::grpc::client::CallCredentials;
+
+/// What a handler may fail with; the event is retried later, never skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The database refused.
+    #[error(transparent)]
+    Db(#[from] DbErr),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Reacts to events. Runs inside the consumer's transaction: write the effect through
+/// `txn` and it commits together with the cursor.
+pub trait EventHandler: Send + Sync + 'static {
+    /// Handles one event.
+    fn handle<'a>(&'a self, txn: &'a DatabaseTransaction, event: &'a Event) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+/// A source of event streams. The gRPC feed is the one implementation today; a deployment
+/// that outgrows it can put the same events on Kafka or NATS JetStream behind this trait.
+pub trait EventTransport: Send + Sync + 'static {
+    /// Events of `source` after `after_cursor`, as a stream that stays open.
+    fn subscribe(
+        &self,
+        source: EventSource,
+        after_cursor: String,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Event, Status>>, Status>>;
+}
+
+/// The gRPC event feed of a service.
+#[derive(Debug, Clone)]
+pub struct GrpcEventTransport {
+    channel: Channel,
+    credentials: CallCredentials,
+    tenant_id: Option<String>,
+}
+
+impl GrpcEventTransport {
+    /// Reads the feed at `channel` with `credentials` (a service token reads every tenant
+    /// unless `tenant_id` narrows it).
+    pub fn new(channel: Channel, credentials: CallCredentials, tenant_id: Option<String>) -> Self {
+        Self {
+            channel,
+            credentials,
+            tenant_id,
+        }
+    }
+}
+
+impl EventTransport for GrpcEventTransport {
+    fn subscribe(
+        &self,
+        source: EventSource,
+        after_cursor: String,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Event, Status>>, Status>> {
+        Box::pin(async move {
+            let mut client = EventsServiceClient::with_interceptor(self.channel.clone(), self.credentials.clone());
+            let response = client
+                .subscribe(SubscribeRequest {
+                    source: source as i32,
+                    after_cursor,
+                    types: Vec::new(),
+                    tenant_id: self.tenant_id.clone().unwrap_or_default(),
+                })
+                .await?;
+            let stream = response
+                .into_inner()
+                .filter_map(|item| async move {
+                    match item {
+                        Ok(resp) => resp.event.map(Ok),
+                        Err(status) => Some(Err(status)),
+                    }
+                })
+                .boxed();
+            Ok(stream)
+        })
+    }
+}
+
+/// Keeps one consumer's position in one source's feed and feeds its handler.
+pub struct EventConsumer {
+    name: String,
+    source: EventSource,
+    db: DatabaseConnection,
+    transport: Arc<dyn EventTransport>,
+    handler: Arc<dyn EventHandler>,
+    retry_delay: Duration,
+}
+
+impl std::fmt::Debug for EventConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventConsumer")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a consumer stopped handling an event.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The handler failed; the transaction was rolled back.
+    #[error("handler failed on event {event_id}: {source}")]
+    Handler {
+        /// The event.
+        event_id: String,
+        /// Why.
+        source: HandlerError,
+    },
+    /// The consumer's own bookkeeping failed.
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+impl EventConsumer {
+    /// A consumer called `name` (unique per consuming service) of `source`'s feed.
+    pub fn new(
+        name: impl Into<String>,
+        source: EventSource,
+        db: DatabaseConnection,
+        transport: Arc<dyn EventTransport>,
+        handler: Arc<dyn EventHandler>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            source,
+            db,
+            transport,
+            handler,
+            retry_delay: Duration::from_millis(500),
+        }
+    }
+
+    /// Sets the wait before reconnecting or retrying a failed event.
+    pub fn with_retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// The stored cursor ("" before the first event).
+    pub async fn cursor(&self) -> Result<String, DbErr> {
+        let row = self
+            .db
+            .query_one_raw(statement(
+                self.db.get_database_backend(),
+                "SELECT position FROM event_cursor WHERE consumer = $1 AND source = $2",
+                vec![self.name.clone().into(), source_name(self.source).into()],
+            ))
+            .await?;
+        match row {
+            Some(row) => row.try_get("", "position"),
+            None => Ok(String::new()),
+        }
+    }
+
+    /// Handles one event: effect, inbox and cursor in one transaction. Returns false when the
+    /// event was handled before (a redelivery), in which case only the cursor moves.
+    pub async fn handle(&self, event: &Event) -> Result<bool, ConsumerError> {
+        let txn = self.db.begin().await?;
+        let backend = txn.get_database_backend();
+        let seen = txn
+            .query_one_raw(statement(
+                backend,
+                "SELECT 1 AS seen FROM event_inbox WHERE consumer = $1 AND event_id = $2",
+                vec![self.name.clone().into(), event.event_id.clone().into()],
+            ))
+            .await?
+            .is_some();
+        let now_us = chrono::Utc::now().timestamp_micros();
+        if !seen {
+            if let Err(source) = self.handler.handle(&txn, event).await {
+                txn.rollback().await?;
+                return Err(ConsumerError::Handler {
+                    event_id: event.event_id.clone(),
+                    source,
+                });
+            }
+            txn.execute_raw(statement(
+                backend,
+                "INSERT INTO event_inbox (consumer, event_id, handled_at_us) VALUES ($1, $2, $3)",
+                vec![self.name.clone().into(), event.event_id.clone().into(), now_us.into()],
+            ))
+            .await?;
+        }
+        txn.execute_raw(statement(
+            backend,
+            "INSERT INTO event_cursor (consumer, source, position, updated_at_us) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (consumer, source) DO UPDATE SET position = excluded.position, updated_at_us = excluded.updated_at_us",
+            vec![
+                self.name.clone().into(),
+                source_name(self.source).into(),
+                event.cursor.clone().into(),
+                now_us.into(),
+            ],
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(!seen)
+    }
+
+    /// Runs until `shutdown`: subscribes from the stored cursor, handles every event,
+    /// reconnects after a broken stream, retries a failed event after a pause.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            if let Err(err) = self.run_once(&shutdown).await {
+                tracing::warn!(consumer = %self.name, error = %err, "event consumer interrupted; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.retry_delay) => {}
+            }
+        }
+    }
+
+    async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), RunError> {
+        let cursor = self.cursor().await.map_err(ConsumerError::Db)?;
+        let mut stream = self.transport.subscribe(self.source, cursor).await?;
+        loop {
+            let item = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                item = stream.next() => item,
+            };
+            match item {
+                Some(Ok(event)) => {
+                    self.handle(&event).await?;
+                }
+                Some(Err(status)) => return Err(status.into()),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    #[error("event stream: {0}")]
+    Stream(#[from] Status),
+}
+
+/// The stored name of a source.
+pub fn source_name(source: EventSource) -> &'static str {
+    match source {
+        EventSource::Unspecified => "unspecified",
+        EventSource::Profiles => "profiles",
+        EventSource::Segmentation => "segmentation",
+        EventSource::Campaigns => "campaigns",
+        EventSource::Offers => "offers",
+        EventSource::Delivery => "delivery",
+    }
+}

@@ -1,0 +1,183 @@
+//! Test databases: every database test runs on SQLite and on the local PostgreSQL.
+//!
+//! PostgreSQL is found at `WINBACK_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each test gets a fresh database of its
+//! own. When PostgreSQL cannot be reached, a developer's run says so loudly and skips the
+//! PostgreSQL half; under CI (`CI` set) it fails.
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
+use sea_orm_migration::MigratorTrait;
+
+/// Environment variable naming the PostgreSQL server for tests.
+pub const POSTGRES_URL_VAR: &str = "WINBACK_TEST_POSTGRES_URL";
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in a temporary folder.
+    Sqlite,
+    /// A fresh database on the local PostgreSQL.
+    Postgres,
+}
+
+/// A database that exists for one test.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// Backend.
+    pub backend: Backend,
+    /// URL with `{service}` where the service name goes (SQLite: one file per service).
+    pub url_template: String,
+    dir: tempfile::TempDir,
+    admin_url: Option<String>,
+    name: String,
+}
+
+impl TestDatabase {
+    /// A fresh SQLite folder.
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary folder: {e}"));
+        let url_template = format!("sqlite://{}/{{service}}.db?mode=rwc", dir.path().display());
+        Self {
+            backend: Backend::Sqlite,
+            url_template,
+            dir,
+            admin_url: None,
+            name: String::new(),
+        }
+    }
+
+    /// A fresh PostgreSQL database, or `None` (with a loud message) when PostgreSQL cannot
+    /// be reached outside CI.
+    pub async fn postgres() -> Option<Self> {
+        let admin_url = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let name = format!("winback_test_{}", uuid::Uuid::new_v4().simple());
+        match create_database(&admin_url, &name).await {
+            Ok(()) => {}
+            Err(err) if std::env::var_os("CI").is_none() => {
+                eprintln!(
+                    "\n*** SKIPPED: the PostgreSQL half of this test: cannot reach {admin_url} ({err}).\n\
+                     *** Start PostgreSQL or set {POSTGRES_URL_VAR}; under CI this is a failure. ***\n"
+                );
+                return None;
+            }
+            Err(err) => panic!("PostgreSQL is required under CI: cannot reach {admin_url}: {err}"),
+        }
+        let url_template = replace_database(&admin_url, &name);
+        Some(Self {
+            backend: Backend::Postgres,
+            url_template,
+            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("temporary folder: {e}")),
+            admin_url: Some(admin_url),
+            name,
+        })
+    }
+
+    /// A temporary folder that lives as long as the database (keys, outbox files).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The URL of one service's database.
+    pub fn url(&self, service: &str) -> String {
+        self.url_template.replace("{service}", service)
+    }
+
+    /// Connects as `service` and runs the platform's and `M`'s migrations.
+    pub async fn connect<M: MigratorTrait>(&self, service: &str) -> DatabaseConnection {
+        crate::db::connect_and_migrate::<M>(&self.url(service), service, 5)
+            .await
+            .unwrap_or_else(|e| panic!("test database for {service}: {e}"))
+    }
+
+    /// Drops the PostgreSQL database (SQLite files go with the folder).
+    pub async fn cleanup(self) {
+        if let Some(admin_url) = &self.admin_url {
+            if let Err(err) = drop_database(admin_url, &self.name).await {
+                eprintln!("could not drop test database {}: {err}", self.name);
+            }
+        }
+    }
+}
+
+async fn create_database(admin_url: &str, name: &str) -> Result<(), DbErr> {
+    let admin = Database::connect(admin_url).await?;
+    admin
+        .execute_raw(Statement::from_string(DbBackend::Postgres, format!("CREATE DATABASE \"{name}\"")))
+        .await?;
+    admin.close().await
+}
+
+async fn drop_database(admin_url: &str, name: &str) -> Result<(), DbErr> {
+    let admin = Database::connect(admin_url).await?;
+    admin
+        .execute_raw(Statement::from_string(DbBackend::Postgres, format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+        .await?;
+    admin.close().await
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// Declares a database test that runs twice: `name::sqlite` and `name::postgres`.
+/// The body gets `$db: &TestDatabase`.
+#[macro_export]
+macro_rules! db_test {
+    ($(#[$meta:meta])* $name:ident, |$db:ident| $body:expr) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let database = $crate::testing::TestDatabase::sqlite().await;
+                {
+                    let $db = &database;
+                    $body.await;
+                }
+                database.cleanup().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(database) = $crate::testing::TestDatabase::postgres().await else {
+                    return;
+                };
+                {
+                    let $db = &database;
+                    $body.await;
+                }
+                database.cleanup().await;
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_name_replaces_the_path_of_the_admin_url() {
+        assert_eq!(
+            replace_database("postgres://postgres@127.0.0.1:5432/postgres", "t1"),
+            "postgres://postgres@127.0.0.1:5432/t1"
+        );
+        assert_eq!(replace_database("postgres://h/db?sslmode=disable", "t1"), "postgres://h/t1?sslmode=disable");
+        assert_eq!(replace_database("postgres://h", "t1"), "postgres://h/t1");
+    }
+}
