@@ -214,7 +214,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             log_format: LogFormat::Pretty,
-            log_filter: "info".into(),
+            log_filter: "info,sea_orm_migration=warn".into(),
         }
     }
 }

@@ -9,8 +9,10 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod host;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tenancy;
 pub mod testing;
 pub mod time;
 

@@ -181,3 +181,13 @@ mod tests {
         assert_eq!(replace_database("postgres://h", "t1"), "postgres://h/t1");
     }
 }
+
+/// A fresh key pair for tests: a signer and its verifier, issuer `winback`.
+pub fn test_keys() -> (crate::auth::TokenSigner, crate::auth::TokenVerifier) {
+    let keys = crate::auth::generate_key_pair().unwrap_or_else(|e| panic!("key pair: {e}"));
+    let signer = crate::auth::TokenSigner::from_pem(keys.private_pem.as_bytes(), "winback")
+        .unwrap_or_else(|e| panic!("signer: {e}"));
+    let verifier = crate::auth::TokenVerifier::from_pem(keys.public_pem.as_bytes(), "winback")
+        .unwrap_or_else(|e| panic!("verifier: {e}"));
+    (signer, verifier)
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! The delivery service as its own process (the stack mode).
+
+fn main() -> Result<(), winback_platform::host::StartError> {
+    winback_platform::host::service_main(winback_delivery::SERVICE, winback_delivery::serve)
+}

@@ -1,1 +1,126 @@
-fn main() {}
+//! `winback`: all services in one process, and the operator CLI.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use winback_platform::clock::SystemClock;
+use winback_platform::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "winback", version, about = "Finds the customers who stopped buying and brings them back")]
+struct Cli {
+    /// Configuration file (default: ./winback.toml if present).
+    #[arg(long, global = true, env = "WINBACK_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs all five services in one process on one port.
+    Up {
+        /// Folder for SQLite files and keys.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Manages tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manages token keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Creates a tenant and prints `{"tenant_id": …, "token": …}`.
+    Create {
+        /// The tenant's name.
+        name: String,
+        /// Folder for SQLite files and keys.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Lists tenants as JSON lines.
+    List {
+        /// Folder for SQLite files and keys.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Generates the token key pair unless it exists (the stack's init step).
+    Init {
+        /// Folder for the keys.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn load_config(file: Option<&PathBuf>, data_dir: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+    let mut config = Config::load(file.map(PathBuf::as_path))?;
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up { data_dir, listen } => {
+            let config = load_config(cli.config.as_ref(), data_dir, listen)?;
+            let _telemetry = winback_platform::telemetry::init(&config.telemetry, "winback")?;
+            let shutdown = winback_platform::shutdown::on_signal();
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("listen on {}", config.listen))?;
+            winback::embedded::run(config, Arc::new(SystemClock), listener, shutdown).await?;
+        }
+        Command::Tenant {
+            command: TenantCommand::Create { name, data_dir },
+        } => {
+            let config = load_config(cli.config.as_ref(), data_dir, None)?;
+            let created = winback::admin::create_tenant(&config, &name).await?;
+            println!("{}", serde_json::to_string(&created)?);
+        }
+        Command::Tenant {
+            command: TenantCommand::List { data_dir },
+        } => {
+            let config = load_config(cli.config.as_ref(), data_dir, None)?;
+            for tenant in winback::admin::registry(&config).await?.list().await? {
+                println!("{}", serde_json::to_string(&tenant)?);
+            }
+        }
+        Command::Keys {
+            command: KeysCommand::Init { data_dir },
+        } => {
+            let config = load_config(cli.config.as_ref(), data_dir, None)?;
+            let created = winback::embedded::ensure_keys(&config)?;
+            eprintln!(
+                "{} {}",
+                if created { "generated" } else { "kept existing" },
+                config.auth.public_key_path(&config.data_dir).display()
+            );
+        }
+    }
+    Ok(())
+}

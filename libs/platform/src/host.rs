@@ -1,0 +1,169 @@
+//! Starting a service: what every service needs to run (configuration, clock, token
+//! verifier, shutdown), one way to open its database, and one way to serve it, alone or
+//! with the others in one process.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::{DatabaseConnection, DbErr};
+use sea_orm_migration::MigratorTrait;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use winback_proto::events::EventSource;
+use winback_proto::events::events_service_server::EventsServiceServer;
+
+use crate::auth::{AuthError, TokenVerifier, read_key};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{Config, ConfigError};
+use crate::events::{EventsGrpc, FeedReader};
+use crate::grpc::{GrpcServer, ServeError};
+
+/// Why a service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database could not be opened or migrated.
+    #[error("database of {service}: {source}")]
+    Database {
+        /// The service.
+        service: &'static str,
+        /// Why.
+        source: DbErr,
+    },
+    /// Token keys.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// Telemetry.
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
+    /// Binding the listener.
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// What every service is started with.
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    /// The configuration.
+    pub config: Config,
+    /// The clock.
+    pub clock: SharedClock,
+    /// Verifies tokens.
+    pub verifier: TokenVerifier,
+    /// Cancelled when the process shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// A service added to a server: its name and the feed of its outbox, if it has one.
+#[derive(Debug)]
+pub struct Mounted {
+    /// Fully qualified gRPC service name.
+    pub name: &'static str,
+    /// The event source and feed reader the service publishes.
+    pub feed: Option<(EventSource, FeedReader)>,
+}
+
+impl ServiceContext {
+    /// A context reading the public key named by the configuration, on the wall clock.
+    pub fn new(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+        Self::with_clock(config, Arc::new(SystemClock), shutdown)
+    }
+
+    /// A context on the given clock (tests and the demo pass a manual one).
+    pub fn with_clock(config: Config, clock: SharedClock, shutdown: CancellationToken) -> Result<Self, StartError> {
+        config.validate()?;
+        let pem = read_key(&config.auth.public_key_path(&config.data_dir))?;
+        let verifier = TokenVerifier::from_pem(&pem, &config.auth.issuer)?;
+        Ok(Self {
+            config,
+            clock,
+            verifier,
+            shutdown,
+        })
+    }
+
+    /// Opens `service`'s database and runs its migrations (and the event feed's).
+    pub async fn database<M: MigratorTrait>(&self, service: &'static str) -> Result<DatabaseConnection, StartError> {
+        let url = self.config.database.url_for(service, &self.config.data_dir);
+        crate::db::connect_and_migrate::<M>(&url, service, self.config.database.max_connections)
+            .await
+            .map_err(|source| StartError::Database { service, source })
+    }
+
+    /// A server with this context's limits and token verifier.
+    pub fn server(&self) -> GrpcServer {
+        GrpcServer::new(&self.config.server, self.verifier.clone())
+    }
+
+    /// Adds the event feed of the mounted services, then serves until shutdown. Logs one
+    /// line once every service is serving.
+    pub async fn serve(&self, mut server: GrpcServer, listener: TcpListener, mounted: Vec<Mounted>) -> Result<(), StartError> {
+        let names: Vec<&str> = mounted.iter().map(|m| m.name).collect();
+        let feeds: Vec<(EventSource, FeedReader)> = mounted.into_iter().filter_map(|m| m.feed).collect();
+        if !feeds.is_empty() {
+            let events = EventsGrpc::new(
+                feeds,
+                Duration::from_millis(self.config.events.poll_interval_ms),
+                self.config.events.batch_size,
+                self.shutdown.clone(),
+            );
+            server
+                .add_service(EventsServiceServer::new(events).max_decoding_message_size(self.config.server.max_message_bytes))
+                .await;
+            server
+                .health()
+                .set_service_status(winback_proto::service_names::EVENTS, ServingStatus::Serving)
+                .await;
+        }
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: self.config.listen,
+            source,
+        })?;
+        tracing::info!(%addr, services = ?names, "winback is serving");
+        let shutdown = self.shutdown.clone();
+        server.serve(listener, async move { shutdown.cancelled().await }).await?;
+        Ok(())
+    }
+
+    /// Binds the configured listen address.
+    pub async fn bind(&self) -> Result<TcpListener, StartError> {
+        TcpListener::bind(self.config.listen).await.map_err(|source| StartError::Bind {
+            addr: self.config.listen,
+            source,
+        })
+    }
+}
+
+/// The `main` of a one-service binary: configuration from `winback.toml` and `WINBACK_*`,
+/// telemetry, shutdown on SIGINT/SIGTERM, then `serve`.
+pub fn service_main<F, Fut>(service: &'static str, serve: F) -> Result<(), StartError>
+where
+    F: FnOnce(Config, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), StartError>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| StartError::Bind {
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+    runtime.block_on(async move {
+        let config = Config::load(None)?;
+        let _telemetry = crate::telemetry::init(&config.telemetry, &format!("winback-{service}"))?;
+        let shutdown = crate::shutdown::on_signal();
+        serve(config, shutdown).await
+    })
+}

@@ -1,0 +1,13 @@
+//! Storage of the campaigns service: its migrations (its tables arrive with issue #7).
+
+use sea_orm_migration::prelude::*;
+
+/// Migrations of the campaigns service's own tables, run at start.
+#[derive(Debug)]
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,83 @@
+//! The embedded stack: all five services and the event feed in one process on one port,
+//! SQLite files under the data folder, token keys generated on first start. Services still
+//! talk to each other through their gRPC clients, so the code path is the stack's.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use winback_platform::auth::ensure_key_pair;
+use winback_platform::clock::SharedClock;
+use winback_platform::config::Config;
+use winback_platform::host::{ServiceContext, StartError};
+
+/// Generates the token key pair in the data folder unless it exists. Returns true when new.
+pub fn ensure_keys(config: &Config) -> Result<bool, StartError> {
+    let private = config.auth.private_key_path(&config.data_dir);
+    let public = config.auth.public_key_path(&config.data_dir);
+    let created = ensure_key_pair(&private, &public)?;
+    if created {
+        tracing::info!(public_key = %public.display(), "generated token keys");
+    }
+    Ok(created)
+}
+
+/// Serves every service on `listener` until `shutdown` is cancelled.
+pub async fn run(config: Config, clock: SharedClock, listener: TcpListener, shutdown: CancellationToken) -> Result<(), StartError> {
+    ensure_keys(&config)?;
+    let ctx = ServiceContext::with_clock(config, clock, shutdown)?;
+    let mut server = ctx.server();
+    let mounted = vec![
+        winback_profiles::mount(&ctx, &mut server).await?,
+        winback_segmentation::mount(&ctx, &mut server).await?,
+        winback_campaigns::mount(&ctx, &mut server).await?,
+        winback_offers::mount(&ctx, &mut server).await?,
+        winback_delivery::mount(&ctx, &mut server).await?,
+    ];
+    ctx.serve(server, listener, mounted).await
+}
+
+/// A running embedded stack (tests and the demo start one in-process).
+#[derive(Debug)]
+pub struct EmbeddedStack {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Cancel to shut it down.
+    pub shutdown: CancellationToken,
+    task: JoinHandle<Result<(), StartError>>,
+}
+
+impl EmbeddedStack {
+    /// Starts the stack on `config.listen` (port 0 picks a free port).
+    pub async fn start(config: Config, clock: SharedClock) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(config, clock, listener, shutdown.clone()));
+        Ok(Self { addr, shutdown, task })
+    }
+
+    /// `http://addr`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Shuts down and waits for the drain.
+    pub async fn stop(self) -> Result<(), StartError> {
+        self.shutdown.cancel();
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(StartError::Bind {
+                addr: self.addr,
+                source: std::io::Error::other(join.to_string()),
+            }),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Winback in one process: every service on one port (the embedded default), and the
+//! operator commands behind the `winback` binary.
+
+pub mod admin;
+pub mod embedded;
