@@ -77,7 +77,10 @@ pub struct AuthContext {
 impl AuthContext {
     /// True when the token carries `scope` (or `*`).
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.claims.scopes.iter().any(|s| s == scope || s == SCOPE_ALL)
+        self.claims
+            .scopes
+            .iter()
+            .any(|s| s == scope || s == SCOPE_ALL)
     }
 
     /// True for a service credential.
@@ -90,14 +93,18 @@ impl AuthContext {
         if self.has_scope(scope) || self.is_service() {
             Ok(())
         } else {
-            Err(ServiceError::PermissionDenied(format!("token lacks scope {scope}")))
+            Err(ServiceError::PermissionDenied(format!(
+                "token lacks scope {scope}"
+            )))
         }
     }
 
     /// The tenant of the call; `UNAUTHENTICATED` for a service token that names none.
     pub fn tenant(&self) -> Result<&str, ServiceError> {
         self.tenant.as_deref().ok_or_else(|| {
-            ServiceError::Unauthenticated(format!("service token must name the tenant in {TENANT_HEADER}"))
+            ServiceError::Unauthenticated(format!(
+                "service token must name the tenant in {TENANT_HEADER}"
+            ))
         })
     }
 }
@@ -127,7 +134,9 @@ pub struct TokenSigner {
 
 impl std::fmt::Debug for TokenSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSigner").field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("TokenSigner")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,7 +151,12 @@ impl TokenSigner {
     }
 
     /// A token for `tenant` with `scopes`, valid for `ttl_secs`.
-    pub fn tenant_token(&self, tenant: &str, scopes: &[&str], ttl_secs: i64) -> Result<String, AuthError> {
+    pub fn tenant_token(
+        &self,
+        tenant: &str,
+        scopes: &[&str],
+        ttl_secs: i64,
+    ) -> Result<String, AuthError> {
         self.sign(tenant, Some(tenant), scopes, ttl_secs)
     }
 
@@ -151,7 +165,13 @@ impl TokenSigner {
         self.sign(service, None, &[SCOPE_SERVICE], ttl_secs)
     }
 
-    fn sign(&self, sub: &str, tenant: Option<&str>, scopes: &[&str], ttl_secs: i64) -> Result<String, AuthError> {
+    fn sign(
+        &self,
+        sub: &str,
+        tenant: Option<&str>,
+        scopes: &[&str],
+        ttl_secs: i64,
+    ) -> Result<String, AuthError> {
         let now = unix_now();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -203,7 +223,11 @@ impl TokenVerifier {
     }
 
     /// Verifies the `authorization` value of a request and works out the tenant.
-    pub fn authenticate(&self, authorization: Option<&str>, tenant_header: Option<&str>) -> Result<AuthContext, AuthError> {
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        tenant_header: Option<&str>,
+    ) -> Result<AuthContext, AuthError> {
         let value = authorization.ok_or(AuthError::Missing)?;
         let token = value
             .strip_prefix("Bearer ")
@@ -232,14 +256,17 @@ pub struct KeyPairPem {
 }
 
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32 key bytes follow.
-const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 /// Generates an Ed25519 key pair from the operating system's RNG.
 pub fn generate_key_pair() -> Result<KeyPairPem, AuthError> {
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| AuthError::Key(e.to_string()))?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| AuthError::Key(e.to_string()))?;
+    let pair =
+        Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| AuthError::Key(e.to_string()))?;
     let mut spki = ED25519_SPKI_PREFIX.to_vec();
     spki.extend_from_slice(pair.public_key().as_ref());
     Ok(KeyPairPem {
@@ -268,7 +295,8 @@ pub fn ensure_key_pair(private_path: &Path, public_path: &Path) -> Result<bool, 
     let pair = generate_key_pair()?;
     for path in [private_path, public_path] {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| AuthError::Key(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| AuthError::Key(format!("{}: {e}", dir.display())))?;
         }
     }
     write_private(private_path, pair.private_pem.as_bytes())?;
@@ -286,8 +314,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
-    file.write_all(bytes).map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))
+    let mut file = options
+        .open(path)
+        .map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
+    file.write_all(bytes)
+        .map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))
 }
 
 /// Reads a key file.
@@ -310,7 +341,15 @@ pub fn required_scope(path: &str) -> Option<String> {
     let service = parts.next()?;
     let method = parts.next()?;
     let short = service.strip_prefix("winback.")?.split('.').next()?;
-    const READ_PREFIXES: &[&str] = &["Get", "List", "Stream", "Subscribe", "Validate", "Render", "Next"];
+    const READ_PREFIXES: &[&str] = &[
+        "Get",
+        "List",
+        "Stream",
+        "Subscribe",
+        "Validate",
+        "Render",
+        "Next",
+    ];
     let action = if READ_PREFIXES.iter().any(|p| method.starts_with(p)) {
         "read"
     } else {
@@ -335,7 +374,9 @@ mod tests {
     fn a_tenant_token_verifies_and_names_its_tenant() {
         let (signer, verifier) = pair();
         let token = signer.tenant_token("t-1", &["*"], 60).unwrap();
-        let ctx = verifier.authenticate(Some(&format!("Bearer {token}")), Some("t-2")).unwrap();
+        let ctx = verifier
+            .authenticate(Some(&format!("Bearer {token}")), Some("t-2"))
+            .unwrap();
         // A tenant token cannot be pointed at another tenant through the header.
         assert_eq!(ctx.tenant.as_deref(), Some("t-1"));
         assert!(ctx.require("profiles:write").is_ok());
@@ -345,8 +386,14 @@ mod tests {
     fn missing_malformed_expired_and_foreign_tokens_are_refused() {
         let (signer, verifier) = pair();
         let (foreign, _) = pair();
-        assert!(matches!(verifier.authenticate(None, None), Err(AuthError::Missing)));
-        assert!(matches!(verifier.authenticate(Some("Basic abc"), None), Err(AuthError::Malformed)));
+        assert!(matches!(
+            verifier.authenticate(None, None),
+            Err(AuthError::Missing)
+        ));
+        assert!(matches!(
+            verifier.authenticate(Some("Basic abc"), None),
+            Err(AuthError::Malformed)
+        ));
         let mut claims = Claims {
             iss: "winback".into(),
             sub: "t".into(),
@@ -356,40 +403,70 @@ mod tests {
             exp: unix_now() - 3600,
         };
         let expired = signer.sign_claims(&claims).unwrap();
-        assert!(matches!(verifier.authenticate(Some(&format!("Bearer {expired}")), None), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            verifier.authenticate(Some(&format!("Bearer {expired}")), None),
+            Err(AuthError::Invalid(_))
+        ));
         claims.exp = unix_now() + 3600;
         let other_key = foreign.sign_claims(&claims).unwrap();
-        assert!(matches!(verifier.authenticate(Some(&format!("Bearer {other_key}")), None), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            verifier.authenticate(Some(&format!("Bearer {other_key}")), None),
+            Err(AuthError::Invalid(_))
+        ));
         claims.iss = "someone-else".into();
         let other_issuer = signer.sign_claims(&claims).unwrap();
-        assert!(matches!(verifier.authenticate(Some(&format!("Bearer {other_issuer}")), None), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            verifier.authenticate(Some(&format!("Bearer {other_issuer}")), None),
+            Err(AuthError::Invalid(_))
+        ));
     }
 
     #[test]
     fn a_missing_scope_is_permission_denied() {
         let (signer, verifier) = pair();
         let token = signer.tenant_token("t-1", &["profiles:read"], 60).unwrap();
-        let ctx = verifier.authenticate(Some(&format!("Bearer {token}")), None).unwrap();
+        let ctx = verifier
+            .authenticate(Some(&format!("Bearer {token}")), None)
+            .unwrap();
         assert!(ctx.require("profiles:read").is_ok());
-        assert!(matches!(ctx.require("profiles:write"), Err(ServiceError::PermissionDenied(_))));
+        assert!(matches!(
+            ctx.require("profiles:write"),
+            Err(ServiceError::PermissionDenied(_))
+        ));
     }
 
     #[test]
     fn a_service_token_acts_for_the_tenant_in_the_header() {
         let (signer, verifier) = pair();
         let token = signer.service_token("campaigns", 60).unwrap();
-        let ctx = verifier.authenticate(Some(&format!("Bearer {token}")), Some("t-9")).unwrap();
+        let ctx = verifier
+            .authenticate(Some(&format!("Bearer {token}")), Some("t-9"))
+            .unwrap();
         assert!(ctx.is_service());
         assert_eq!(ctx.tenant().unwrap(), "t-9");
-        let ctx = verifier.authenticate(Some(&format!("Bearer {token}")), None).unwrap();
-        assert!(matches!(ctx.tenant(), Err(ServiceError::Unauthenticated(_))));
+        let ctx = verifier
+            .authenticate(Some(&format!("Bearer {token}")), None)
+            .unwrap();
+        assert!(matches!(
+            ctx.tenant(),
+            Err(ServiceError::Unauthenticated(_))
+        ));
     }
 
     #[test]
     fn scopes_follow_the_method_name() {
-        assert_eq!(required_scope("/winback.offers.v1.OffersService/RedeemCoupon").as_deref(), Some("offers:write"));
-        assert_eq!(required_scope("/winback.offers.v1.OffersService/ValidateCoupon").as_deref(), Some("offers:read"));
-        assert_eq!(required_scope("/winback.events.v1.EventsService/Subscribe").as_deref(), Some("events:read"));
+        assert_eq!(
+            required_scope("/winback.offers.v1.OffersService/RedeemCoupon").as_deref(),
+            Some("offers:write")
+        );
+        assert_eq!(
+            required_scope("/winback.offers.v1.OffersService/ValidateCoupon").as_deref(),
+            Some("offers:read")
+        );
+        assert_eq!(
+            required_scope("/winback.events.v1.EventsService/Subscribe").as_deref(),
+            Some("events:read")
+        );
         assert_eq!(required_scope("/grpc.health.v1.Health/Check"), None);
     }
 

@@ -14,7 +14,14 @@ pub const CONFIG_FILE: &str = "winback.toml";
 
 /// Top-level sections; other `WINBACK_*` variables are not configuration (e.g. test settings).
 const SECTIONS: &[&str] = &[
-    "listen", "data_dir", "database", "auth", "server", "telemetry", "events", "clients",
+    "listen",
+    "data_dir",
+    "database",
+    "auth",
+    "server",
+    "telemetry",
+    "events",
+    "clients",
 ];
 
 /// An invalid or unreadable configuration.
@@ -266,17 +273,15 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match file {
             Some(path) => figment = figment.merge(Toml::file_exact(path)),
-            None if Path::new(CONFIG_FILE).exists() => figment = figment.merge(Toml::file(CONFIG_FILE)),
+            None if Path::new(CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file(CONFIG_FILE))
+            }
             None => {}
         }
-        figment.merge(
-            Env::prefixed("WINBACK_")
-                .split("__")
-                .filter(|key| {
-                    let section = key.as_str().split('.').next().unwrap_or_default();
-                    SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
-                }),
-        )
+        figment.merge(Env::prefixed("WINBACK_").split("__").filter(|key| {
+            let section = key.as_str().split('.').next().unwrap_or_default();
+            SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+        }))
     }
 
     /// Extracts and validates a configuration from layered sources.
@@ -305,7 +310,11 @@ impl Config {
             })
         };
         let url = &self.database.url;
-        if !(url.is_empty() || url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        if !(url.is_empty()
+            || url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
             return invalid("database.url", "must start with sqlite: or postgres://");
         }
         if self.database.max_connections == 0 {
@@ -345,7 +354,8 @@ impl Config {
             ("clients.offers", &self.clients.offers),
             ("clients.delivery", &self.clients.delivery),
         ] {
-            if !(value.is_empty() || value.starts_with("http://") || value.starts_with("https://")) {
+            if !(value.is_empty() || value.starts_with("http://") || value.starts_with("https://"))
+            {
                 return invalid(key, "must be an http:// or https:// URL");
             }
         }
@@ -354,11 +364,15 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment's Jail API returns its large error type by value.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
 
-    fn load_in_jail(f: impl FnOnce(&mut Jail) -> Result<(), figment::Error>) -> Result<Config, ConfigError> {
+    fn load_in_jail(
+        f: impl FnOnce(&mut Jail) -> Result<(), figment::Error>,
+    ) -> Result<Config, ConfigError> {
         let mut result = None;
         Jail::expect_with(|jail| {
             f(jail)?;
@@ -378,7 +392,10 @@ mod tests {
     #[test]
     fn file_then_environment_override_defaults() {
         let config = load_in_jail(|jail| {
-            jail.create_file(CONFIG_FILE, "data_dir = \"/srv/winback\"\n[server]\nrequest_timeout_ms = 5000\n")?;
+            jail.create_file(
+                CONFIG_FILE,
+                "data_dir = \"/srv/winback\"\n[server]\nrequest_timeout_ms = 5000\n",
+            )?;
             jail.set_env("WINBACK_SERVER__REQUEST_TIMEOUT_MS", "7000");
             jail.set_env("WINBACK_TEST_POSTGRES_URL", "not configuration");
             Ok(())
@@ -396,7 +413,10 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.key(), "server.request_timeout_ms");
-        assert!(err.to_string().contains("server.request_timeout_ms"), "{err}");
+        assert!(
+            err.to_string().contains("server.request_timeout_ms"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -428,8 +448,14 @@ mod tests {
     #[test]
     fn database_url_is_per_service() {
         let mut db = DatabaseConfig::default();
-        assert_eq!(db.url_for("offers", Path::new("/d")), "sqlite:///d/offers.db?mode=rwc");
+        assert_eq!(
+            db.url_for("offers", Path::new("/d")),
+            "sqlite:///d/offers.db?mode=rwc"
+        );
         db.url = "postgres://pg/winback_{service}".into();
-        assert_eq!(db.url_for("offers", Path::new("/d")), "postgres://pg/winback_offers");
+        assert_eq!(
+            db.url_for("offers", Path::new("/d")),
+            "postgres://pg/winback_offers"
+        );
     }
 }

@@ -6,12 +6,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+};
 use sea_orm_migration::MigratorTrait;
 
 /// Connects to a service's database, creating the SQLite file or the PostgreSQL schema if
 /// needed.
-pub async fn connect(url: &str, service: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
+pub async fn connect(
+    url: &str,
+    service: &str,
+    max_connections: u32,
+) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(max_connections)
@@ -20,10 +26,11 @@ pub async fn connect(url: &str, service: &str, max_connections: u32) -> Result<D
         .acquire_timeout(Duration::from_secs(30))
         .sqlx_logging(false);
     if url.starts_with("sqlite:") {
-        if let Some(dir) = sqlite_path(url).and_then(|p| p.parent().map(Path::to_path_buf)) {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(&dir).map_err(|e| DbErr::Custom(format!("{}: {e}", dir.display())))?;
-            }
+        if let Some(dir) = sqlite_path(url).and_then(|p| p.parent().map(Path::to_path_buf))
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| DbErr::Custom(format!("{}: {e}", dir.display())))?;
         }
         // WAL lets readers (the event feed) run beside the single writer; the busy timeout
         // makes writers queue instead of failing with "database is locked".
@@ -38,9 +45,17 @@ pub async fn connect(url: &str, service: &str, max_connections: u32) -> Result<D
     }
     let schema = schema_name(service);
     {
-        let admin = Database::connect(ConnectOptions::new(url.to_owned()).sqlx_logging(false).to_owned()).await?;
+        let admin = Database::connect(
+            ConnectOptions::new(url.to_owned())
+                .sqlx_logging(false)
+                .to_owned(),
+        )
+        .await?;
         admin
-            .execute_raw(Statement::from_string(DbBackend::Postgres, format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")))
+            .execute_raw(Statement::from_string(
+                DbBackend::Postgres,
+                format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""),
+            ))
             .await?;
         admin.close().await?;
     }
@@ -64,12 +79,20 @@ pub async fn connect_and_migrate<M: MigratorTrait>(
 pub fn schema_name(service: &str) -> String {
     service
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 fn sqlite_path(url: &str) -> Option<&Path> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     (!path.is_empty() && path != ":memory:").then(|| Path::new(path))
 }
@@ -85,7 +108,10 @@ mod tests {
 
     #[test]
     fn sqlite_path_is_read_from_the_url() {
-        assert_eq!(sqlite_path("sqlite://data/profiles.db?mode=rwc"), Some(Path::new("data/profiles.db")));
+        assert_eq!(
+            sqlite_path("sqlite://data/profiles.db?mode=rwc"),
+            Some(Path::new("data/profiles.db"))
+        );
         assert_eq!(sqlite_path("sqlite::memory:"), None);
         assert_eq!(schema_name("Profiles-1"), "profiles_1");
     }

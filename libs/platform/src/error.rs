@@ -78,7 +78,10 @@ impl ServiceError {
 
     /// A not-found error.
     pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
-        Self::NotFound { kind, id: id.into() }
+        Self::NotFound {
+            kind,
+            id: id.into(),
+        }
     }
 
     /// An internal error from any source; the source is logged, not returned.
@@ -153,11 +156,29 @@ mod tests {
     fn each_error_kind_maps_to_its_code() {
         let cases: Vec<(ServiceError, Code)> = vec![
             (ServiceError::not_found("customer", "c1"), Code::NotFound),
-            (ServiceError::AlreadyExists { kind: "order", id: "o1".into() }, Code::AlreadyExists),
-            (ServiceError::FailedPrecondition("paused".into()), Code::FailedPrecondition),
-            (ServiceError::PermissionDenied("scope".into()), Code::PermissionDenied),
-            (ServiceError::Unauthenticated("token".into()), Code::Unauthenticated),
-            (ServiceError::ResourceExhausted("quota".into()), Code::ResourceExhausted),
+            (
+                ServiceError::AlreadyExists {
+                    kind: "order",
+                    id: "o1".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                ServiceError::FailedPrecondition("paused".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                ServiceError::PermissionDenied("scope".into()),
+                Code::PermissionDenied,
+            ),
+            (
+                ServiceError::Unauthenticated("token".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                ServiceError::ResourceExhausted("quota".into()),
+                Code::ResourceExhausted,
+            ),
         ];
         for (err, code) in cases {
             assert_eq!(Status::from(err).code(), code);

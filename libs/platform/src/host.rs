@@ -82,7 +82,11 @@ impl ServiceContext {
     }
 
     /// A context on the given clock (tests and the demo pass a manual one).
-    pub fn with_clock(config: Config, clock: SharedClock, shutdown: CancellationToken) -> Result<Self, StartError> {
+    pub fn with_clock(
+        config: Config,
+        clock: SharedClock,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
         config.validate()?;
         let pem = read_key(&config.auth.public_key_path(&config.data_dir))?;
         let verifier = TokenVerifier::from_pem(&pem, &config.auth.issuer)?;
@@ -95,7 +99,10 @@ impl ServiceContext {
     }
 
     /// Opens `service`'s database and runs its migrations (and the event feed's).
-    pub async fn database<M: MigratorTrait>(&self, service: &'static str) -> Result<DatabaseConnection, StartError> {
+    pub async fn database<M: MigratorTrait>(
+        &self,
+        service: &'static str,
+    ) -> Result<DatabaseConnection, StartError> {
         let url = self.config.database.url_for(service, &self.config.data_dir);
         crate::db::connect_and_migrate::<M>(&url, service, self.config.database.max_connections)
             .await
@@ -109,9 +116,15 @@ impl ServiceContext {
 
     /// Adds the event feed of the mounted services, then serves until shutdown. Logs one
     /// line once every service is serving.
-    pub async fn serve(&self, mut server: GrpcServer, listener: TcpListener, mounted: Vec<Mounted>) -> Result<(), StartError> {
+    pub async fn serve(
+        &self,
+        mut server: GrpcServer,
+        listener: TcpListener,
+        mounted: Vec<Mounted>,
+    ) -> Result<(), StartError> {
         let names: Vec<&str> = mounted.iter().map(|m| m.name).collect();
-        let feeds: Vec<(EventSource, FeedReader)> = mounted.into_iter().filter_map(|m| m.feed).collect();
+        let feeds: Vec<(EventSource, FeedReader)> =
+            mounted.into_iter().filter_map(|m| m.feed).collect();
         if !feeds.is_empty() {
             let events = EventsGrpc::new(
                 feeds,
@@ -120,7 +133,10 @@ impl ServiceContext {
                 self.shutdown.clone(),
             );
             server
-                .add_service(EventsServiceServer::new(events).max_decoding_message_size(self.config.server.max_message_bytes))
+                .add_service(
+                    EventsServiceServer::new(events)
+                        .max_decoding_message_size(self.config.server.max_message_bytes),
+                )
                 .await;
             server
                 .health()
@@ -133,16 +149,20 @@ impl ServiceContext {
         })?;
         tracing::info!(%addr, services = ?names, "winback is serving");
         let shutdown = self.shutdown.clone();
-        server.serve(listener, async move { shutdown.cancelled().await }).await?;
+        server
+            .serve(listener, async move { shutdown.cancelled().await })
+            .await?;
         Ok(())
     }
 
     /// Binds the configured listen address.
     pub async fn bind(&self) -> Result<TcpListener, StartError> {
-        TcpListener::bind(self.config.listen).await.map_err(|source| StartError::Bind {
-            addr: self.config.listen,
-            source,
-        })
+        TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: self.config.listen,
+                source,
+            })
     }
 }
 

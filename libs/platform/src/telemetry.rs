@@ -44,14 +44,19 @@ impl Drop for TelemetryGuard {
 
 /// Starts logging, and OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Call inside
 /// the tokio runtime. A second call (tests) leaves the first subscriber in place.
-pub fn init(config: &TelemetryConfig, service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init(
+    config: &TelemetryConfig,
+    service_name: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(&config.log_filter));
     let fmt_layer = match config.log_format {
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
@@ -61,7 +66,9 @@ pub fn init(config: &TelemetryConfig, service_name: &str) -> Result<TelemetryGua
 
     let mut guard = TelemetryGuard::default();
     let otel_layer = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let resource = Resource::builder().with_service_name(service_name.to_owned()).build();
+        let resource = Resource::builder()
+            .with_service_name(service_name.to_owned())
+            .build();
         let spans = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
@@ -149,13 +156,18 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(
             "traceparent",
-            http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
         );
         let context = extract_context(&headers);
         use opentelemetry::trace::TraceContextExt;
         let span = context.span();
         let span_context = span.span_context();
         assert!(span_context.is_remote());
-        assert_eq!(span_context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
     }
 }

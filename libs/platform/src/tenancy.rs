@@ -29,7 +29,11 @@ impl TenantRegistry {
     }
 
     /// Creates a tenant named `name`.
-    pub async fn create(&self, name: &str, created_at: chrono::DateTime<chrono::Utc>) -> Result<Tenant, ServiceError> {
+    pub async fn create(
+        &self,
+        name: &str,
+        created_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Tenant, ServiceError> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 100 {
             return Err(ServiceError::invalid("name", "must be 1 to 100 characters"));
@@ -46,7 +50,9 @@ impl TenantRegistry {
         };
         let backend = self.db.get_database_backend();
         let sql = match backend {
-            DbBackend::Sqlite => "INSERT INTO tenants (tenant_id, name, created_at_us) VALUES (?, ?, ?)",
+            DbBackend::Sqlite => {
+                "INSERT INTO tenants (tenant_id, name, created_at_us) VALUES (?, ?, ?)"
+            }
             _ => "INSERT INTO tenants (tenant_id, name, created_at_us) VALUES ($1, $2, $3)",
         };
         self.db
@@ -143,7 +149,10 @@ impl MigrationTrait for CreateTenants {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared("DROP TABLE IF EXISTS tenants").await?;
+        manager
+            .get_connection()
+            .execute_unprepared("DROP TABLE IF EXISTS tenants")
+            .await?;
         Ok(())
     }
 }
@@ -154,7 +163,9 @@ mod tests {
     use crate::db_test;
 
     db_test!(tenants_are_created_once_by_name, |db| async move {
-        let conn = crate::db::connect(&db.url("platform"), "platform", 2).await.unwrap();
+        let conn = crate::db::connect(&db.url("platform"), "platform", 2)
+            .await
+            .unwrap();
         let registry = TenantRegistry::open(conn).await.unwrap();
         let now = chrono::Utc::now();
         let shop = registry.create("Tattoo on Arbat", now).await.unwrap();
@@ -163,9 +174,18 @@ mod tests {
             registry.create("Tattoo on Arbat", now).await,
             Err(ServiceError::AlreadyExists { .. })
         ));
-        assert!(matches!(registry.create("  ", now).await, Err(ServiceError::InvalidArgument(_))));
+        assert!(matches!(
+            registry.create("  ", now).await,
+            Err(ServiceError::InvalidArgument(_))
+        ));
         registry.create("Beauty salon", now).await.unwrap();
-        let names: Vec<String> = registry.list().await.unwrap().into_iter().map(|t| t.name).collect();
+        let names: Vec<String> = registry
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
         assert_eq!(names, vec!["Tattoo on Arbat", "Beauty salon"]);
     });
 }

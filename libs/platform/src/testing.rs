@@ -50,7 +50,8 @@ impl TestDatabase {
     /// A fresh PostgreSQL database, or `None` (with a loud message) when PostgreSQL cannot
     /// be reached outside CI.
     pub async fn postgres() -> Option<Self> {
-        let admin_url = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let admin_url =
+            std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
         let name = format!("winback_test_{}", uuid::Uuid::new_v4().simple());
         match create_database(&admin_url, &name).await {
             Ok(()) => {}
@@ -92,10 +93,10 @@ impl TestDatabase {
 
     /// Drops the PostgreSQL database (SQLite files go with the folder).
     pub async fn cleanup(self) {
-        if let Some(admin_url) = &self.admin_url {
-            if let Err(err) = drop_database(admin_url, &self.name).await {
-                eprintln!("could not drop test database {}: {err}", self.name);
-            }
+        if let Some(admin_url) = &self.admin_url
+            && let Err(err) = drop_database(admin_url, &self.name).await
+        {
+            eprintln!("could not drop test database {}: {err}", self.name);
         }
     }
 }
@@ -103,7 +104,10 @@ impl TestDatabase {
 async fn create_database(admin_url: &str, name: &str) -> Result<(), DbErr> {
     let admin = Database::connect(admin_url).await?;
     admin
-        .execute_raw(Statement::from_string(DbBackend::Postgres, format!("CREATE DATABASE \"{name}\"")))
+        .execute_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!("CREATE DATABASE \"{name}\""),
+        ))
         .await?;
     admin.close().await
 }
@@ -111,7 +115,10 @@ async fn create_database(admin_url: &str, name: &str) -> Result<(), DbErr> {
 async fn drop_database(admin_url: &str, name: &str) -> Result<(), DbErr> {
     let admin = Database::connect(admin_url).await?;
     admin
-        .execute_raw(Statement::from_string(DbBackend::Postgres, format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+        .execute_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+        ))
         .await?;
     admin.close().await
 }
@@ -167,6 +174,16 @@ macro_rules! db_test {
     };
 }
 
+/// A fresh key pair for tests: a signer and its verifier, issuer `winback`.
+pub fn test_keys() -> (crate::auth::TokenSigner, crate::auth::TokenVerifier) {
+    let keys = crate::auth::generate_key_pair().unwrap_or_else(|e| panic!("key pair: {e}"));
+    let signer = crate::auth::TokenSigner::from_pem(keys.private_pem.as_bytes(), "winback")
+        .unwrap_or_else(|e| panic!("signer: {e}"));
+    let verifier = crate::auth::TokenVerifier::from_pem(keys.public_pem.as_bytes(), "winback")
+        .unwrap_or_else(|e| panic!("verifier: {e}"));
+    (signer, verifier)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,17 +194,10 @@ mod tests {
             replace_database("postgres://postgres@127.0.0.1:5432/postgres", "t1"),
             "postgres://postgres@127.0.0.1:5432/t1"
         );
-        assert_eq!(replace_database("postgres://h/db?sslmode=disable", "t1"), "postgres://h/t1?sslmode=disable");
+        assert_eq!(
+            replace_database("postgres://h/db?sslmode=disable", "t1"),
+            "postgres://h/t1?sslmode=disable"
+        );
         assert_eq!(replace_database("postgres://h", "t1"), "postgres://h/t1");
     }
-}
-
-/// A fresh key pair for tests: a signer and its verifier, issuer `winback`.
-pub fn test_keys() -> (crate::auth::TokenSigner, crate::auth::TokenVerifier) {
-    let keys = crate::auth::generate_key_pair().unwrap_or_else(|e| panic!("key pair: {e}"));
-    let signer = crate::auth::TokenSigner::from_pem(keys.private_pem.as_bytes(), "winback")
-        .unwrap_or_else(|e| panic!("signer: {e}"));
-    let verifier = crate::auth::TokenVerifier::from_pem(keys.public_pem.as_bytes(), "winback")
-        .unwrap_or_else(|e| panic!("verifier: {e}"));
-    (signer, verifier)
 }

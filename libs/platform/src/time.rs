@@ -21,7 +21,9 @@ pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
 /// A protobuf duration of `d`.
 pub fn to_duration(d: chrono::Duration) -> prost_types::Duration {
     let seconds = d.num_seconds();
-    let nanos = (d - chrono::Duration::seconds(seconds)).num_nanoseconds().unwrap_or(0) as i32;
+    let nanos = (d - chrono::Duration::seconds(seconds))
+        .num_nanoseconds()
+        .unwrap_or(0) as i32;
     prost_types::Duration { seconds, nanos }
 }
 
@@ -36,10 +38,17 @@ mod tests {
 
     #[test]
     fn timestamps_and_durations_round_trip() {
-        let t = Utc.with_ymd_and_hms(2026, 11, 22, 9, 30, 0).unwrap() + chrono::Duration::microseconds(123);
+        let t = Utc.with_ymd_and_hms(2026, 11, 22, 9, 30, 0).unwrap()
+            + chrono::Duration::microseconds(123);
         assert_eq!(from_timestamp(&to_timestamp(t)), Some(t));
         let d = chrono::Duration::hours(72) + chrono::Duration::milliseconds(5);
         assert_eq!(from_duration(&to_duration(d)), d);
-        assert_eq!(from_timestamp(&prost_types::Timestamp { seconds: 0, nanos: -1 }), None);
+        assert_eq!(
+            from_timestamp(&prost_types::Timestamp {
+                seconds: 0,
+                nanos: -1
+            }),
+            None
+        );
     }
 }

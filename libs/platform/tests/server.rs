@@ -17,7 +17,7 @@ use winback_platform::grpc::{CallCredentials, GrpcServer};
 use winback_platform::testing::test_keys;
 use winback_proto::profiles::profiles_service_client::ProfilesServiceClient;
 use winback_proto::profiles::profiles_service_server::{ProfilesService, ProfilesServiceServer};
-use winback_proto::profiles::{GetCustomerRequest, GetCustomerResponse, Customer};
+use winback_proto::profiles::{Customer, GetCustomerRequest, GetCustomerResponse};
 
 /// A profiles handler for these tests: answers slowly, echoes the tenant, rejects empty ids.
 #[derive(Debug, Default)]
@@ -25,7 +25,10 @@ struct SlowProfiles;
 
 #[tonic::async_trait]
 impl ProfilesService for SlowProfiles {
-    async fn get_customer(&self, request: Request<GetCustomerRequest>) -> Result<Response<GetCustomerResponse>, Status> {
+    async fn get_customer(
+        &self,
+        request: Request<GetCustomerRequest>,
+    ) -> Result<Response<GetCustomerResponse>, Status> {
         let tenant = tenant_for(&request, "profiles:read")?;
         let id = request.into_inner().customer_id;
         if id.is_empty() {
@@ -53,19 +56,31 @@ struct Running {
 async fn start() -> Running {
     let (signer, verifier) = test_keys();
     let mut server = GrpcServer::new(&ServerConfig::default(), verifier);
-    server.add_service(ProfilesServiceServer::new(SlowProfiles)).await;
+    server
+        .add_service(ProfilesServiceServer::new(SlowProfiles))
+        .await;
     server
         .health()
-        .set_service_status(winback_proto::service_names::PROFILES, tonic_health::ServingStatus::Serving)
+        .set_service_status(
+            winback_proto::service_names::PROFILES,
+            tonic_health::ServingStatus::Serving,
+        )
         .await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        server.serve(listener, async move { token.cancelled().await }).await.unwrap();
+        server
+            .serve(listener, async move { token.cancelled().await })
+            .await
+            .unwrap();
     });
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     Running {
         channel,
         signer,
@@ -74,7 +89,11 @@ async fn start() -> Running {
     }
 }
 
-fn client(channel: &Channel, token: Option<&str>) -> ProfilesServiceClient<tonic::service::interceptor::InterceptedService<Channel, CallCredentials>> {
+fn client(
+    channel: &Channel,
+    token: Option<&str>,
+) -> ProfilesServiceClient<tonic::service::interceptor::InterceptedService<Channel, CallCredentials>>
+{
     let credentials = match token {
         Some(token) => CallCredentials::bearer(token).unwrap(),
         None => CallCredentials::default(),
@@ -83,7 +102,9 @@ fn client(channel: &Channel, token: Option<&str>) -> ProfilesServiceClient<tonic
 }
 
 fn get(id: &str) -> GetCustomerRequest {
-    GetCustomerRequest { customer_id: id.into() }
+    GetCustomerRequest {
+        customer_id: id.into(),
+    }
 }
 
 #[tokio::test]
@@ -97,20 +118,32 @@ async fn health_needs_no_token_and_reports_the_service() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(reply.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     running.shutdown.cancel();
 }
 
 #[tokio::test]
 async fn a_call_without_or_with_a_bad_token_is_unauthenticated() {
     let running = start().await;
-    let status = client(&running.channel, None).get_customer(get("c1")).await.unwrap_err();
+    let status = client(&running.channel, None)
+        .get_customer(get("c1"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    let status = client(&running.channel, Some("not-a-jwt")).get_customer(get("c1")).await.unwrap_err();
+    let status = client(&running.channel, Some("not-a-jwt"))
+        .get_customer(get("c1"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     let (foreign, _) = test_keys();
     let forged = foreign.tenant_token("t-a", &["*"], 60).unwrap();
-    let status = client(&running.channel, Some(&forged)).get_customer(get("c1")).await.unwrap_err();
+    let status = client(&running.channel, Some(&forged))
+        .get_customer(get("c1"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     running.shutdown.cancel();
 }
@@ -118,8 +151,14 @@ async fn a_call_without_or_with_a_bad_token_is_unauthenticated() {
 #[tokio::test]
 async fn a_token_without_the_scope_is_permission_denied() {
     let running = start().await;
-    let token = running.signer.tenant_token("t-a", &["offers:read"], 60).unwrap();
-    let status = client(&running.channel, Some(&token)).get_customer(get("c1")).await.unwrap_err();
+    let token = running
+        .signer
+        .tenant_token("t-a", &["offers:read"], 60)
+        .unwrap();
+    let status = client(&running.channel, Some(&token))
+        .get_customer(get("c1"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("profiles:read"));
     running.shutdown.cancel();
@@ -128,12 +167,22 @@ async fn a_token_without_the_scope_is_permission_denied() {
 #[tokio::test]
 async fn the_tenant_of_the_token_reaches_the_handler() {
     let running = start().await;
-    let token = running.signer.tenant_token("t-a", &["profiles:read"], 60).unwrap();
-    let reply = client(&running.channel, Some(&token)).get_customer(get("c1")).await.unwrap().into_inner();
+    let token = running
+        .signer
+        .tenant_token("t-a", &["profiles:read"], 60)
+        .unwrap();
+    let reply = client(&running.channel, Some(&token))
+        .get_customer(get("c1"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.customer.unwrap().name, "t-a");
     // A service token acts for the tenant it names.
     let service = running.signer.service_token("campaigns", 60).unwrap();
-    let credentials = CallCredentials::bearer(&service).unwrap().for_tenant("t-b").unwrap();
+    let credentials = CallCredentials::bearer(&service)
+        .unwrap()
+        .for_tenant("t-b")
+        .unwrap();
     let reply = ProfilesServiceClient::with_interceptor(running.channel.clone(), credentials)
         .get_customer(get("c1"))
         .await
@@ -147,7 +196,10 @@ async fn the_tenant_of_the_token_reaches_the_handler() {
 async fn invalid_input_comes_back_with_the_field_named() {
     let running = start().await;
     let token = running.signer.tenant_token("t-a", &["*"], 60).unwrap();
-    let status = client(&running.channel, Some(&token)).get_customer(get("")).await.unwrap_err();
+    let status = client(&running.channel, Some(&token))
+        .get_customer(get(""))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let violations = field_violations(&status);
     assert_eq!(violations.len(), 1);
@@ -176,7 +228,10 @@ async fn shutdown_drains_an_in_flight_call() {
     // Let the call reach the handler, then ask the server to stop.
     tokio::time::sleep(Duration::from_millis(100)).await;
     running.shutdown.cancel();
-    let reply = call.await.unwrap().expect("the in-flight call completes during the drain");
+    let reply = call
+        .await
+        .unwrap()
+        .expect("the in-flight call completes during the drain");
     assert_eq!(reply.into_inner().customer.unwrap().customer_id, "c-slow");
     tokio::time::timeout(Duration::from_secs(5), running.task)
         .await

@@ -1,9 +1,15 @@
 //! Generated gRPC code of the Winback contracts (`proto/winback/**`) and the encoded
 //! file descriptor set that server reflection serves.
-#![allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all
+)]
 
 /// Encoded `FileDescriptorSet` of every Winback proto file, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/winback_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/winback_descriptor.bin"));
 
 /// Fully qualified gRPC service names, as reflection and health report them.
 pub mod service_names {
@@ -59,4 +65,8 @@ pub mod winback {
     }
 }
 
-pub use winback::{campaigns::v1 as campaigns, common::v1 as common, delivery::v1 as delivery, events::v1 as events, offers::v1 as offers, profiles::v1 as profiles, segmentation::v1 as segmentation};
+pub use winback::{
+    campaigns::v1 as campaigns, common::v1 as common, delivery::v1 as delivery,
+    events::v1 as events, offers::v1 as offers, profiles::v1 as profiles,
+    segmentation::v1 as segmentation,
+};

@@ -12,8 +12,8 @@ use winback_platform::config::Config;
 use winback_platform::events::{FeedReader, Outbox};
 use winback_platform::grpc::GrpcServer;
 use winback_platform::host::{Mounted, ServiceContext, StartError};
-use winback_proto::events::EventSource;
 use winback_proto::campaigns::campaigns_service_server::CampaignsServiceServer;
+use winback_proto::events::EventSource;
 
 /// Name of the service's database and schema.
 pub const SERVICE: &str = "campaigns";
@@ -24,13 +24,16 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
     let outbox = Outbox::new(EventSource::Campaigns);
     let feed = FeedReader::new(db.clone(), &outbox);
     let limit = ctx.config.server.max_message_bytes;
-    let service = CampaignsServiceServer::new(grpc::CampaignsGrpc::default())
+    let service = CampaignsServiceServer::new(grpc::CampaignsGrpc)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     server.add_service(service).await;
     server
         .health()
-        .set_service_status(winback_proto::service_names::CAMPAIGNS, ServingStatus::Serving)
+        .set_service_status(
+            winback_proto::service_names::CAMPAIGNS,
+            ServingStatus::Serving,
+        )
         .await;
     Ok(Mounted {
         name: winback_proto::service_names::CAMPAIGNS,

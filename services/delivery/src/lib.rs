@@ -12,8 +12,8 @@ use winback_platform::config::Config;
 use winback_platform::events::{FeedReader, Outbox};
 use winback_platform::grpc::GrpcServer;
 use winback_platform::host::{Mounted, ServiceContext, StartError};
-use winback_proto::events::EventSource;
 use winback_proto::delivery::delivery_service_server::DeliveryServiceServer;
+use winback_proto::events::EventSource;
 
 /// Name of the service's database and schema.
 pub const SERVICE: &str = "delivery";
@@ -24,13 +24,16 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
     let outbox = Outbox::new(EventSource::Delivery);
     let feed = FeedReader::new(db.clone(), &outbox);
     let limit = ctx.config.server.max_message_bytes;
-    let service = DeliveryServiceServer::new(grpc::DeliveryGrpc::default())
+    let service = DeliveryServiceServer::new(grpc::DeliveryGrpc)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     server.add_service(service).await;
     server
         .health()
-        .set_service_status(winback_proto::service_names::DELIVERY, ServingStatus::Serving)
+        .set_service_status(
+            winback_proto::service_names::DELIVERY,
+            ServingStatus::Serving,
+        )
         .await;
     Ok(Mounted {
         name: winback_proto::service_names::DELIVERY,

@@ -24,7 +24,7 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
     let outbox = Outbox::new(EventSource::Offers);
     let feed = FeedReader::new(db.clone(), &outbox);
     let limit = ctx.config.server.max_message_bytes;
-    let service = OffersServiceServer::new(grpc::OffersGrpc::default())
+    let service = OffersServiceServer::new(grpc::OffersGrpc)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     server.add_service(service).await;

@@ -24,13 +24,16 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
     let outbox = Outbox::new(EventSource::Profiles);
     let feed = FeedReader::new(db.clone(), &outbox);
     let limit = ctx.config.server.max_message_bytes;
-    let service = ProfilesServiceServer::new(grpc::ProfilesGrpc::default())
+    let service = ProfilesServiceServer::new(grpc::ProfilesGrpc)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     server.add_service(service).await;
     server
         .health()
-        .set_service_status(winback_proto::service_names::PROFILES, ServingStatus::Serving)
+        .set_service_status(
+            winback_proto::service_names::PROFILES,
+            ServingStatus::Serving,
+        )
         .await;
     Ok(Mounted {
         name: winback_proto::service_names::PROFILES,

@@ -43,18 +43,31 @@ pub async fn registry(config: &Config) -> Result<TenantRegistry, StartError> {
             service: PLATFORM_DB,
             source,
         })?;
-    TenantRegistry::open(db).await.map_err(|source| StartError::Database {
-        service: PLATFORM_DB,
-        source,
-    })
+    TenantRegistry::open(db)
+        .await
+        .map_err(|source| StartError::Database {
+            service: PLATFORM_DB,
+            source,
+        })
 }
 
 /// Creates a tenant and signs a token for it (generating the keys if this is a new data folder).
 pub async fn create_tenant(config: &Config, name: &str) -> Result<CreatedTenant, AdminError> {
     crate::embedded::ensure_keys(config)?;
-    let Tenant { tenant_id, name } = registry(config).await?.create(name, chrono::Utc::now()).await?;
-    let token = signer(config)?.tenant_token(&tenant_id, &["*"], i64::from(config.auth.token_ttl_days) * 86_400)?;
-    Ok(CreatedTenant { tenant_id, name, token })
+    let Tenant { tenant_id, name } = registry(config)
+        .await?
+        .create(name, chrono::Utc::now())
+        .await?;
+    let token = signer(config)?.tenant_token(
+        &tenant_id,
+        &["*"],
+        i64::from(config.auth.token_ttl_days) * 86_400,
+    )?;
+    Ok(CreatedTenant {
+        tenant_id,
+        name,
+        token,
+    })
 }
 
 /// The token signer of the deployment.

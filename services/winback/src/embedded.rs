@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use winback_platform::auth::ensure_key_pair;
 use winback_platform::clock::SharedClock;
 use winback_platform::config::Config;
-use winback_platform::host::{ServiceContext, StartError};
+use winback_platform::grpc::GrpcServer;
+use winback_platform::host::{Mounted, ServiceContext, StartError};
 
 /// Generates the token key pair in the data folder unless it exists. Returns true when new.
 pub fn ensure_keys(config: &Config) -> Result<bool, StartError> {
@@ -23,8 +24,20 @@ pub fn ensure_keys(config: &Config) -> Result<bool, StartError> {
     Ok(created)
 }
 
-/// Serves every service on `listener` until `shutdown` is cancelled.
-pub async fn run(config: Config, clock: SharedClock, listener: TcpListener, shutdown: CancellationToken) -> Result<(), StartError> {
+/// Every service mounted (databases open and migrated), not yet serving.
+#[derive(Debug)]
+pub struct Prepared {
+    ctx: ServiceContext,
+    server: GrpcServer,
+    mounted: Vec<Mounted>,
+}
+
+/// Opens every service's database, runs the migrations, and mounts the services.
+pub async fn prepare(
+    config: Config,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> Result<Prepared, StartError> {
     ensure_keys(&config)?;
     let ctx = ServiceContext::with_clock(config, clock, shutdown)?;
     let mut server = ctx.server();
@@ -35,7 +48,31 @@ pub async fn run(config: Config, clock: SharedClock, listener: TcpListener, shut
         winback_offers::mount(&ctx, &mut server).await?,
         winback_delivery::mount(&ctx, &mut server).await?,
     ];
-    ctx.serve(server, listener, mounted).await
+    Ok(Prepared {
+        ctx,
+        server,
+        mounted,
+    })
+}
+
+impl Prepared {
+    /// Serves on `listener` until shutdown.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), StartError> {
+        self.ctx.serve(self.server, listener, self.mounted).await
+    }
+}
+
+/// Serves every service on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    clock: SharedClock,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    prepare(config, clock, shutdown)
+        .await?
+        .serve(listener)
+        .await
 }
 
 /// A running embedded stack (tests and the demo start one in-process).
@@ -49,19 +86,28 @@ pub struct EmbeddedStack {
 }
 
 impl EmbeddedStack {
-    /// Starts the stack on `config.listen` (port 0 picks a free port).
+    /// Starts the stack on `config.listen` (port 0 picks a free port); returns once every
+    /// service's database is migrated and the listener accepts.
     pub async fn start(config: Config, clock: SharedClock) -> Result<Self, StartError> {
-        let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(config, clock, listener, shutdown.clone()));
-        Ok(Self { addr, shutdown, task })
+        let prepared = prepare(config, clock, shutdown.clone()).await?;
+        let task = tokio::spawn(prepared.serve(listener));
+        Ok(Self {
+            addr,
+            shutdown,
+            task,
+        })
     }
 
     /// `http://addr`, for clients.

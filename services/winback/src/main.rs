@@ -10,7 +10,11 @@ use winback_platform::clock::SystemClock;
 use winback_platform::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "winback", version, about = "Finds the customers who stopped buying and brings them back")]
+#[command(
+    name = "winback",
+    version,
+    about = "Finds the customers who stopped buying and brings them back"
+)]
 struct Cli {
     /// Configuration file (default: ./winback.toml if present).
     #[arg(long, global = true, env = "WINBACK_CONFIG")]
@@ -70,7 +74,11 @@ enum KeysCommand {
     },
 }
 
-fn load_config(file: Option<&PathBuf>, data_dir: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+fn load_config(
+    file: Option<&PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<Config> {
     let mut config = Config::load(file.map(PathBuf::as_path))?;
     if let Some(dir) = data_dir {
         config.data_dir = dir;
@@ -117,7 +125,11 @@ async fn main() -> anyhow::Result<()> {
             let created = winback::embedded::ensure_keys(&config)?;
             eprintln!(
                 "{} {}",
-                if created { "generated" } else { "kept existing" },
+                if created {
+                    "generated"
+                } else {
+                    "kept existing"
+                },
                 config.auth.public_key_path(&config.data_dir).display()
             );
         }

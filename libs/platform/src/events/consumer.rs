@@ -34,7 +34,11 @@ pub enum HandlerError {
 /// `txn` and it commits together with the cursor.
 pub trait EventHandler: Send + Sync + 'static {
     /// Handles one event.
-    fn handle<'a>(&'a self, txn: &'a DatabaseTransaction, event: &'a Event) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn handle<'a>(
+        &'a self,
+        txn: &'a DatabaseTransaction,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 /// A source of event streams. The gRPC feed is the one implementation today; a deployment
@@ -75,7 +79,10 @@ impl EventTransport for GrpcEventTransport {
         after_cursor: String,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Event, Status>>, Status>> {
         Box::pin(async move {
-            let mut client = EventsServiceClient::with_interceptor(self.channel.clone(), self.credentials.clone());
+            let mut client = EventsServiceClient::with_interceptor(
+                self.channel.clone(),
+                self.credentials.clone(),
+            );
             let response = client
                 .subscribe(SubscribeRequest {
                     source: source as i32,
@@ -199,7 +206,11 @@ impl EventConsumer {
             txn.execute_raw(statement(
                 backend,
                 "INSERT INTO event_inbox (consumer, event_id, handled_at_us) VALUES ($1, $2, $3)",
-                vec![self.name.clone().into(), event.event_id.clone().into(), now_us.into()],
+                vec![
+                    self.name.clone().into(),
+                    event.event_id.clone().into(),
+                    now_us.into(),
+                ],
             ))
             .await?;
         }

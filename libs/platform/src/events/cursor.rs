@@ -32,7 +32,9 @@ impl FromStr for Cursor {
         if s.is_empty() {
             return Ok(Cursor::default());
         }
-        let (tx, seq) = s.split_once('.').ok_or_else(|| MalformedCursor(s.to_owned()))?;
+        let (tx, seq) = s
+            .split_once('.')
+            .ok_or_else(|| MalformedCursor(s.to_owned()))?;
         let parse = |v: &str| v.parse::<i64>().ok().filter(|n| *n >= 0);
         match (parse(tx), parse(seq)) {
             (Some(tx_id), Some(seq)) => Ok(Cursor { tx_id, seq }),

@@ -52,7 +52,12 @@ impl FeedReader {
     }
 
     /// Up to `limit` events after `after`, oldest first, each with its cursor set.
-    pub async fn read_after(&self, after: Cursor, filter: &FeedFilter, limit: u32) -> Result<Vec<Event>, DbErr> {
+    pub async fn read_after(
+        &self,
+        after: Cursor,
+        filter: &FeedFilter,
+        limit: u32,
+    ) -> Result<Vec<Event>, DbErr> {
         let backend = self.db.get_database_backend();
         let mut values: Vec<Value> = Vec::new();
         let mut sql = String::from("SELECT tx_id, seq, payload FROM event_outbox WHERE ");
@@ -86,7 +91,10 @@ impl FeedReader {
         values.push(i64::from(limit).into());
         sql.push_str(&format!(" LIMIT ${}", values.len()));
 
-        let rows = self.db.query_all_raw(statement(backend, &sql, values)).await?;
+        let rows = self
+            .db
+            .query_all_raw(statement(backend, &sql, values))
+            .await?;
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
             let tx_id: i64 = row.try_get("", "tx_id")?;
@@ -141,7 +149,9 @@ impl EventsService for EventsGrpc {
             Some(ctx.tenant()?.to_owned())
         };
         let Some(feed) = self.feeds.get(&req.source).cloned() else {
-            return Err(ServiceError::invalid("source", "no such event source is served here").into());
+            return Err(
+                ServiceError::invalid("source", "no such event source is served here").into(),
+            );
         };
         let after: Cursor = req
             .after_cursor
@@ -163,7 +173,9 @@ impl EventsService for EventsGrpc {
                     Ok(events) => events,
                     Err(err) => {
                         tracing::error!(error = %err, "event feed read failed");
-                        let _ = tx.send(Err(Status::unavailable("event feed read failed"))).await;
+                        let _ = tx
+                            .send(Err(Status::unavailable("event feed read failed")))
+                            .await;
                         return;
                     }
                 };
@@ -172,7 +184,11 @@ impl EventsService for EventsGrpc {
                     if let Ok(cursor) = event.cursor.parse() {
                         position = cursor;
                     }
-                    if tx.send(Ok(SubscribeResponse { event: Some(event) })).await.is_err() {
+                    if tx
+                        .send(Ok(SubscribeResponse { event: Some(event) }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -86,7 +86,8 @@ impl MigrationTrait for CreateEventTables {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         for table in ["event_inbox", "event_cursor", "event_outbox"] {
-            db.execute_unprepared(&format!("DROP TABLE IF EXISTS {table}")).await?;
+            db.execute_unprepared(&format!("DROP TABLE IF EXISTS {table}"))
+                .await?;
         }
         Ok(())
     }

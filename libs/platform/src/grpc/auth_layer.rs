@@ -47,7 +47,10 @@ pub struct AuthService<S> {
 
 impl<S, B> Service<http::Request<B>> for AuthService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -65,21 +68,21 @@ where
             return Box::pin(self.inner.call(request));
         }
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-        let ctx = match self
-            .verifier
-            .authenticate(header(http::header::AUTHORIZATION.as_str()), header(TENANT_HEADER))
-        {
+        let ctx = match self.verifier.authenticate(
+            header(http::header::AUTHORIZATION.as_str()),
+            header(TENANT_HEADER),
+        ) {
             Ok(ctx) => ctx,
             Err(err) => {
                 let status = Status::unauthenticated(err.to_string());
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         };
-        if let Some(scope) = required_scope(&path) {
-            if !(ctx.has_scope(&scope) || ctx.is_service()) {
-                let status = Status::permission_denied(format!("token lacks scope {scope}"));
-                return Box::pin(async move { Ok(status.into_http()) });
-            }
+        if let Some(scope) = required_scope(&path)
+            && !(ctx.has_scope(&scope) || ctx.is_service())
+        {
+            let status = Status::permission_denied(format!("token lacks scope {scope}"));
+            return Box::pin(async move { Ok(status.into_http()) });
         }
         if let Some(tenant) = &ctx.tenant {
             tracing::Span::current().record("tenant", tenant.as_str());

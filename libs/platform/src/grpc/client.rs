@@ -38,8 +38,8 @@ impl CallCredentials {
 
     /// The same credentials acting for `tenant` (service tokens).
     pub fn for_tenant(&self, tenant: &str) -> Result<Self, Status> {
-        let value =
-            MetadataValue::try_from(tenant).map_err(|_| Status::invalid_argument("tenant is not valid metadata"))?;
+        let value = MetadataValue::try_from(tenant)
+            .map_err(|_| Status::invalid_argument("tenant is not valid metadata"))?;
         Ok(Self {
             authorization: self.authorization.clone(),
             tenant: Some(value),

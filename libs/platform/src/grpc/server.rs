@@ -39,13 +39,16 @@ pub struct GrpcServer {
     verifier: Arc<TokenVerifier>,
     routes: RoutesBuilder,
     health: HealthReporter,
-    health_service: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    health_service:
+        tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     names: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for GrpcServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcServer").field("services", &self.names).finish_non_exhaustive()
+        f.debug_struct("GrpcServer")
+            .field("services", &self.names)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,7 +85,9 @@ impl GrpcServer {
             + 'static,
         S::Future: Send + 'static,
     {
-        self.health.set_service_status(S::NAME, ServingStatus::NotServing).await;
+        self.health
+            .set_service_status(S::NAME, ServingStatus::NotServing)
+            .await;
         self.names.push(S::NAME);
         self.routes.add_service(service);
         self
@@ -95,7 +100,11 @@ impl GrpcServer {
 
     /// Serves on `listener` until `shutdown` completes, then reports NOT_SERVING, stops
     /// accepting calls, and waits up to the configured grace for in-flight calls to finish.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(winback_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -106,7 +115,10 @@ impl GrpcServer {
             .build_v1alpha()?;
 
         let mut routes = self.routes;
-        routes.add_service(self.health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+        routes
+            .add_service(self.health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
 
         let layers = tower::ServiceBuilder::new()
             .layer(TraceLayer::default())
@@ -126,7 +138,9 @@ impl GrpcServer {
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
                 for name in names {
-                    health.set_service_status(name, ServingStatus::NotServing).await;
+                    health
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
                 }
                 tracing::info!("shutting down: draining in-flight calls");
                 let _ = draining_tx.send(());

@@ -93,7 +93,10 @@ where
                 tracing::debug!(elapsed_ms, status = %status, "call finished");
                 duration.record(
                     elapsed_ms,
-                    &[KeyValue::new("rpc.method", method), KeyValue::new("rpc.grpc.status_code", status)],
+                    &[
+                        KeyValue::new("rpc.method", method),
+                        KeyValue::new("rpc.grpc.status_code", status),
+                    ],
                 );
                 result
             }

@@ -1,0 +1,341 @@
+//! The event feed end to end over gRPC, on SQLite and on PostgreSQL: at-least-once
+//! delivery with exactly-once effect, across a consumer that dies mid-stream and restarts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
+    TransactionTrait,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use winback_platform::config::ServerConfig;
+use winback_platform::db_test;
+use winback_platform::events::migration::PlatformMigrator;
+use winback_platform::events::{
+    Cursor, EventConsumer, EventHandler, EventsGrpc, FeedFilter, FeedReader, GrpcEventTransport,
+    HandlerError, Outbox,
+};
+use winback_platform::grpc::{CallCredentials, GrpcServer};
+use winback_platform::testing::{TestDatabase, test_keys};
+use winback_proto::events::event::Payload;
+use winback_proto::events::events_service_server::EventsServiceServer;
+use winback_proto::events::{Event, EventSource, PurchaseRecorded};
+
+fn purchase(i: usize) -> Payload {
+    Payload::PurchaseRecorded(PurchaseRecorded {
+        customer_id: format!("c{i}"),
+        order_id: format!("o{i}"),
+        ..Default::default()
+    })
+}
+
+/// Writes `count` events for `tenant`, `per_txn` per transaction, like a service would.
+async fn produce(
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    tenant: &str,
+    from: usize,
+    count: usize,
+    per_txn: usize,
+) {
+    let mut i = from;
+    while i < from + count {
+        let txn = db.begin().await.unwrap();
+        for _ in 0..per_txn.min(from + count - i) {
+            outbox
+                .append(&txn, tenant, chrono::Utc::now(), purchase(i))
+                .await
+                .unwrap();
+            i += 1;
+        }
+        txn.commit().await.unwrap();
+        outbox.notify_committed();
+    }
+}
+
+/// Records each event's effect, counting how many times it was applied; can simulate a
+/// crash after writing the effect of the n-th call but before the commit.
+struct CountingHandler {
+    calls: AtomicUsize,
+    crash_on_call: Option<usize>,
+    crashed: CancellationToken,
+}
+
+impl EventHandler for CountingHandler {
+    fn handle<'a>(
+        &'a self,
+        txn: &'a DatabaseTransaction,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let backend = txn.get_database_backend();
+            let sql = match backend {
+                DbBackend::Sqlite => {
+                    "INSERT INTO effects (event_id, tenant_id, times) VALUES (?, ?, 1) ON CONFLICT (event_id) DO UPDATE SET times = effects.times + 1"
+                }
+                _ => {
+                    "INSERT INTO effects (event_id, tenant_id, times) VALUES ($1, $2, 1) ON CONFLICT (event_id) DO UPDATE SET times = effects.times + 1"
+                }
+            };
+            txn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                sql,
+                [
+                    event.event_id.clone().into(),
+                    event.tenant_id.clone().into(),
+                ],
+            ))
+            .await?;
+            if self.crash_on_call == Some(call) {
+                self.crashed.cancel();
+                return Err(HandlerError::Other("simulated crash before commit".into()));
+            }
+            Ok(())
+        })
+    }
+}
+
+async fn effects(db: &DatabaseConnection) -> Vec<(String, i64)> {
+    db.query_all_raw(Statement::from_string(
+        db.get_database_backend(),
+        "SELECT event_id, times FROM effects ORDER BY event_id",
+    ))
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| {
+        (
+            r.try_get("", "event_id").unwrap(),
+            r.try_get("", "times").unwrap(),
+        )
+    })
+    .collect()
+}
+
+async fn wait_for_effects(db: &DatabaseConnection, n: usize) -> Vec<(String, i64)> {
+    for _ in 0..200 {
+        let rows = effects(db).await;
+        if rows.len() >= n {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("only {} of {n} effects after 10 s", effects(db).await.len());
+}
+
+db_test!(
+    a_restarted_consumer_neither_loses_nor_repeats_an_event,
+    |db| async move {
+        let database: &TestDatabase = db;
+        let producer = database.connect::<PlatformMigrator>("producer").await;
+        let consumer_db = database.connect::<PlatformMigrator>("consumer").await;
+        consumer_db
+        .execute_unprepared("CREATE TABLE effects (event_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, times BIGINT NOT NULL)")
+        .await
+        .unwrap();
+
+        let outbox = Outbox::new(EventSource::Profiles);
+        let (signer, verifier) = test_keys();
+        let server_shutdown = CancellationToken::new();
+        let mut server = GrpcServer::new(&ServerConfig::default(), verifier);
+        let feed = FeedReader::new(producer.clone(), &outbox);
+        let events = EventsGrpc::new(
+            [(EventSource::Profiles, feed)],
+            Duration::from_millis(50),
+            7,
+            server_shutdown.clone(),
+        );
+        server.add_service(EventsServiceServer::new(events)).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = server_shutdown.clone();
+        let server_task =
+            tokio::spawn(server.serve(listener, async move { stop.cancelled().await }));
+
+        // Two tenants, events in multi-event transactions; a batch size of 7 splits them.
+        produce(&producer, &outbox, "t-a", 0, 30, 4).await;
+        produce(&producer, &outbox, "t-b", 30, 30, 5).await;
+
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let credentials =
+            CallCredentials::bearer(&signer.service_token("campaigns", 300).unwrap()).unwrap();
+        let transport = Arc::new(GrpcEventTransport::new(channel, credentials, None));
+
+        // First consumer: dies on its 26th event after writing the effect, before the commit.
+        let crashed = CancellationToken::new();
+        let first = EventConsumer::new(
+            "campaigns",
+            EventSource::Profiles,
+            consumer_db.clone(),
+            transport.clone(),
+            Arc::new(CountingHandler {
+                calls: AtomicUsize::new(0),
+                crash_on_call: Some(26),
+                crashed: crashed.clone(),
+            }),
+        )
+        .with_retry_delay(Duration::from_millis(20));
+        tokio::time::timeout(Duration::from_secs(20), first.run(crashed))
+            .await
+            .expect("the first consumer stops after its crash");
+        assert_eq!(
+            effects(&consumer_db).await.len(),
+            25,
+            "the crashed event's effect was rolled back"
+        );
+
+        // Second consumer: same name and database, resumes from the stored cursor; more events
+        // arrive while it runs.
+        let stop_second = CancellationToken::new();
+        let second = EventConsumer::new(
+            "campaigns",
+            EventSource::Profiles,
+            consumer_db.clone(),
+            transport.clone(),
+            Arc::new(CountingHandler {
+                calls: AtomicUsize::new(0),
+                crash_on_call: None,
+                crashed: CancellationToken::new(),
+            }),
+        )
+        .with_retry_delay(Duration::from_millis(20));
+        let second_task = tokio::spawn(second.run(stop_second.clone()));
+        produce(&producer, &outbox, "t-a", 60, 10, 3).await;
+        let rows = wait_for_effects(&consumer_db, 70).await;
+        stop_second.cancel();
+        second_task.await.unwrap();
+
+        assert_eq!(rows.len(), 70, "every event handled");
+        assert!(
+            rows.iter().all(|(_, times)| *times == 1),
+            "no event applied twice: {rows:?}"
+        );
+
+        // A redelivery (at-least-once) changes nothing: the inbox knows the event.
+        let feed = FeedReader::new(producer.clone(), &outbox);
+        let first_event = feed
+            .read_after(Cursor::default(), &FeedFilter::default(), 1)
+            .await
+            .unwrap()
+            .remove(0);
+        let replay = EventConsumer::new(
+            "campaigns",
+            EventSource::Profiles,
+            consumer_db.clone(),
+            transport,
+            Arc::new(CountingHandler {
+                calls: AtomicUsize::new(0),
+                crash_on_call: None,
+                crashed: CancellationToken::new(),
+            }),
+        );
+        assert!(!replay.handle(&first_event).await.unwrap());
+        assert!(
+            effects(&consumer_db)
+                .await
+                .iter()
+                .all(|(_, times)| *times == 1)
+        );
+
+        server_shutdown.cancel();
+        server_task.await.unwrap().unwrap();
+    }
+);
+
+db_test!(
+    the_feed_filters_by_tenant_and_type_and_resumes_after_a_cursor,
+    |db| async move {
+        let database: &TestDatabase = db;
+        let producer = database.connect::<PlatformMigrator>("producer").await;
+        let outbox = Outbox::new(EventSource::Offers);
+        produce(&producer, &outbox, "t-a", 0, 5, 2).await;
+        produce(&producer, &outbox, "t-b", 5, 5, 2).await;
+        let feed = FeedReader::new(producer.clone(), &outbox);
+        let only_b = FeedFilter {
+            tenant_id: Some("t-b".into()),
+            types: vec![],
+        };
+        let b_events = feed
+            .read_after(Cursor::default(), &only_b, 100)
+            .await
+            .unwrap();
+        assert_eq!(b_events.len(), 5);
+        assert!(
+            b_events
+                .iter()
+                .all(|e| e.tenant_id == "t-b" && e.r#type == "purchase_recorded")
+        );
+        let after_two: Cursor = b_events[1].cursor.parse().unwrap();
+        let rest = feed.read_after(after_two, &only_b, 100).await.unwrap();
+        assert_eq!(rest.len(), 3);
+        assert_eq!(rest[0].event_id, b_events[2].event_id);
+        let none = FeedFilter {
+            tenant_id: None,
+            types: vec!["coupon_redeemed".into()],
+        };
+        assert!(
+            feed.read_after(Cursor::default(), &none, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+);
+
+/// On PostgreSQL a transaction that took an earlier sequence number can commit after a later
+/// one; the feed must hold the later event back rather than skip the earlier one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_committed_late_is_not_skipped_on_postgres() {
+    let Some(database) = TestDatabase::postgres().await else {
+        return;
+    };
+    let producer = database.connect::<PlatformMigrator>("producer").await;
+    let outbox = Outbox::new(EventSource::Profiles);
+    let feed = FeedReader::new(producer.clone(), &outbox);
+
+    let slow = producer.begin().await.unwrap();
+    outbox
+        .append(&slow, "t-a", chrono::Utc::now(), purchase(1))
+        .await
+        .unwrap();
+    let fast = producer.begin().await.unwrap();
+    outbox
+        .append(&fast, "t-a", chrono::Utc::now(), purchase(2))
+        .await
+        .unwrap();
+    fast.commit().await.unwrap();
+
+    let seen = feed
+        .read_after(Cursor::default(), &FeedFilter::default(), 100)
+        .await
+        .unwrap();
+    assert!(
+        seen.is_empty(),
+        "the later commit waits while an older transaction runs"
+    );
+
+    slow.commit().await.unwrap();
+    let seen = feed
+        .read_after(Cursor::default(), &FeedFilter::default(), 100)
+        .await
+        .unwrap();
+    let orders: Vec<String> = seen
+        .iter()
+        .map(|e| match &e.payload {
+            Some(Payload::PurchaseRecorded(p)) => p.order_id.clone(),
+            other => panic!("unexpected payload {other:?}"),
+        })
+        .collect();
+    assert_eq!(orders, vec!["o1", "o2"]);
+    drop(producer);
+    database.cleanup().await;
+}

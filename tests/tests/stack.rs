@@ -1,0 +1,151 @@
+//! The embedded stack through gRPC clients, on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use sea_orm::TransactionTrait;
+use tonic::Code;
+use winback_e2e::TestStack;
+use winback_platform::db_test;
+use winback_platform::events::Outbox;
+use winback_platform::testing::TestDatabase;
+use winback_proto::events::event::Payload;
+use winback_proto::events::events_service_client::EventsServiceClient;
+use winback_proto::events::{Event, EventSource, PurchaseRecorded, SubscribeRequest};
+
+/// Writes purchase events into the profiles outbox of the running stack, as profiles does.
+async fn record_purchases(stack: &TestStack, tenant: &str, orders: &[&str]) {
+    let url = stack
+        .config
+        .database
+        .url_for("profiles", &stack.config.data_dir);
+    let db = winback_platform::db::connect(&url, "profiles", 2)
+        .await
+        .unwrap();
+    let outbox = Outbox::new(EventSource::Profiles);
+    let txn = db.begin().await.unwrap();
+    for order in orders {
+        let payload = Payload::PurchaseRecorded(PurchaseRecorded {
+            customer_id: "c-1".into(),
+            order_id: (*order).into(),
+            ..Default::default()
+        });
+        outbox
+            .append(&txn, tenant, stack.clock_now(), payload)
+            .await
+            .unwrap();
+    }
+    txn.commit().await.unwrap();
+}
+
+trait ClockNow {
+    fn clock_now(&self) -> chrono::DateTime<chrono::Utc>;
+}
+
+impl ClockNow for TestStack {
+    fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
+        use winback_platform::clock::Clock;
+        self.clock.now()
+    }
+}
+
+/// Reads the profiles feed with `token` until it has been quiet for a while.
+async fn read_feed(
+    stack: &TestStack,
+    token: &str,
+    tenant_field: &str,
+) -> Result<Vec<Event>, tonic::Status> {
+    let mut client = EventsServiceClient::new(stack.authed(token));
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            source: EventSource::Profiles as i32,
+            after_cursor: String::new(),
+            types: vec![],
+            tenant_id: tenant_field.into(),
+        })
+        .await?
+        .into_inner();
+    let mut events = Vec::new();
+    while let Ok(next) = tokio::time::timeout(Duration::from_millis(700), stream.message()).await {
+        match next? {
+            Some(reply) => events.extend(reply.event),
+            None => break,
+        }
+    }
+    Ok(events)
+}
+
+db_test!(
+    a_token_for_one_tenant_never_reads_another_tenants_events,
+    |db| async move {
+        let db: &TestDatabase = db;
+        let stack = TestStack::start(db).await;
+        let tattoo = stack.tenant("Tattoo studio").await;
+        let salon = stack.tenant("Beauty salon").await;
+        record_purchases(&stack, &tattoo.tenant_id, &["o-1", "o-2", "o-3"]).await;
+        record_purchases(&stack, &salon.tenant_id, &["o-4", "o-5"]).await;
+
+        // The tattoo studio's token, even naming the salon in the request, sees only its own.
+        let seen = read_feed(&stack, &tattoo.token, &salon.tenant_id)
+            .await
+            .unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(seen.iter().all(|e| e.tenant_id == tattoo.tenant_id));
+
+        let seen = read_feed(&stack, &salon.token, "").await.unwrap();
+        assert_eq!(seen.len(), 2);
+        assert!(seen.iter().all(|e| e.tenant_id == salon.tenant_id));
+
+        // A service credential reads every tenant, or one it names.
+        let service = stack.service_token();
+        assert_eq!(read_feed(&stack, &service, "").await.unwrap().len(), 5);
+        assert_eq!(
+            read_feed(&stack, &service, &salon.tenant_id)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+
+        stack.stop().await;
+    }
+);
+
+db_test!(
+    the_feed_refuses_missing_tokens_and_missing_scopes,
+    |db| async move {
+        let db: &TestDatabase = db;
+        let stack = TestStack::start(db).await;
+        let shop = stack.tenant("Web shop").await;
+
+        let mut anonymous = EventsServiceClient::new(stack.channel.clone());
+        let status = anonymous
+            .subscribe(SubscribeRequest {
+                source: EventSource::Profiles as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+
+        let narrow = stack.token_with_scopes(&shop.tenant_id, &["profiles:read"]);
+        let status = read_feed(&stack, &narrow, "").await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+
+        let status = EventsServiceClient::new(stack.authed(&shop.token))
+            .subscribe(SubscribeRequest {
+                source: EventSource::Profiles as i32,
+                after_cursor: "not-a-cursor".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            winback_platform::error::field_violations(&status)[0].field,
+            "after_cursor"
+        );
+
+        stack.stop().await;
+    }
+);
