@@ -75,3 +75,22 @@ pub fn signer(config: &Config) -> Result<TokenSigner, AdminError> {
     let pem = read_key(&config.auth.private_key_path(&config.data_dir))?;
     Ok(TokenSigner::from_pem(&pem, &config.auth.issuer)?)
 }
+
+/// The health status a server reports for `service` ("" for the server as a whole).
+pub async fn health(addr: &str, service: &str) -> Result<String, tonic::Status> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .map_err(|e| tonic::Status::invalid_argument(format!("addr: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{addr}: {e}")))?;
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?
+        .into_inner();
+    Ok(reply.status().as_str_name().to_owned())
+}

@@ -39,6 +39,15 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Asks a running server for its health (the compose health check); exits 0 when SERVING.
+    Health {
+        /// Server address.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// Fully qualified service name; empty asks for the server as a whole.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Manages token keys.
     Keys {
         #[command(subcommand)]
@@ -116,6 +125,13 @@ async fn main() -> anyhow::Result<()> {
             let config = load_config(cli.config.as_ref(), data_dir, None)?;
             for tenant in winback::admin::registry(&config).await?.list().await? {
                 println!("{}", serde_json::to_string(&tenant)?);
+            }
+        }
+        Command::Health { addr, service } => {
+            let status = winback::admin::health(&addr, &service).await?;
+            println!("{status}");
+            if status != "SERVING" {
+                std::process::exit(1);
             }
         }
         Command::Keys {
