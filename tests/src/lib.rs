@@ -52,6 +52,10 @@ impl TestStack {
         let stack = EmbeddedStack::start(config.clone(), Arc::new(clock.clone()))
             .await
             .unwrap();
+        let config = Config {
+            listen: stack.addr,
+            ..config
+        };
         let channel = Channel::from_shared(stack.url()).unwrap().connect_lazy();
         Self {
             stack,
@@ -74,12 +78,20 @@ impl TestStack {
             .unwrap()
     }
 
-    /// A service credential of this deployment.
+    /// The service credential the stack wrote at start (`keys/service.jwt`).
     pub fn service_token(&self) -> String {
-        signer(&self.config)
-            .unwrap()
-            .service_token("e2e", 600)
-            .unwrap()
+        let path = self.config.auth.service_token_path(&self.config.data_dir);
+        std::fs::read_to_string(path).unwrap().trim().to_owned()
+    }
+
+    /// A service context of this deployment, as another service process would build it.
+    pub fn service_context(&self) -> winback_platform::host::ServiceContext {
+        winback_platform::host::ServiceContext::with_clock(
+            self.config.clone(),
+            Arc::new(self.clock.clone()),
+            self.stack.shutdown.clone(),
+        )
+        .unwrap()
     }
 
     /// The channel with a bearer token.

@@ -321,6 +321,31 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthError> {
         .map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))
 }
 
+/// Lifetime of the service credential written by [`ensure_service_token`]: it is replaced
+/// when it no longer verifies (expired, or signed by a rotated key).
+pub const SERVICE_TOKEN_TTL_SECS: i64 = 365 * 86_400;
+
+/// Makes sure a valid service credential exists at `path`, signing a new one with `signer`
+/// when it is missing or no longer verifies. Returns true when written now.
+pub fn ensure_service_token(
+    path: &Path,
+    signer: &TokenSigner,
+    verifier: &TokenVerifier,
+) -> Result<bool, AuthError> {
+    if let Ok(existing) = std::fs::read_to_string(path)
+        && verifier.verify(existing.trim()).is_ok()
+    {
+        return Ok(false);
+    }
+    let token = signer.service_token("winback", SERVICE_TOKEN_TTL_SECS)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| AuthError::Key(format!("{}: {e}", dir.display())))?;
+    }
+    write_private(path, token.as_bytes())?;
+    Ok(true)
+}
+
 /// Reads a key file.
 pub fn read_key(path: &Path) -> Result<Vec<u8>, AuthError> {
     std::fs::read(path).map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))
@@ -468,6 +493,25 @@ mod tests {
             Some("events:read")
         );
         assert_eq!(required_scope("/grpc.health.v1.Health/Check"), None);
+    }
+
+    #[test]
+    fn the_service_token_is_written_once_and_renewed_when_it_stops_verifying() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/service.jwt");
+        let (signer, verifier) = pair();
+        assert!(ensure_service_token(&path, &signer, &verifier).unwrap());
+        assert!(!ensure_service_token(&path, &signer, &verifier).unwrap());
+        let token = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            verifier
+                .authenticate(Some(&format!("Bearer {token}")), None)
+                .unwrap()
+                .is_service()
+        );
+        // After a key rotation the old credential no longer verifies and is replaced.
+        let (new_signer, new_verifier) = pair();
+        assert!(ensure_service_token(&path, &new_signer, &new_verifier).unwrap());
     }
 
     #[test]

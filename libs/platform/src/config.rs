@@ -137,6 +137,9 @@ pub struct AuthConfig {
     pub issuer: String,
     /// Lifetime of tenant tokens issued by `winback tenant create`, in days.
     pub token_ttl_days: u32,
+    /// Service credential (a JWT with scope `service`) this process uses to call the other
+    /// services; empty means `<data_dir>/keys/service.jwt`, written by `winback keys init`.
+    pub service_token_file: PathBuf,
 }
 
 impl Default for AuthConfig {
@@ -146,6 +149,7 @@ impl Default for AuthConfig {
             private_key_file: PathBuf::new(),
             issuer: "winback".into(),
             token_ttl_days: 365,
+            service_token_file: PathBuf::new(),
         }
     }
 }
@@ -159,6 +163,11 @@ impl AuthConfig {
     /// Path of the private key.
     pub fn private_key_path(&self, data_dir: &Path) -> PathBuf {
         or_default(&self.private_key_file, data_dir, "keys/token.key.pem")
+    }
+
+    /// Path of the service credential.
+    pub fn service_token_path(&self, data_dir: &Path) -> PathBuf {
+        or_default(&self.service_token_file, data_dir, "keys/service.jwt")
     }
 }
 
@@ -262,7 +271,42 @@ pub struct ClientsConfig {
     pub delivery: String,
 }
 
+/// Another service this one calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Profiles.
+    Profiles,
+    /// Segmentation.
+    Segmentation,
+    /// Campaigns.
+    Campaigns,
+    /// Offers.
+    Offers,
+    /// Delivery.
+    Delivery,
+}
+
 impl Config {
+    /// Where `peer` is: its `clients.*` URL, or this process's own listen address (an
+    /// unspecified IP becomes loopback).
+    pub fn peer_url(&self, peer: Peer) -> String {
+        let configured = match peer {
+            Peer::Profiles => &self.clients.profiles,
+            Peer::Segmentation => &self.clients.segmentation,
+            Peer::Campaigns => &self.clients.campaigns,
+            Peer::Offers => &self.clients.offers,
+            Peer::Delivery => &self.clients.delivery,
+        };
+        if !configured.is_empty() {
+            return configured.clone();
+        }
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    }
+
     /// Loads defaults, then `file` (or `./winback.toml` if it exists), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::from_figment(Self::figment(file))
@@ -443,6 +487,18 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.key(), "events.batch_size");
+    }
+
+    #[test]
+    fn a_peer_is_the_configured_url_or_this_process() {
+        let mut config = Config {
+            listen: "0.0.0.0:50051".parse().unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(config.peer_url(Peer::Offers), "http://127.0.0.1:50051");
+        config.clients.offers = "http://offers:50051".into();
+        assert_eq!(config.peer_url(Peer::Offers), "http://offers:50051");
+        assert_eq!(config.peer_url(Peer::Delivery), "http://127.0.0.1:50051");
     }
 
     #[test]

@@ -10,14 +10,17 @@ use sea_orm::{DatabaseConnection, DbErr};
 use sea_orm_migration::MigratorTrait;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 use tonic_health::ServingStatus;
 use winback_proto::events::EventSource;
 use winback_proto::events::events_service_server::EventsServiceServer;
 
 use crate::auth::{AuthError, TokenVerifier, read_key};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Peer};
+use crate::error::ServiceError;
 use crate::events::{EventsGrpc, FeedReader};
+use crate::grpc::CallCredentials;
 use crate::grpc::{GrpcServer, ServeError};
 
 /// Why a service could not start or stopped with an error.
@@ -64,6 +67,8 @@ pub struct ServiceContext {
     pub verifier: TokenVerifier,
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
+    /// The service credential for calls to other services, when one is configured.
+    pub service_credentials: Option<CallCredentials>,
 }
 
 /// A service added to a server: its name and the feed of its outbox, if it has one.
@@ -90,12 +95,47 @@ impl ServiceContext {
         config.validate()?;
         let pem = read_key(&config.auth.public_key_path(&config.data_dir))?;
         let verifier = TokenVerifier::from_pem(&pem, &config.auth.issuer)?;
+        let service_credentials =
+            match std::fs::read_to_string(config.auth.service_token_path(&config.data_dir)) {
+                Ok(token) => {
+                    let token = token.trim();
+                    verifier.verify(token)?;
+                    Some(
+                        CallCredentials::bearer(token)
+                            .map_err(|s| AuthError::Invalid(s.message().to_owned()))?,
+                    )
+                }
+                Err(_) => None,
+            };
         Ok(Self {
             config,
             clock,
             verifier,
             shutdown,
+            service_credentials,
         })
+    }
+
+    /// A channel to `peer` (connects on first use) and the credentials to call it as a
+    /// service acting for `tenant`. Services always talk through gRPC, also in one process.
+    pub fn peer(
+        &self,
+        peer: Peer,
+        tenant: &str,
+    ) -> Result<(Channel, CallCredentials), ServiceError> {
+        let credentials = self
+            .service_credentials
+            .as_ref()
+            .ok_or_else(|| {
+                ServiceError::FailedPrecondition(
+                    "no service credential configured (auth.service_token_file)".into(),
+                )
+            })?
+            .for_tenant(tenant)
+            .map_err(|s| ServiceError::invalid("tenant", s.message()))?;
+        let channel = crate::grpc::lazy_channel(&self.config.peer_url(peer))
+            .map_err(ServiceError::internal)?;
+        Ok((channel, credentials))
     }
 
     /// Opens `service`'s database and runs its migrations (and the event feed's).

@@ -7,13 +7,16 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use winback_platform::auth::ensure_key_pair;
+use winback_platform::auth::{
+    TokenSigner, TokenVerifier, ensure_key_pair, ensure_service_token, read_key,
+};
 use winback_platform::clock::SharedClock;
 use winback_platform::config::Config;
 use winback_platform::grpc::GrpcServer;
 use winback_platform::host::{Mounted, ServiceContext, StartError};
 
-/// Generates the token key pair in the data folder unless it exists. Returns true when new.
+/// Generates the token key pair and the service credential in the data folder unless they
+/// exist. Returns true when the key pair is new.
 pub fn ensure_keys(config: &Config) -> Result<bool, StartError> {
     let private = config.auth.private_key_path(&config.data_dir);
     let public = config.auth.public_key_path(&config.data_dir);
@@ -21,6 +24,13 @@ pub fn ensure_keys(config: &Config) -> Result<bool, StartError> {
     if created {
         tracing::info!(public_key = %public.display(), "generated token keys");
     }
+    let signer = TokenSigner::from_pem(&read_key(&private)?, &config.auth.issuer)?;
+    let verifier = TokenVerifier::from_pem(&read_key(&public)?, &config.auth.issuer)?;
+    ensure_service_token(
+        &config.auth.service_token_path(&config.data_dir),
+        &signer,
+        &verifier,
+    )?;
     Ok(created)
 }
 
@@ -88,7 +98,7 @@ pub struct EmbeddedStack {
 impl EmbeddedStack {
     /// Starts the stack on `config.listen` (port 0 picks a free port); returns once every
     /// service's database is migrated and the listener accepts.
-    pub async fn start(config: Config, clock: SharedClock) -> Result<Self, StartError> {
+    pub async fn start(mut config: Config, clock: SharedClock) -> Result<Self, StartError> {
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -100,6 +110,7 @@ impl EmbeddedStack {
             addr: config.listen,
             source,
         })?;
+        config.listen = addr;
         let shutdown = CancellationToken::new();
         let prepared = prepare(config, clock, shutdown.clone()).await?;
         let task = tokio::spawn(prepared.serve(listener));

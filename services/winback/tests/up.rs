@@ -111,6 +111,33 @@ async fn winback_up_serves_all_five_services_with_health_and_reflection() {
         );
     }
 
+    // The container health check: `winback health` exits 0 for a serving service.
+    let probe = Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args([
+            "health",
+            "--addr",
+            &format!("http://127.0.0.1:{port}"),
+            "--service",
+            service_names::OFFERS,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(probe.status.success());
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "SERVING");
+    let probe = Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args([
+            "health",
+            "--addr",
+            &format!("http://127.0.0.1:{port}"),
+            "--service",
+            "no.such.Service",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!probe.status.success(), "an unknown service is not healthy");
+
     // Keys were generated on first start and kept in the data folder.
     assert!(dir.path().join("keys/token.pub.pem").exists());
     assert!(dir.path().join("profiles.db").exists());
