@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -48,6 +49,18 @@ pub fn init(
     config: &TelemetryConfig,
     service_name: &str,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty());
+    init_with_endpoint(config, service_name, endpoint)
+}
+
+/// [`init`] with the OTLP endpoint given (`None`: logs only).
+pub fn init_with_endpoint(
+    config: &TelemetryConfig,
+    service_name: &str,
+    otlp_endpoint: Option<String>,
+) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = std::env::var("RUST_LOG")
         .ok()
@@ -65,12 +78,13 @@ pub fn init(
     };
 
     let mut guard = TelemetryGuard::default();
-    let otel_layer = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+    let otel_layer = if let Some(endpoint) = otlp_endpoint {
         let resource = Resource::builder()
             .with_service_name(service_name.to_owned())
             .build();
         let spans = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
+            .with_endpoint(endpoint.clone())
             .build()
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         let tracer_provider = SdkTracerProvider::builder()
@@ -79,6 +93,7 @@ pub fn init(
             .build();
         let metrics = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
+            .with_endpoint(endpoint)
             .build()
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         let meter_provider = SdkMeterProvider::builder()
