@@ -172,3 +172,27 @@ db_test!(
         stack.stop().await;
     }
 );
+
+db_test!(an_oversized_message_is_refused, |db| async move {
+    use winback_proto::profiles::profiles_service_client::ProfilesServiceClient;
+    use winback_proto::profiles::{Customer, UpsertCustomersRequest};
+
+    let db: &TestDatabase = db;
+    let stack = TestStack::start(db).await;
+    let shop = stack.tenant("Retail").await;
+    let limit = stack.config.server.max_message_bytes;
+    let huge = UpsertCustomersRequest {
+        customers: vec![Customer {
+            customer_id: "c-1".into(),
+            name: "x".repeat(limit + 1),
+            ..Default::default()
+        }],
+    };
+    let status = ProfilesServiceClient::new(stack.authed(&shop.token))
+        .max_encoding_message_size(usize::MAX)
+        .upsert_customers(huge)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    stack.stop().await;
+});

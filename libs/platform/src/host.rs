@@ -6,10 +6,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use sea_orm::{DatabaseConnection, DbErr};
 use sea_orm_migration::MigratorTrait;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
 use tonic::transport::Channel;
 use tonic_health::ServingStatus;
 use winback_proto::events::EventSource;
@@ -19,7 +21,7 @@ use crate::auth::{AuthError, TokenVerifier, read_key};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConfigError, Peer};
 use crate::error::ServiceError;
-use crate::events::{EventsGrpc, FeedReader};
+use crate::events::{EventsGrpc, FeedReader, Outbox};
 use crate::grpc::CallCredentials;
 use crate::grpc::{GrpcServer, ServeError};
 
@@ -149,6 +151,45 @@ impl ServiceContext {
             .map_err(|source| StartError::Database { service, source })
     }
 
+    /// Opens `service`'s database with migrations `M`, builds its gRPC service with `make`
+    /// (given the database, its outbox and the message size limit), adds it to `server` and
+    /// reports it SERVING. The one way every service is mounted.
+    pub async fn mount<M, S>(
+        &self,
+        server: &mut GrpcServer,
+        service: &'static str,
+        source: EventSource,
+        make: impl FnOnce(DatabaseConnection, Outbox, usize) -> S,
+    ) -> Result<Mounted, StartError>
+    where
+        M: MigratorTrait,
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let db = self.database::<M>(service).await?;
+        let outbox = Outbox::new(source);
+        let feed = FeedReader::new(db.clone(), &outbox);
+        server
+            .add_service(make(db, outbox, self.config.server.max_message_bytes))
+            .await;
+        server
+            .health()
+            .set_service_status(S::NAME, ServingStatus::Serving)
+            .await;
+        Ok(Mounted {
+            name: S::NAME,
+            feed: Some((source, feed)),
+        })
+    }
+
     /// A server with this context's limits and token verifier.
     pub fn server(&self) -> GrpcServer {
         GrpcServer::new(&self.config.server, self.verifier.clone())
@@ -204,6 +245,25 @@ impl ServiceContext {
                 source,
             })
     }
+}
+
+/// Runs one service alone until `shutdown`: the stack mode's process.
+pub async fn serve_alone<F>(
+    config: Config,
+    shutdown: CancellationToken,
+    mount: F,
+) -> Result<(), StartError>
+where
+    F: for<'a> FnOnce(
+        &'a ServiceContext,
+        &'a mut GrpcServer,
+    ) -> BoxFuture<'a, Result<Mounted, StartError>>,
+{
+    let ctx = ServiceContext::new(config, shutdown)?;
+    let listener = ctx.bind().await?;
+    let mut server = ctx.server();
+    let mounted = mount(&ctx, &mut server).await?;
+    ctx.serve(server, listener, vec![mounted]).await
 }
 
 /// The `main` of a one-service binary: configuration from `winback.toml` and `WINBACK_*`,

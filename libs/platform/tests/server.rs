@@ -54,8 +54,12 @@ struct Running {
 }
 
 async fn start() -> Running {
+    start_with(ServerConfig::default()).await
+}
+
+async fn start_with(config: ServerConfig) -> Running {
     let (signer, verifier) = test_keys();
-    let mut server = GrpcServer::new(&ServerConfig::default(), verifier);
+    let mut server = GrpcServer::new(&config, verifier);
     server
         .add_service(ProfilesServiceServer::new(SlowProfiles))
         .await;
@@ -237,4 +241,25 @@ async fn shutdown_drains_an_in_flight_call() {
         .await
         .expect("server stops after the drain")
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_call_past_the_request_timeout_is_cut() {
+    let running = start_with(ServerConfig {
+        request_timeout_ms: 100,
+        ..ServerConfig::default()
+    })
+    .await;
+    let token = running.signer.tenant_token("t-a", &["*"], 60).unwrap();
+    let started = std::time::Instant::now();
+    let status = client(&running.channel, Some(&token))
+        .get_customer(get("c-slow"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(350),
+        "cut at the deadline, not after the handler"
+    );
+    running.shutdown.cancel();
 }

@@ -7,11 +7,9 @@ mod grpc;
 pub mod store;
 
 use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
 use winback_platform::config::Config;
-use winback_platform::events::{FeedReader, Outbox};
 use winback_platform::grpc::GrpcServer;
-use winback_platform::host::{Mounted, ServiceContext, StartError};
+use winback_platform::host::{Mounted, ServiceContext, StartError, serve_alone};
 use winback_proto::delivery::delivery_service_server::DeliveryServiceServer;
 use winback_proto::events::EventSource;
 
@@ -20,32 +18,20 @@ pub const SERVICE: &str = "delivery";
 
 /// Opens the database, runs the migrations, and adds the service to `server`.
 pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Mounted, StartError> {
-    let db = ctx.database::<store::Migrator>(SERVICE).await?;
-    let outbox = Outbox::new(EventSource::Delivery);
-    let feed = FeedReader::new(db.clone(), &outbox);
-    let limit = ctx.config.server.max_message_bytes;
-    let service = DeliveryServiceServer::new(grpc::DeliveryGrpc)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    server.add_service(service).await;
-    server
-        .health()
-        .set_service_status(
-            winback_proto::service_names::DELIVERY,
-            ServingStatus::Serving,
-        )
-        .await;
-    Ok(Mounted {
-        name: winback_proto::service_names::DELIVERY,
-        feed: Some((EventSource::Delivery, feed)),
-    })
+    ctx.mount::<store::Migrator, _>(
+        server,
+        SERVICE,
+        EventSource::Delivery,
+        |_db, _outbox, limit| {
+            DeliveryServiceServer::new(grpc::DeliveryGrpc)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        },
+    )
+    .await
 }
 
 /// Runs the delivery service alone until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    let ctx = ServiceContext::new(config, shutdown)?;
-    let listener = ctx.bind().await?;
-    let mut server = ctx.server();
-    let mounted = mount(&ctx, &mut server).await?;
-    ctx.serve(server, listener, vec![mounted]).await
+    serve_alone(config, shutdown, |ctx, server| Box::pin(mount(ctx, server))).await
 }

@@ -221,3 +221,20 @@ async fn stop(child: &mut Child) {
         .unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test]
+async fn a_bad_configuration_value_stops_winback_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args(["up", "--data-dir"])
+        .arg(dir.path())
+        .env("WINBACK_SERVER__REQUEST_TIMEOUT_MS", "soon")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("server.request_timeout_ms"), "{stderr}");
+    // Nothing was started or written.
+    assert!(!dir.path().join("profiles.db").exists());
+}
