@@ -102,6 +102,27 @@ impl EventHandler for CountingHandler {
     }
 }
 
+/// The "campaigns" consumer of the profiles feed, counting effects.
+fn consumer(
+    db: &DatabaseConnection,
+    transport: Arc<GrpcEventTransport>,
+    crash_on_call: Option<usize>,
+    crashed: CancellationToken,
+) -> EventConsumer {
+    EventConsumer::new(
+        "campaigns",
+        EventSource::Profiles,
+        db.clone(),
+        transport,
+        Arc::new(CountingHandler {
+            calls: AtomicUsize::new(0),
+            crash_on_call,
+            crashed,
+        }),
+    )
+    .with_retry_delay(Duration::from_millis(20))
+}
+
 async fn effects(db: &DatabaseConnection) -> Vec<(String, i64)> {
     db.query_all_raw(Statement::from_string(
         db.get_database_backend(),
@@ -172,18 +193,7 @@ db_test!(
 
         // First consumer: dies on its 26th event after writing the effect, before the commit.
         let crashed = CancellationToken::new();
-        let first = EventConsumer::new(
-            "campaigns",
-            EventSource::Profiles,
-            consumer_db.clone(),
-            transport.clone(),
-            Arc::new(CountingHandler {
-                calls: AtomicUsize::new(0),
-                crash_on_call: Some(26),
-                crashed: crashed.clone(),
-            }),
-        )
-        .with_retry_delay(Duration::from_millis(20));
+        let first = consumer(&consumer_db, transport.clone(), Some(26), crashed.clone());
         tokio::time::timeout(Duration::from_secs(20), first.run(crashed))
             .await
             .expect("the first consumer stops after its crash");
@@ -196,18 +206,12 @@ db_test!(
         // Second consumer: same name and database, resumes from the stored cursor; more events
         // arrive while it runs.
         let stop_second = CancellationToken::new();
-        let second = EventConsumer::new(
-            "campaigns",
-            EventSource::Profiles,
-            consumer_db.clone(),
+        let second = consumer(
+            &consumer_db,
             transport.clone(),
-            Arc::new(CountingHandler {
-                calls: AtomicUsize::new(0),
-                crash_on_call: None,
-                crashed: CancellationToken::new(),
-            }),
-        )
-        .with_retry_delay(Duration::from_millis(20));
+            None,
+            CancellationToken::new(),
+        );
         let second_task = tokio::spawn(second.run(stop_second.clone()));
         produce(&producer, &outbox, "t-a", 60, 10, 3).await;
         let rows = wait_for_effects(&consumer_db, 70).await;
@@ -227,17 +231,7 @@ db_test!(
             .await
             .unwrap()
             .remove(0);
-        let replay = EventConsumer::new(
-            "campaigns",
-            EventSource::Profiles,
-            consumer_db.clone(),
-            transport,
-            Arc::new(CountingHandler {
-                calls: AtomicUsize::new(0),
-                crash_on_call: None,
-                crashed: CancellationToken::new(),
-            }),
-        );
+        let replay = consumer(&consumer_db, transport, None, CancellationToken::new());
         assert!(!replay.handle(&first_event).await.unwrap());
         assert!(
             effects(&consumer_db)

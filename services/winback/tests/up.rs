@@ -151,17 +151,7 @@ async fn tenant_create_prints_a_token_the_running_stack_accepts() {
     let port = free_port();
     let mut child = up(dir.path(), port).await;
 
-    let output = Command::new(env!("CARGO_BIN_EXE_winback"))
-        .args([
-            "tenant",
-            "create",
-            "Beauty salon on Tverskaya",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .await
-        .unwrap();
+    let output = create_tenant(dir.path(), "Beauty salon on Tverskaya").await;
     assert!(
         output.status.success(),
         "{}",
@@ -172,17 +162,7 @@ async fn tenant_create_prints_a_token_the_running_stack_accepts() {
     assert!(created["tenant_id"].as_str().unwrap().starts_with("t_"));
 
     // The same name again is refused, and nothing is printed on stdout.
-    let again = Command::new(env!("CARGO_BIN_EXE_winback"))
-        .args([
-            "tenant",
-            "create",
-            "Beauty salon on Tverskaya",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .await
-        .unwrap();
+    let again = create_tenant(dir.path(), "Beauty salon on Tverskaya").await;
     assert!(!again.status.success());
     assert!(again.stdout.is_empty());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
@@ -204,6 +184,16 @@ async fn tenant_create_prints_a_token_the_running_stack_accepts() {
     assert_eq!(status.code(), Code::Unimplemented);
 
     stop(&mut child).await;
+}
+
+/// Runs `winback tenant create NAME` on a data folder.
+async fn create_tenant(data_dir: &std::path::Path, name: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args(["tenant", "create", name, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .await
+        .unwrap()
 }
 
 /// Sends SIGTERM and expects a clean exit.
