@@ -75,6 +75,19 @@ async fn read_feed(
     Ok(events)
 }
 
+/// Waits until the feed serves `count` events in all (on PostgreSQL an event becomes
+/// visible once every older transaction on the server has finished), so the reads that
+/// follow see a settled feed.
+async fn settle(stack: &TestStack, count: usize) {
+    let service = stack.service_token();
+    for _ in 0..30 {
+        if read_feed(stack, &service, "").await.unwrap().len() >= count {
+            return;
+        }
+    }
+    panic!("the feed never showed {count} events");
+}
+
 db_test!(
     a_token_for_one_tenant_never_reads_another_tenants_events,
     |db| async move {
@@ -84,6 +97,7 @@ db_test!(
         let salon = stack.tenant("Beauty salon").await;
         record_purchases(&stack, &tattoo.tenant_id, &["o-1", "o-2", "o-3"]).await;
         record_purchases(&stack, &salon.tenant_id, &["o-4", "o-5"]).await;
+        settle(&stack, 5).await;
 
         // The tattoo studio's token, even naming the salon in the request, sees only its own.
         let seen = read_feed(&stack, &tattoo.token, &salon.tenant_id)
