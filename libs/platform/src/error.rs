@@ -30,20 +30,24 @@ pub enum ServiceError {
     #[error("invalid argument: {}", describe(.0))]
     InvalidArgument(Vec<FieldViolation>),
     /// A named thing does not exist for this tenant.
-    #[error("{kind} {id:?} not found")]
+    #[error("{kind} {id:?} not found{}", at(.field))]
     NotFound {
         /// What kind of thing, e.g. "customer".
         kind: &'static str,
         /// Its id.
         id: String,
+        /// The request field that named it, e.g. `orders[3].customer_id`.
+        field: Option<String>,
     },
     /// The thing exists already with other content.
-    #[error("{kind} {id:?} already exists")]
+    #[error("{kind} {id:?} already exists{}", at(.field))]
     AlreadyExists {
         /// What kind of thing.
         kind: &'static str,
         /// Its id.
         id: String,
+        /// The request field that named it.
+        field: Option<String>,
     },
     /// The operation does not fit the current state.
     #[error("failed precondition: {0}")]
@@ -60,6 +64,13 @@ pub enum ServiceError {
     /// Something broke inside; the caller sees no detail.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn at(field: &Option<String>) -> String {
+    field
+        .as_ref()
+        .map(|f| format!(" ({f})"))
+        .unwrap_or_default()
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
@@ -81,6 +92,33 @@ impl ServiceError {
         Self::NotFound {
             kind,
             id: id.into(),
+            field: None,
+        }
+    }
+
+    /// A not-found error naming the request field that pointed at the missing thing.
+    pub fn not_found_at(
+        kind: &'static str,
+        id: impl Into<String>,
+        field: impl Into<String>,
+    ) -> Self {
+        Self::NotFound {
+            kind,
+            id: id.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    /// An already-exists error naming the request field.
+    pub fn already_exists_at(
+        kind: &'static str,
+        id: impl Into<String>,
+        field: impl Into<String>,
+    ) -> Self {
+        Self::AlreadyExists {
+            kind,
+            id: id.into(),
+            field: Some(field.into()),
         }
     }
 
@@ -157,10 +195,7 @@ mod tests {
         let cases: Vec<(ServiceError, Code)> = vec![
             (ServiceError::not_found("customer", "c1"), Code::NotFound),
             (
-                ServiceError::AlreadyExists {
-                    kind: "order",
-                    id: "o1".into(),
-                },
+                ServiceError::already_exists_at("order", "o1", "orders[0].order_id"),
                 Code::AlreadyExists,
             ),
             (

@@ -39,10 +39,7 @@ impl TenantRegistry {
             return Err(ServiceError::invalid("name", "must be 1 to 100 characters"));
         }
         if self.find_by_name(name).await?.is_some() {
-            return Err(ServiceError::AlreadyExists {
-                kind: "tenant",
-                id: name.to_owned(),
-            });
+            return Err(ServiceError::already_exists_at("tenant", name, "name"));
         }
         let tenant = Tenant {
             tenant_id: format!("t_{}", uuid::Uuid::now_v7().simple()),

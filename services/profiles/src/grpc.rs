@@ -1,12 +1,251 @@
-//! Handlers of `winback.profiles.v1.ProfilesService`.
-//!
-//! Every RPC answers `UNIMPLEMENTED` (the generated default) until issue #3 lands the
-//! profiles capability; the contract, health, reflection, auth and the event feed are live.
+//! Handlers of `winback.profiles.v1.ProfilesService`: translate, check the tenant, call the
+//! service, translate back.
 
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status, Streaming};
+use winback_platform::ServiceError;
+use winback_platform::auth::tenant_for;
 use winback_proto::profiles::profiles_service_server::ProfilesService;
+use winback_proto::profiles::*;
+
+use crate::context::{Profiles, timestamp};
+use crate::domain::validate::MAX_BATCH;
+use crate::orders::OnInvalid;
+
+const READ: &str = "profiles:read";
+const WRITE: &str = "profiles:write";
 
 /// The handlers.
-#[derive(Debug, Default)]
-pub(crate) struct ProfilesGrpc;
+#[derive(Debug, Clone)]
+pub(crate) struct ProfilesGrpc {
+    pub(crate) profiles: Profiles,
+}
 
-impl ProfilesService for ProfilesGrpc {}
+#[tonic::async_trait]
+impl ProfilesService for ProfilesGrpc {
+    async fn upsert_customers(
+        &self,
+        request: Request<UpsertCustomersRequest>,
+    ) -> Result<Response<UpsertCustomersResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let (created, updated) = self
+            .profiles
+            .upsert_customers(&tenant, request.into_inner().customers)
+            .await?;
+        Ok(Response::new(UpsertCustomersResponse { created, updated }))
+    }
+
+    async fn get_customer(
+        &self,
+        request: Request<GetCustomerRequest>,
+    ) -> Result<Response<GetCustomerResponse>, Status> {
+        let tenant = tenant_for(&request, READ)?;
+        Ok(Response::new(
+            self.profiles
+                .get_customer(&tenant, &request.get_ref().customer_id)
+                .await?,
+        ))
+    }
+
+    async fn list_customers(
+        &self,
+        request: Request<ListCustomersRequest>,
+    ) -> Result<Response<ListCustomersResponse>, Status> {
+        let tenant = tenant_for(&request, READ)?;
+        Ok(Response::new(
+            self.profiles
+                .list_customers(&tenant, request.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn erase_customer(
+        &self,
+        request: Request<EraseCustomerRequest>,
+    ) -> Result<Response<EraseCustomerResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let erased_at_us = self
+            .profiles
+            .erase_customer(&tenant, &request.get_ref().customer_id)
+            .await?;
+        Ok(Response::new(EraseCustomerResponse {
+            erased_at: timestamp(erased_at_us),
+        }))
+    }
+
+    async fn record_consent(
+        &self,
+        request: Request<RecordConsentRequest>,
+    ) -> Result<Response<RecordConsentResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let req = request.into_inner();
+        let consent = self
+            .profiles
+            .record_consent(&tenant, &req.customer_id, req.consent, req.do_not_contact)
+            .await?;
+        Ok(Response::new(RecordConsentResponse {
+            consent: Some(consent),
+        }))
+    }
+
+    async fn list_consent_history(
+        &self,
+        request: Request<ListConsentHistoryRequest>,
+    ) -> Result<Response<ListConsentHistoryResponse>, Status> {
+        let tenant = tenant_for(&request, READ)?;
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.profiles
+                .consent_history(&tenant, &req.customer_id, req.page)
+                .await?,
+        ))
+    }
+
+    async fn record_orders(
+        &self,
+        request: Request<RecordOrdersRequest>,
+    ) -> Result<Response<RecordOrdersResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let orders = request.into_inner().orders;
+        if orders.is_empty() {
+            return Err(ServiceError::invalid(
+                "orders",
+                format!("must hold 1 to {MAX_BATCH} orders"),
+            )
+            .into());
+        }
+        let result = self
+            .profiles
+            .record_orders(&tenant, orders, 0, OnInvalid::RefuseBatch)
+            .await?;
+        Ok(Response::new(RecordOrdersResponse {
+            outcomes: result.outcomes.into_iter().map(|o| o as i32).collect(),
+        }))
+    }
+
+    async fn stream_orders(
+        &self,
+        request: Request<Streaming<StreamOrdersRequest>>,
+    ) -> Result<Response<StreamOrdersResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let mut stream = request.into_inner();
+        let mut response = StreamOrdersResponse::default();
+        let mut on_invalid = None;
+        let mut index = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            let mode = *on_invalid.get_or_insert(if chunk.skip_invalid {
+                OnInvalid::SkipOrder
+            } else {
+                OnInvalid::RefuseBatch
+            });
+            let n = chunk.orders.len();
+            if n == 0 {
+                continue;
+            }
+            let result = self
+                .profiles
+                .record_orders(&tenant, chunk.orders, index, mode)
+                .await?;
+            index += n;
+            for outcome in result.outcomes {
+                match outcome {
+                    OrderOutcome::Recorded => response.recorded += 1,
+                    OrderOutcome::Duplicate => response.duplicates += 1,
+                    OrderOutcome::Unspecified => {}
+                }
+            }
+            response.rejected.extend(result.rejected);
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn adjust_order(
+        &self,
+        request: Request<AdjustOrderRequest>,
+    ) -> Result<Response<AdjustOrderResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let facts = self
+            .profiles
+            .adjust_order(&tenant, request.into_inner())
+            .await?;
+        Ok(Response::new(AdjustOrderResponse { facts: Some(facts) }))
+    }
+
+    async fn record_engagement(
+        &self,
+        request: Request<RecordEngagementRequest>,
+    ) -> Result<Response<RecordEngagementResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let (recorded, duplicates) = self
+            .profiles
+            .record_engagement(&tenant, request.into_inner().events)
+            .await?;
+        Ok(Response::new(RecordEngagementResponse {
+            recorded,
+            duplicates,
+        }))
+    }
+
+    async fn set_bonus_balance(
+        &self,
+        request: Request<SetBonusBalanceRequest>,
+    ) -> Result<Response<SetBonusBalanceResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let req = request.into_inner();
+        let balance = self
+            .profiles
+            .set_bonus(&tenant, &req.customer_id, &req.lots)
+            .await?;
+        Ok(Response::new(SetBonusBalanceResponse {
+            balance: Some(balance),
+        }))
+    }
+
+    async fn adjust_bonus_balance(
+        &self,
+        request: Request<AdjustBonusBalanceRequest>,
+    ) -> Result<Response<AdjustBonusBalanceResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let req = request.into_inner();
+        let balance = self
+            .profiles
+            .adjust_bonus(
+                &tenant,
+                &req.customer_id,
+                &req.adjustment_id,
+                req.points,
+                req.expires_at.as_ref(),
+            )
+            .await?;
+        Ok(Response::new(AdjustBonusBalanceResponse {
+            balance: Some(balance),
+        }))
+    }
+
+    async fn get_facts(
+        &self,
+        request: Request<GetFactsRequest>,
+    ) -> Result<Response<GetFactsResponse>, Status> {
+        let tenant = tenant_for(&request, READ)?;
+        let facts = self
+            .profiles
+            .facts(&tenant, &request.get_ref().customer_id)
+            .await?;
+        Ok(Response::new(GetFactsResponse { facts: Some(facts) }))
+    }
+
+    async fn stream_facts(
+        &self,
+        request: Request<StreamFactsRequest>,
+    ) -> Result<Response<BoxStream<StreamFactsResponse>>, Status> {
+        let tenant = tenant_for(&request, READ)?;
+        let req = request.into_inner();
+        let rx = self
+            .profiles
+            .stream_facts(tenant, &req.changed_since_cursor, req.chunk_size)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -3,7 +3,15 @@
 //! A library with one entry point, [`serve`], and [`mount`] for the `winback` binary that
 //! runs every service in one process. Reads top-down: `grpc` (handlers) → `store`.
 
+mod bonus;
+mod consent;
+mod context;
+mod customers;
+mod domain;
+mod engagement;
+mod facts_stream;
 mod grpc;
+mod orders;
 pub mod store;
 
 use tokio_util::sync::CancellationToken;
@@ -18,12 +26,14 @@ pub const SERVICE: &str = "profiles";
 
 /// Opens the database, runs the migrations, and adds the service to `server`.
 pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Mounted, StartError> {
+    let clock = ctx.clock.clone();
     ctx.mount::<store::Migrator, _>(
         server,
         SERVICE,
         EventSource::Profiles,
-        |_db, _outbox, limit| {
-            ProfilesServiceServer::new(grpc::ProfilesGrpc)
+        |db, outbox, limit| {
+            let profiles = context::Profiles { db, outbox, clock };
+            ProfilesServiceServer::new(grpc::ProfilesGrpc { profiles })
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit)
         },

@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use winback_proto::events::events_service_client::EventsServiceClient;
 use winback_proto::events::{Event, EventSource, SubscribeRequest};
 
-use super::sql::statement;
+use crate::db::statement;
 use crate::grpc::client::CallCredentials;
 
 /// What a handler may fail with; the event is retried later, never skipped.

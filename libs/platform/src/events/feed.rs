@@ -22,8 +22,8 @@ use winback_proto::events::{Event, EventSource, SubscribeRequest, SubscribeRespo
 
 use super::cursor::Cursor;
 use super::outbox::Outbox;
-use super::sql::statement;
 use crate::auth::auth_context;
+use crate::db::statement;
 use crate::error::ServiceError;
 
 /// Reads one source's outbox.

@@ -7,7 +7,6 @@ pub mod cursor;
 pub mod feed;
 pub mod migration;
 pub mod outbox;
-mod sql;
 
 pub use consumer::{EventConsumer, EventHandler, EventTransport, GrpcEventTransport, HandlerError};
 pub use cursor::Cursor;

@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, DbErr};
 use tokio::sync::Notify;
 use winback_proto::events::{Event, EventSource, event::Payload};
 
-use super::sql::statement;
+use crate::db::statement;
 
 /// Writes events of one source service.
 #[derive(Debug, Clone)]
@@ -65,6 +65,59 @@ impl Outbox {
         ))
         .await?;
         Ok(event_id)
+    }
+
+    /// Appends many events inside the caller's transaction, a few hundred rows per statement.
+    pub async fn append_many<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        events: Vec<(String, DateTime<Utc>, Payload)>,
+    ) -> Result<(), DbErr> {
+        const ROWS_PER_STATEMENT: usize = 400;
+        let traceparent = crate::telemetry::current_traceparent().unwrap_or_default();
+        let backend = txn.get_database_backend();
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let mut sql = String::from(
+                "INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload) VALUES ",
+            );
+            let mut values: Vec<sea_orm::Value> = Vec::new();
+            for (i, (tenant_id, occurred_at, payload)) in
+                events.by_ref().take(ROWS_PER_STATEMENT).enumerate()
+            {
+                let n = i * 5;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5
+                ));
+                let event_id = uuid::Uuid::now_v7().to_string();
+                let event_type = payload_type(&payload);
+                let event = Event {
+                    event_id: event_id.clone(),
+                    cursor: String::new(),
+                    tenant_id: tenant_id.clone(),
+                    source: self.source as i32,
+                    r#type: event_type.to_owned(),
+                    occurred_at: Some(crate::time::to_timestamp(occurred_at)),
+                    traceparent: traceparent.clone(),
+                    payload: Some(payload),
+                };
+                values.push(event_id.into());
+                values.push(tenant_id.into());
+                values.push(event_type.into());
+                values.push(occurred_at.timestamp_micros().into());
+                values.push(event.encode_to_vec().into());
+            }
+            txn.execute_raw(statement(backend, &sql, values)).await?;
+        }
+        Ok(())
     }
 
     /// Wakes the subscribers of this outbox; call after the transaction committed.

@@ -1,0 +1,264 @@
+//! Consent per channel and purpose, with full history. A "do not contact me" refuses every
+//! channel and purpose at once and is remembered until the customer grants consent again.
+
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use winback_platform::ServiceError;
+use winback_proto::common::{Channel, MessagePurpose};
+use winback_proto::events::ConsentChanged;
+use winback_proto::events::event::Payload;
+use winback_proto::profiles::{ConsentRecord, ListConsentHistoryResponse};
+
+use crate::context::{Profiles, micros, timestamp};
+use crate::customers::{consent_record, page_size};
+use crate::domain::facts::{CHANNELS, FactsState};
+use crate::domain::validate::MAX_CLOCK_SKEW;
+use crate::store::rows;
+
+const PURPOSES: [MessagePurpose; 2] = [MessagePurpose::Advertising, MessagePurpose::Service];
+
+/// One consent decision to store.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsentChange {
+    pub(crate) channel: i32,
+    pub(crate) purpose: i32,
+    pub(crate) granted: bool,
+    pub(crate) source: String,
+    pub(crate) at_us: i64,
+}
+
+/// The refusals a "do not contact me" records.
+pub(crate) fn refuse_everything(source: &str, at_us: i64) -> Vec<ConsentChange> {
+    CHANNELS
+        .iter()
+        .flat_map(|&channel| {
+            PURPOSES.iter().map(move |&purpose| ConsentChange {
+                channel: channel as i32,
+                purpose: purpose as i32,
+                granted: false,
+                source: source.to_owned(),
+                at_us,
+            })
+        })
+        .collect()
+}
+
+/// Stores consent changes with history, updates the facts state and writes the events,
+/// inside the caller's transaction.
+pub(crate) async fn store_changes(
+    profiles: &Profiles,
+    txn: &impl ConnectionTrait,
+    tenant: &str,
+    customer_id: &str,
+    state: &mut FactsState,
+    changes: &[ConsentChange],
+    do_not_contact: bool,
+) -> Result<(), ServiceError> {
+    let mut history = Vec::new();
+    let mut events = Vec::new();
+    for c in changes {
+        rows::exec(
+            txn,
+            "INSERT INTO consents (tenant_id, customer_id, channel, purpose, granted, source, recorded_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, customer_id, channel, purpose) \
+             DO UPDATE SET granted = excluded.granted, source = excluded.source, recorded_at_us = excluded.recorded_at_us",
+            vec![
+                tenant.into(),
+                customer_id.into(),
+                i64::from(c.channel).into(),
+                i64::from(c.purpose).into(),
+                i64::from(c.granted).into(),
+                c.source.clone().into(),
+                c.at_us.into(),
+            ],
+        )
+        .await?;
+        history.push(vec![
+            tenant.into(),
+            customer_id.into(),
+            i64::from(c.channel).into(),
+            i64::from(c.purpose).into(),
+            i64::from(c.granted).into(),
+            c.source.clone().into(),
+            c.at_us.into(),
+        ]);
+        let flags = state.consent.entry(c.channel).or_default();
+        if c.purpose == MessagePurpose::Advertising as i32 {
+            flags.advertising = c.granted;
+        } else {
+            flags.service_refused = !c.granted;
+        }
+        events.push((
+            tenant.to_owned(),
+            profiles.clock.now(),
+            Payload::ConsentChanged(ConsentChanged {
+                customer_id: customer_id.to_owned(),
+                channel: c.channel,
+                purpose: c.purpose,
+                granted: c.granted,
+                source: c.source.clone(),
+                do_not_contact,
+            }),
+        ));
+    }
+    if do_not_contact {
+        state.do_not_contact = true;
+    } else if changes.iter().any(|c| c.granted) {
+        // Granting consent again is the customer taking back a "do not contact me".
+        state.do_not_contact = false;
+    }
+    rows::insert_many(
+        txn,
+        "INSERT INTO consent_history (tenant_id, customer_id, channel, purpose, granted, source, recorded_at_us)",
+        "",
+        history,
+    )
+    .await?;
+    profiles.outbox.append_many(txn, events).await?;
+    Ok(())
+}
+
+impl Profiles {
+    /// Records one consent change, or a refusal of everything.
+    pub(crate) async fn record_consent(
+        &self,
+        tenant: &str,
+        customer_id: &str,
+        consent: Option<ConsentRecord>,
+        do_not_contact: bool,
+    ) -> Result<ConsentRecord, ServiceError> {
+        let consent = consent.ok_or_else(|| ServiceError::invalid("consent", "is required"))?;
+        let now = self.clock.now();
+        let at_us = match &consent.recorded_at {
+            None => now.timestamp_micros(),
+            Some(ts) if micros(ts) > (now + MAX_CLOCK_SKEW).timestamp_micros() => {
+                return Err(ServiceError::invalid(
+                    "consent.recorded_at",
+                    "is in the future",
+                ));
+            }
+            Some(ts) => micros(ts),
+        };
+        if consent.source.is_empty() || consent.source.chars().count() > 64 {
+            return Err(ServiceError::invalid(
+                "consent.source",
+                "must be 1 to 64 characters",
+            ));
+        }
+        let changes = if do_not_contact {
+            refuse_everything(&consent.source, at_us)
+        } else {
+            if !CHANNELS.iter().any(|c| *c as i32 == consent.channel) {
+                return Err(ServiceError::invalid(
+                    "consent.channel",
+                    "must name a channel",
+                ));
+            }
+            if !PURPOSES.iter().any(|p| *p as i32 == consent.purpose) {
+                return Err(ServiceError::invalid(
+                    "consent.purpose",
+                    "must be advertising or service",
+                ));
+            }
+            vec![ConsentChange {
+                channel: consent.channel,
+                purpose: consent.purpose,
+                granted: consent.granted,
+                source: consent.source.clone(),
+                at_us,
+            }]
+        };
+        let txn = self.db.begin().await?;
+        let ids = [customer_id.to_owned()];
+        let customer = rows::customers(&txn, tenant, &ids)
+            .await?
+            .remove(customer_id)
+            .ok_or_else(|| ServiceError::not_found_at("customer", customer_id, "customer_id"))?;
+        if customer.erased {
+            return Err(ServiceError::FailedPrecondition(
+                "customer was erased".into(),
+            ));
+        }
+        let mut state = rows::facts_states(&txn, tenant, &ids)
+            .await?
+            .remove(customer_id)
+            .unwrap_or_default();
+        store_changes(
+            self,
+            &txn,
+            tenant,
+            customer_id,
+            &mut state,
+            &changes,
+            do_not_contact,
+        )
+        .await?;
+        state.updated_at_us = self.now_us();
+        rows::save_facts(&txn, tenant, vec![(customer_id.to_owned(), state)]).await?;
+        txn.commit().await?;
+        self.outbox.notify_committed();
+        let stored = changes.first().map(|c| ConsentRecord {
+            channel: if do_not_contact {
+                Channel::Unspecified as i32
+            } else {
+                c.channel
+            },
+            purpose: if do_not_contact {
+                MessagePurpose::Unspecified as i32
+            } else {
+                c.purpose
+            },
+            granted: c.granted,
+            source: c.source.clone(),
+            recorded_at: timestamp(c.at_us),
+        });
+        stored.ok_or_else(|| ServiceError::internal("no consent change"))
+    }
+
+    /// Consent history, newest first.
+    pub(crate) async fn consent_history(
+        &self,
+        tenant: &str,
+        customer_id: &str,
+        page: Option<winback_proto::common::PageRequest>,
+    ) -> Result<ListConsentHistoryResponse, ServiceError> {
+        self.customer(tenant, customer_id, "customer_id").await?;
+        let page = page.unwrap_or_default();
+        let size = page_size(page.page_size)?;
+        let before: i64 = if page.page_token.is_empty() {
+            i64::MAX
+        } else {
+            page.page_token
+                .parse()
+                .map_err(|_| ServiceError::invalid("page.page_token", "malformed page token"))?
+        };
+        let found = rows::query(
+            &self.db,
+            "SELECT id, channel, purpose, granted, source, recorded_at_us FROM consent_history \
+             WHERE tenant_id = $1 AND customer_id = $2 AND id < $3 ORDER BY id DESC LIMIT $4",
+            vec![
+                tenant.into(),
+                customer_id.into(),
+                before.into(),
+                (size as i64 + 1).into(),
+            ],
+        )
+        .await?;
+        let mut records = Vec::new();
+        let mut last_id = 0i64;
+        for r in found.iter().take(size as usize) {
+            last_id = r.try_get("", "id")?;
+            records.push(consent_record(r)?);
+        }
+        let next = if found.len() as u64 > size {
+            last_id.to_string()
+        } else {
+            String::new()
+        };
+        Ok(ListConsentHistoryResponse {
+            records,
+            page: Some(winback_proto::common::PageResponse {
+                next_page_token: next,
+            }),
+        })
+    }
+}

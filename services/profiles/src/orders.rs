@@ -1,0 +1,441 @@
+//! Orders: recorded in batches (unary or a client stream), idempotent by the tenant's
+//! order id, each batch updating its customers' facts in the same transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::TransactionTrait;
+use winback_platform::{FieldViolation, ServiceError};
+use winback_proto::common::Money;
+use winback_proto::events::event::Payload;
+use winback_proto::events::{OrderAdjusted, PurchaseRecorded};
+use winback_proto::profiles::{
+    AdjustOrderRequest, AdjustmentKind, CustomerFacts, Order, OrderOutcome, RejectedOrder,
+};
+
+use crate::context::{Profiles, micros};
+use crate::domain::facts::OrderFact;
+use crate::domain::validate::{self, MAX_BATCH, Violations};
+use crate::store::rows;
+
+/// What to do with a bad order in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnInvalid {
+    /// Refuse the whole batch; nothing is stored.
+    RefuseBatch,
+    /// Store the good orders and report the bad ones.
+    SkipOrder,
+}
+
+/// What a batch did.
+#[derive(Debug, Default)]
+pub(crate) struct BatchResult {
+    /// One outcome per order (unspecified for rejected ones).
+    pub(crate) outcomes: Vec<OrderOutcome>,
+    /// Rejected orders (only with [`OnInvalid::SkipOrder`]).
+    pub(crate) rejected: Vec<RejectedOrder>,
+}
+
+/// A stable fingerprint of an order's content: the same order sent twice is recognised,
+/// the same id with other content is not. Two FNV-1a hashes with different seeds (128 bits);
+/// only ever compared between orders with the same id.
+pub(crate) fn fingerprint(o: &Order) -> String {
+    let mut text = format!(
+        "{}|{}|{}|{}|{}|{}",
+        o.customer_id,
+        o.placed_at.as_ref().map(micros).unwrap_or_default(),
+        o.total
+            .as_ref()
+            .map(|m| m.currency.as_str())
+            .unwrap_or_default(),
+        o.total.as_ref().map(|m| m.amount_minor).unwrap_or_default(),
+        o.store,
+        o.coupon_code
+    );
+    for l in &o.lines {
+        let price = l
+            .unit_price
+            .as_ref()
+            .map(|m| m.amount_minor)
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "|{}:{}:{}:{}",
+            l.sku, l.category, l.quantity, price
+        ));
+    }
+    let fnv = |seed: u64| {
+        text.bytes().fold(seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    format!(
+        "{:016x}{:016x}",
+        fnv(0xcbf2_9ce4_8422_2325),
+        fnv(0x6c62_272e_07bb_0142)
+    )
+}
+
+fn category_spend(o: &Order) -> Vec<(String, i64)> {
+    let mut spend: HashMap<&str, i64> = HashMap::new();
+    for l in &o.lines {
+        let line = l
+            .unit_price
+            .as_ref()
+            .map_or(0, |p| p.amount_minor.saturating_mul(i64::from(l.quantity)));
+        let category = if l.category.is_empty() {
+            "uncategorised"
+        } else {
+            l.category.as_str()
+        };
+        *spend.entry(category).or_default() += line;
+    }
+    let mut spend: Vec<(String, i64)> = spend.into_iter().map(|(c, s)| (c.to_owned(), s)).collect();
+    spend.sort();
+    spend
+}
+
+impl Profiles {
+    /// Records a batch of orders. `first_index` is the position of the batch's first order
+    /// in the whole request or stream, for field paths and rejections.
+    pub(crate) async fn record_orders(
+        &self,
+        tenant: &str,
+        orders: Vec<Order>,
+        first_index: usize,
+        on_invalid: OnInvalid,
+    ) -> Result<BatchResult, ServiceError> {
+        if orders.len() > MAX_BATCH {
+            return Err(ServiceError::invalid(
+                "orders",
+                format!("at most {MAX_BATCH} orders per batch"),
+            ));
+        }
+        let now = self.clock.now();
+        let field = |i: usize, f: &str| format!("orders[{}].{f}", first_index + i);
+
+        // 1. Shape of each order.
+        let mut problems: Vec<Option<(FieldViolation, ServiceError)>> =
+            Vec::with_capacity(orders.len());
+        problems.resize_with(orders.len(), || None);
+        let mut all_violations = Vec::new();
+        for (i, o) in orders.iter().enumerate() {
+            let mut v = Violations::default();
+            validate::order(&mut v, &format!("orders[{}]", first_index + i), o, now);
+            if let Some(first) = v.0.first().cloned() {
+                problems[i] = Some((first, ServiceError::InvalidArgument(v.0.clone())));
+                all_violations.extend(v.0);
+            }
+        }
+        if on_invalid == OnInvalid::RefuseBatch && !all_violations.is_empty() {
+            return Err(ServiceError::InvalidArgument(all_violations));
+        }
+
+        let txn = self.db.begin().await?;
+        // 2. Idempotency: against stored orders and within the batch.
+        let ids: Vec<String> = orders.iter().map(|o| o.order_id.clone()).collect();
+        let stored = rows::orders(&txn, tenant, &ids).await?;
+        let fingerprints: Vec<String> = orders.iter().map(fingerprint).collect();
+        let mut outcomes = vec![OrderOutcome::Unspecified; orders.len()];
+        let mut in_batch: HashMap<&str, &str> = HashMap::new();
+        for (i, o) in orders.iter().enumerate() {
+            if problems[i].is_some() {
+                continue;
+            }
+            let earlier = stored
+                .get(&o.order_id)
+                .map(|s| s.fingerprint.as_str())
+                .or_else(|| in_batch.get(o.order_id.as_str()).copied());
+            match earlier {
+                Some(fp) if fp == fingerprints[i] => outcomes[i] = OrderOutcome::Duplicate,
+                Some(_) => {
+                    let err =
+                        ServiceError::already_exists_at("order", &o.order_id, field(i, "order_id"));
+                    problems[i] = Some((
+                        FieldViolation::new(
+                            field(i, "order_id"),
+                            "already recorded with other content",
+                        ),
+                        err,
+                    ));
+                }
+                None => {
+                    in_batch.insert(o.order_id.as_str(), fingerprints[i].as_str());
+                    outcomes[i] = OrderOutcome::Recorded;
+                }
+            }
+        }
+
+        // 3. Customers must exist (and not be erased); one currency per customer.
+        let customer_ids: Vec<String> = orders
+            .iter()
+            .map(|o| o.customer_id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let customers = rows::customers(&txn, tenant, &customer_ids).await?;
+        let mut states = rows::facts_states(&txn, tenant, &customer_ids).await?;
+        for (i, o) in orders.iter().enumerate() {
+            if problems[i].is_some() || outcomes[i] != OrderOutcome::Recorded {
+                continue;
+            }
+            let at = field(i, "customer_id");
+            let problem = match customers.get(&o.customer_id) {
+                None => Some((
+                    FieldViolation::new(at.clone(), "unknown customer"),
+                    ServiceError::not_found_at("customer", &o.customer_id, at),
+                )),
+                Some(c) if c.erased => Some((
+                    FieldViolation::new(at.clone(), "customer was erased"),
+                    ServiceError::FailedPrecondition(format!("{at}: customer was erased")),
+                )),
+                Some(_) => {
+                    let currency = o
+                        .total
+                        .as_ref()
+                        .map(|m| m.currency.as_str())
+                        .unwrap_or_default();
+                    let known = states
+                        .get(&o.customer_id)
+                        .map(|s| s.currency.as_str())
+                        .unwrap_or_default();
+                    (!known.is_empty() && known != currency).then(|| {
+                        let at = field(i, "total.currency");
+                        let why = format!("the customer's orders are in {known}");
+                        (
+                            FieldViolation::new(at.clone(), why.clone()),
+                            ServiceError::invalid(at, why),
+                        )
+                    })
+                }
+            };
+            if let Some(problem) = problem {
+                problems[i] = Some(problem);
+                outcomes[i] = OrderOutcome::Unspecified;
+            }
+        }
+        if on_invalid == OnInvalid::RefuseBatch
+            && let Some((_, err)) = problems.iter_mut().find_map(Option::take)
+        {
+            return Err(err);
+        }
+
+        // 4. Store the new orders, fold them into the facts, write the events.
+        let now_us = now.timestamp_micros();
+        let mut order_rows = Vec::new();
+        let mut events = Vec::new();
+        let mut touched: HashSet<String> = HashSet::new();
+        for (i, o) in orders.iter().enumerate() {
+            if outcomes[i] != OrderOutcome::Recorded {
+                continue;
+            }
+            let total = o.total.clone().unwrap_or_default();
+            let placed_at_us = o.placed_at.as_ref().map(micros).unwrap_or_default();
+            let spend = category_spend(o);
+            let state = states.entry(o.customer_id.clone()).or_default();
+            if state.currency.is_empty() {
+                state.currency = total.currency.clone();
+            }
+            state.apply_order(&OrderFact {
+                order_id: o.order_id.clone(),
+                placed_at_us,
+                total_minor: total.amount_minor,
+                category_spend: spend.clone(),
+            });
+            state.updated_at_us = now_us;
+            touched.insert(o.customer_id.clone());
+            order_rows.push(vec![
+                tenant.into(),
+                o.order_id.clone().into(),
+                o.customer_id.clone().into(),
+                placed_at_us.into(),
+                total.currency.clone().into(),
+                total.amount_minor.into(),
+                o.store.clone().into(),
+                o.coupon_code.clone().into(),
+                serde_json::to_string(&spend).unwrap_or_default().into(),
+                fingerprints[i].clone().into(),
+            ]);
+            events.push((
+                tenant.to_owned(),
+                now,
+                Payload::PurchaseRecorded(PurchaseRecorded {
+                    customer_id: o.customer_id.clone(),
+                    order_id: o.order_id.clone(),
+                    placed_at: o.placed_at,
+                    total: Some(total),
+                    coupon_code: o.coupon_code.clone(),
+                    store: o.store.clone(),
+                }),
+            ));
+        }
+        if !order_rows.is_empty() {
+            rows::insert_many(
+                &txn,
+                "INSERT INTO orders (tenant_id, order_id, customer_id, placed_at_us, currency, total_minor, store, \
+                 coupon_code, lines, fingerprint)",
+                "",
+                order_rows,
+            )
+            .await?;
+            let facts = touched
+                .into_iter()
+                .filter_map(|id| states.remove(&id).map(|s| (id, s)))
+                .collect();
+            rows::save_facts(&txn, tenant, facts).await?;
+            self.outbox.append_many(&txn, events).await?;
+        }
+        txn.commit().await?;
+        self.outbox.notify_committed();
+
+        let rejected = problems
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                p.map(|(violation, _)| RejectedOrder {
+                    index: (first_index + i) as i64,
+                    order_id: orders[i].order_id.clone(),
+                    field: violation.field,
+                    reason: violation.description,
+                })
+            })
+            .collect();
+        Ok(BatchResult { outcomes, rejected })
+    }
+
+    /// Records a refund or a cancellation; idempotent by adjustment id.
+    pub(crate) async fn adjust_order(
+        &self,
+        tenant: &str,
+        req: AdjustOrderRequest,
+    ) -> Result<CustomerFacts, ServiceError> {
+        let mut v = Violations::default();
+        validate::id(&mut v, "order_id", &req.order_id);
+        validate::id(&mut v, "adjustment_id", &req.adjustment_id);
+        let kind = AdjustmentKind::try_from(req.kind).unwrap_or(AdjustmentKind::Unspecified);
+        if kind == AdjustmentKind::Unspecified {
+            v.add("kind", "must be refund or cancellation");
+        }
+        if kind == AdjustmentKind::Refund {
+            validate::money(&mut v, "amount", req.amount.as_ref());
+            if req.amount.as_ref().is_some_and(|m| m.amount_minor == 0) {
+                v.add("amount.amount_minor", "must be positive");
+            }
+        }
+        if !v.is_empty() {
+            return Err(ServiceError::InvalidArgument(v.0));
+        }
+        let now = self.clock.now();
+        let occurred_us = req
+            .occurred_at
+            .as_ref()
+            .map_or(now.timestamp_micros(), micros);
+        let amount = req.amount.clone().unwrap_or_default();
+
+        let txn = self.db.begin().await?;
+        let order = rows::orders(&txn, tenant, std::slice::from_ref(&req.order_id))
+            .await?
+            .remove(&req.order_id)
+            .ok_or_else(|| ServiceError::not_found_at("order", &req.order_id, "order_id"))?;
+        let done = rows::query(
+            &txn,
+            "SELECT order_id, kind, amount_minor FROM order_adjustments WHERE tenant_id = $1 AND adjustment_id = $2",
+            vec![tenant.into(), req.adjustment_id.clone().into()],
+        )
+        .await?;
+        if let Some(row) = done.first() {
+            let same = row.try_get::<String>("", "order_id")? == req.order_id
+                && row.try_get::<i64>("", "kind")? == i64::from(req.kind)
+                && row.try_get::<i64>("", "amount_minor")? == amount.amount_minor;
+            drop(txn);
+            return if same {
+                self.facts(tenant, &order.customer_id).await
+            } else {
+                Err(ServiceError::already_exists_at(
+                    "adjustment",
+                    &req.adjustment_id,
+                    "adjustment_id",
+                ))
+            };
+        }
+        let ids = [order.customer_id.clone()];
+        let mut state = rows::facts_states(&txn, tenant, &ids)
+            .await?
+            .remove(&order.customer_id)
+            .unwrap_or_default();
+        let mut refunded = Money::default();
+        match kind {
+            AdjustmentKind::Refund => {
+                if order.cancelled {
+                    return Err(ServiceError::FailedPrecondition(
+                        "order_id: the order is cancelled".into(),
+                    ));
+                }
+                if amount.currency != order.currency {
+                    return Err(ServiceError::invalid(
+                        "amount.currency",
+                        format!("the order is in {}", order.currency),
+                    ));
+                }
+                if amount.amount_minor > order.total_minor - order.refunded_minor {
+                    return Err(ServiceError::invalid(
+                        "amount.amount_minor",
+                        "exceeds what is left of the order total",
+                    ));
+                }
+                rows::exec(
+                    &txn,
+                    "UPDATE orders SET refunded_minor = refunded_minor + $3 WHERE tenant_id = $1 AND order_id = $2",
+                    vec![tenant.into(), req.order_id.clone().into(), amount.amount_minor.into()],
+                )
+                .await?;
+                state.apply_refund(&req.order_id, amount.amount_minor);
+                refunded = amount.clone();
+            }
+            _ => {
+                if !order.cancelled {
+                    rows::exec(
+                        &txn,
+                        "UPDATE orders SET cancelled = 1 WHERE tenant_id = $1 AND order_id = $2",
+                        vec![tenant.into(), req.order_id.clone().into()],
+                    )
+                    .await?;
+                    let remaining =
+                        rows::customer_order_facts(&txn, tenant, &order.customer_id).await?;
+                    state.recompute_orders(&remaining);
+                }
+            }
+        }
+        rows::exec(
+            &txn,
+            "INSERT INTO order_adjustments (tenant_id, adjustment_id, order_id, kind, amount_minor, occurred_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            vec![
+                tenant.into(),
+                req.adjustment_id.clone().into(),
+                req.order_id.clone().into(),
+                i64::from(req.kind).into(),
+                amount.amount_minor.into(),
+                occurred_us.into(),
+            ],
+        )
+        .await?;
+        state.updated_at_us = now.timestamp_micros();
+        let facts = state.render(&order.customer_id);
+        rows::save_facts(&txn, tenant, vec![(order.customer_id.clone(), state)]).await?;
+        self.outbox
+            .append(
+                &txn,
+                tenant,
+                now,
+                Payload::OrderAdjusted(OrderAdjusted {
+                    customer_id: order.customer_id.clone(),
+                    order_id: req.order_id.clone(),
+                    cancelled: kind == AdjustmentKind::Cancellation,
+                    refunded: Some(refunded),
+                }),
+            )
+            .await?;
+        txn.commit().await?;
+        self.outbox.notify_committed();
+        Ok(facts)
+    }
+}

@@ -1,0 +1,527 @@
+//! The queries of the profiles service. One SQL text serves SQLite and PostgreSQL (`$n`
+//! placeholders, `ON CONFLICT … DO UPDATE`); batches go in multi-row statements.
+
+use std::collections::HashMap;
+
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Value};
+use winback_platform::db::statement;
+use winback_platform::events::Cursor;
+
+use crate::domain::facts::{FactsState, OrderFact};
+
+/// Rows per multi-row statement (PostgreSQL allows 65,535 parameters, SQLite 32,766).
+const ROWS_PER_STATEMENT: usize = 500;
+
+fn placeholders(start: usize, width: usize) -> String {
+    let cells: Vec<String> = (start + 1..=start + width)
+        .map(|n| format!("${n}"))
+        .collect();
+    format!("({})", cells.join(", "))
+}
+
+/// `head VALUES (…), (…) tail` for each chunk of rows.
+pub(crate) async fn insert_many(
+    conn: &impl ConnectionTrait,
+    head: &str,
+    tail: &str,
+    rows: Vec<Vec<Value>>,
+) -> Result<(), DbErr> {
+    let backend = conn.get_database_backend();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Value>> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
+        let mut sql = format!("{head} VALUES ");
+        let mut values = Vec::new();
+        for (i, row) in chunk.into_iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&placeholders(values.len(), row.len()));
+            values.extend(row);
+        }
+        sql.push(' ');
+        sql.push_str(tail);
+        conn.execute_raw(statement(backend, &sql, values)).await?;
+    }
+    Ok(())
+}
+
+/// `$k, $k+1, …` for an IN list, starting after `offset` earlier parameters.
+fn in_list(offset: usize, n: usize) -> String {
+    (offset + 1..=offset + n)
+        .map(|k| format!("${k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows whose key is in `keys`, queried a chunk at a time.
+async fn select_in(
+    conn: &impl ConnectionTrait,
+    sql_before_in: &str,
+    tenant: &str,
+    keys: &[String],
+) -> Result<Vec<QueryResult>, DbErr> {
+    let backend = conn.get_database_backend();
+    let mut out = Vec::new();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!("{sql_before_in} ({})", in_list(1, chunk.len()));
+        let mut values: Vec<Value> = vec![tenant.into()];
+        values.extend(chunk.iter().map(|k| Value::from(k.clone())));
+        out.extend(conn.query_all_raw(statement(backend, &sql, values)).await?);
+    }
+    Ok(out)
+}
+
+/// A stored customer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CustomerRow {
+    pub(crate) customer_id: String,
+    pub(crate) name: String,
+    pub(crate) email: String,
+    pub(crate) phone: String,
+    pub(crate) push_tokens: String,
+    pub(crate) locale: String,
+    pub(crate) time_zone: String,
+    pub(crate) birthday: String,
+    pub(crate) tags: String,
+    pub(crate) attributes: String,
+    pub(crate) erased: bool,
+    pub(crate) created_at_us: i64,
+    pub(crate) updated_at_us: i64,
+}
+
+const CUSTOMER_COLUMNS: &str = "customer_id, name, email, phone, push_tokens, locale, time_zone, birthday, tags, attributes, erased, created_at_us, updated_at_us";
+
+fn customer_row(r: &QueryResult) -> Result<CustomerRow, DbErr> {
+    Ok(CustomerRow {
+        customer_id: r.try_get("", "customer_id")?,
+        name: r.try_get("", "name")?,
+        email: r.try_get("", "email")?,
+        phone: r.try_get("", "phone")?,
+        push_tokens: r.try_get("", "push_tokens")?,
+        locale: r.try_get("", "locale")?,
+        time_zone: r.try_get("", "time_zone")?,
+        birthday: r.try_get("", "birthday")?,
+        tags: r.try_get("", "tags")?,
+        attributes: r.try_get("", "attributes")?,
+        erased: r.try_get::<i64>("", "erased")? != 0,
+        created_at_us: r.try_get("", "created_at_us")?,
+        updated_at_us: r.try_get("", "updated_at_us")?,
+    })
+}
+
+/// Customers by id.
+pub(crate) async fn customers(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    ids: &[String],
+) -> Result<HashMap<String, CustomerRow>, DbErr> {
+    let rows = select_in(
+        conn,
+        &format!(
+            "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE tenant_id = $1 AND customer_id IN"
+        ),
+        tenant,
+        ids,
+    )
+    .await?;
+    rows.iter()
+        .map(|r| customer_row(r).map(|c| (c.customer_id.clone(), c)))
+        .collect()
+}
+
+/// Writes customers (insert or replace by id).
+pub(crate) async fn save_customers(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    rows: Vec<CustomerRow>,
+) -> Result<(), DbErr> {
+    let values = rows
+        .into_iter()
+        .map(|c| {
+            vec![
+                tenant.into(),
+                c.customer_id.into(),
+                c.name.into(),
+                c.email.into(),
+                c.phone.into(),
+                c.push_tokens.into(),
+                c.locale.into(),
+                c.time_zone.into(),
+                c.birthday.into(),
+                c.tags.into(),
+                c.attributes.into(),
+                i64::from(c.erased).into(),
+                c.created_at_us.into(),
+                c.updated_at_us.into(),
+            ]
+        })
+        .collect();
+    insert_many(
+        conn,
+        &format!("INSERT INTO customers (tenant_id, {CUSTOMER_COLUMNS})"),
+        "ON CONFLICT (tenant_id, customer_id) DO UPDATE SET name = excluded.name, email = excluded.email, \
+         phone = excluded.phone, push_tokens = excluded.push_tokens, locale = excluded.locale, \
+         time_zone = excluded.time_zone, birthday = excluded.birthday, tags = excluded.tags, \
+         attributes = excluded.attributes, erased = excluded.erased, updated_at_us = excluded.updated_at_us",
+        values,
+    )
+    .await
+}
+
+/// A page of customers after `after_id`, by id.
+pub(crate) async fn list_customers(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    after_id: &str,
+    limit: u64,
+    tag: &str,
+    updated_since_us: Option<i64>,
+    include_erased: bool,
+) -> Result<Vec<CustomerRow>, DbErr> {
+    let mut sql = format!(
+        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE tenant_id = $1 AND customer_id > $2"
+    );
+    let mut values: Vec<Value> = vec![tenant.into(), after_id.into()];
+    if !tag.is_empty() {
+        values.push(format!("%{}%", serde_json::Value::from(tag)).into());
+        sql.push_str(&format!(" AND tags LIKE ${}", values.len()));
+    }
+    if let Some(since) = updated_since_us {
+        values.push(since.into());
+        sql.push_str(&format!(" AND updated_at_us >= ${}", values.len()));
+    }
+    if !include_erased {
+        sql.push_str(" AND erased = 0");
+    }
+    values.push((limit as i64).into());
+    sql.push_str(&format!(" ORDER BY customer_id LIMIT ${}", values.len()));
+    let rows = conn
+        .query_all_raw(statement(conn.get_database_backend(), &sql, values))
+        .await?;
+    rows.iter().map(customer_row).collect()
+}
+
+/// Facts states by customer id.
+pub(crate) async fn facts_states(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    ids: &[String],
+) -> Result<HashMap<String, FactsState>, DbErr> {
+    let rows = select_in(
+        conn,
+        "SELECT customer_id, state FROM facts WHERE tenant_id = $1 AND customer_id IN",
+        tenant,
+        ids,
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get("", "customer_id")?;
+            let state: String = r.try_get("", "state")?;
+            let state = serde_json::from_str(&state)
+                .map_err(|e| DbErr::Custom(format!("facts state of {id}: {e}")))?;
+            Ok((id, state))
+        })
+        .collect()
+}
+
+/// Writes facts rows, each with a new change position and its encoded `CustomerFacts`.
+pub(crate) async fn save_facts(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    states: Vec<(String, FactsState)>,
+) -> Result<(), DbErr> {
+    use prost::Message;
+    if states.is_empty() {
+        return Ok(());
+    }
+    let backend = conn.get_database_backend();
+    // SQLite: reserve a block of change numbers (one writer, so they are commit order).
+    let mut next_seq = if backend == DbBackend::Sqlite {
+        let row = conn
+            .query_one_raw(statement(
+                backend,
+                "UPDATE change_counter SET value = value + $1 WHERE name = 'facts' RETURNING value",
+                vec![(states.len() as i64).into()],
+            ))
+            .await?
+            .ok_or_else(|| DbErr::Custom("change counter missing".into()))?;
+        let last: i64 = row.try_get("", "value")?;
+        last - states.len() as i64 + 1
+    } else {
+        0
+    };
+    for chunk in states.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded) VALUES ",
+        );
+        let mut values: Vec<Value> = Vec::new();
+        for (i, (customer_id, state)) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let json = serde_json::to_string(state).map_err(|e| DbErr::Custom(e.to_string()))?;
+            let encoded = state.render(customer_id).encode_to_vec();
+            let n = values.len();
+            if backend == DbBackend::Sqlite {
+                sql.push_str(&format!(
+                    "(${}, ${}, 0, ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5
+                ));
+                values.extend([
+                    tenant.into(),
+                    customer_id.clone().into(),
+                    next_seq.into(),
+                    json.into(),
+                    encoded.into(),
+                ]);
+                next_seq += 1;
+            } else {
+                sql.push_str(&format!(
+                    "(${}, ${}, pg_current_xact_id()::text::bigint, nextval('facts_change_seq'), ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4
+                ));
+                values.extend([
+                    tenant.into(),
+                    customer_id.clone().into(),
+                    json.into(),
+                    encoded.into(),
+                ]);
+            }
+        }
+        sql.push_str(
+            " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET tx_id = excluded.tx_id, \
+             change_seq = excluded.change_seq, state = excluded.state, encoded = excluded.encoded",
+        );
+        conn.execute_raw(statement(backend, &sql, values)).await?;
+    }
+    Ok(())
+}
+
+/// The encoded facts of one customer.
+pub(crate) async fn encoded_facts(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    customer_id: &str,
+) -> Result<Option<Vec<u8>>, DbErr> {
+    let row = conn
+        .query_one_raw(statement(
+            conn.get_database_backend(),
+            "SELECT encoded FROM facts WHERE tenant_id = $1 AND customer_id = $2",
+            vec![tenant.into(), customer_id.into()],
+        ))
+        .await?;
+    row.map(|r| r.try_get("", "encoded")).transpose()
+}
+
+/// Where a facts stream starts from: everything changed at or after this position may not
+/// be in a full read that begins now.
+pub(crate) async fn facts_horizon(conn: &impl ConnectionTrait) -> Result<Cursor, DbErr> {
+    let backend = conn.get_database_backend();
+    let sql = match backend {
+        DbBackend::Sqlite => {
+            "SELECT 0 AS tx_id, value AS seq FROM change_counter WHERE name = 'facts'"
+        }
+        _ => {
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS tx_id, 0::bigint AS seq"
+        }
+    };
+    let row = conn
+        .query_one_raw(statement(backend, sql, vec![]))
+        .await?
+        .ok_or_else(|| DbErr::Custom("no horizon".into()))?;
+    let tx_id: i64 = row.try_get("", "tx_id")?;
+    let seq: i64 = row.try_get("", "seq")?;
+    // On PostgreSQL rows of transactions at or after xmin may be missing from a read that
+    // starts now: resume just below the horizon.
+    Ok(if backend == DbBackend::Sqlite {
+        Cursor { tx_id, seq }
+    } else {
+        Cursor {
+            tx_id: tx_id.saturating_sub(1),
+            seq: i64::MAX,
+        }
+    })
+}
+
+/// A page of encoded facts of the whole tenant, by customer id after `after_id`.
+pub(crate) async fn facts_page(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    after_id: &str,
+    limit: u64,
+) -> Result<Vec<(String, Vec<u8>)>, DbErr> {
+    let rows = conn
+        .query_all_raw(statement(
+            conn.get_database_backend(),
+            "SELECT customer_id, encoded FROM facts WHERE tenant_id = $1 AND customer_id > $2 ORDER BY customer_id LIMIT $3",
+            vec![tenant.into(), after_id.into(), (limit as i64).into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("", "customer_id")?, r.try_get("", "encoded")?)))
+        .collect()
+}
+
+/// A page of encoded facts changed after `after`, in change order, below the horizon.
+pub(crate) async fn facts_changed(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    after: Cursor,
+    limit: u64,
+) -> Result<Vec<(Cursor, Vec<u8>)>, DbErr> {
+    let backend = conn.get_database_backend();
+    let sql = match backend {
+        DbBackend::Sqlite => {
+            "SELECT tx_id, change_seq, encoded FROM facts WHERE tenant_id = $1 AND change_seq > $3 AND $2 = 0 \
+             ORDER BY change_seq LIMIT $4"
+        }
+        _ => {
+            "SELECT tx_id, change_seq, encoded FROM facts WHERE tenant_id = $1 AND (tx_id, change_seq) > ($2, $3) \
+             AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint ORDER BY tx_id, change_seq LIMIT $4"
+        }
+    };
+    let rows = conn
+        .query_all_raw(statement(
+            backend,
+            sql,
+            vec![
+                tenant.into(),
+                after.tx_id.into(),
+                after.seq.into(),
+                (limit as i64).into(),
+            ],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                Cursor {
+                    tx_id: r.try_get("", "tx_id")?,
+                    seq: r.try_get("", "change_seq")?,
+                },
+                r.try_get("", "encoded")?,
+            ))
+        })
+        .collect()
+}
+
+/// A stored order, as idempotency and adjustments need it.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredOrder {
+    pub(crate) customer_id: String,
+    pub(crate) fingerprint: String,
+    pub(crate) total_minor: i64,
+    pub(crate) refunded_minor: i64,
+    pub(crate) cancelled: bool,
+    pub(crate) currency: String,
+}
+
+/// Orders by id.
+pub(crate) async fn orders(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    ids: &[String],
+) -> Result<HashMap<String, StoredOrder>, DbErr> {
+    let rows = select_in(
+        conn,
+        "SELECT order_id, customer_id, fingerprint, total_minor, refunded_minor, cancelled, currency FROM orders \
+         WHERE tenant_id = $1 AND order_id IN",
+        tenant,
+        ids,
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "order_id")?,
+                StoredOrder {
+                    customer_id: r.try_get("", "customer_id")?,
+                    fingerprint: r.try_get("", "fingerprint")?,
+                    total_minor: r.try_get("", "total_minor")?,
+                    refunded_minor: r.try_get("", "refunded_minor")?,
+                    cancelled: r.try_get::<i64>("", "cancelled")? != 0,
+                    currency: r.try_get("", "currency")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// A customer's orders that still count, as facts see them.
+pub(crate) async fn customer_order_facts(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    customer_id: &str,
+) -> Result<Vec<OrderFact>, DbErr> {
+    let rows = conn
+        .query_all_raw(statement(
+            conn.get_database_backend(),
+            "SELECT order_id, placed_at_us, total_minor, refunded_minor, lines FROM orders \
+             WHERE tenant_id = $1 AND customer_id = $2 AND cancelled = 0 ORDER BY placed_at_us",
+            vec![tenant.into(), customer_id.into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let lines: String = r.try_get("", "lines")?;
+            let total: i64 = r.try_get("", "total_minor")?;
+            let refunded: i64 = r.try_get("", "refunded_minor")?;
+            Ok(OrderFact {
+                order_id: r.try_get("", "order_id")?,
+                placed_at_us: r.try_get("", "placed_at_us")?,
+                total_minor: total - refunded,
+                category_spend: serde_json::from_str(&lines)
+                    .map_err(|e| DbErr::Custom(e.to_string()))?,
+            })
+        })
+        .collect()
+}
+
+/// Executes one statement.
+pub(crate) async fn exec(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<u64, DbErr> {
+    Ok(conn
+        .execute_raw(statement(conn.get_database_backend(), sql, values))
+        .await?
+        .rows_affected())
+}
+
+/// Runs one query.
+pub(crate) async fn query(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<Vec<QueryResult>, DbErr> {
+    conn.query_all_raw(statement(conn.get_database_backend(), sql, values))
+        .await
+}
+
+/// Ids among `ids` already stored in `table` (keyed by tenant and `column`).
+pub(crate) async fn existing_ids(
+    conn: &impl ConnectionTrait,
+    table: &str,
+    column: &str,
+    tenant: &str,
+    ids: &[String],
+) -> Result<std::collections::HashSet<String>, DbErr> {
+    let rows = select_in(
+        conn,
+        &format!("SELECT {column} AS id FROM {table} WHERE tenant_id = $1 AND {column} IN"),
+        tenant,
+        ids,
+    )
+    .await?;
+    rows.iter().map(|r| r.try_get("", "id")).collect()
+}
