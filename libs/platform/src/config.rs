@@ -183,7 +183,8 @@ fn or_default(path: &Path, data_dir: &Path, default: &str) -> PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Deadline of a unary call, in milliseconds (streams are not cut).
+    /// Deadline of a call, in milliseconds; calls with a streaming request (imports) get
+    /// only the caller's own `grpc-timeout`.
     pub request_timeout_ms: u64,
     /// Largest message a service accepts or sends, in bytes.
     pub max_message_bytes: usize,

@@ -1,7 +1,7 @@
 //! Test databases: every database test runs on SQLite and on the local PostgreSQL.
 //!
 //! PostgreSQL is found at `WINBACK_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`); each test gets a fresh database of its
+//! `postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable`); each test gets a fresh database of its
 //! own. When PostgreSQL cannot be reached, a developer's run says so loudly and skips the
 //! PostgreSQL half; under CI (`CI` set) it fails.
 
@@ -10,7 +10,9 @@ use sea_orm_migration::MigratorTrait;
 
 /// Environment variable naming the PostgreSQL server for tests.
 pub const POSTGRES_URL_VAR: &str = "WINBACK_TEST_POSTGRES_URL";
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// TLS is off for the local server: over loopback it only adds cost (sqlx's TLS stream
+/// stalls on large statements, see docs/decisions.md).
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

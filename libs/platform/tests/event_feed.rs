@@ -123,6 +123,21 @@ fn consumer(
     .with_retry_delay(Duration::from_millis(20))
 }
 
+/// Waits until the feed serves `n` events in all.
+async fn wait_until_visible(feed: &FeedReader, n: usize) {
+    for _ in 0..200 {
+        let all = feed
+            .read_after(Cursor::default(), &FeedFilter::default(), 1000)
+            .await
+            .unwrap();
+        if all.len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the feed never showed {n} events");
+}
+
 async fn effects(db: &DatabaseConnection) -> Vec<(String, i64)> {
     db.query_all_raw(Statement::from_string(
         db.get_database_backend(),
@@ -254,6 +269,8 @@ db_test!(
         produce(&producer, &outbox, "t-a", 0, 5, 2).await;
         produce(&producer, &outbox, "t-b", 5, 5, 2).await;
         let feed = FeedReader::new(producer.clone(), &outbox);
+        // On PostgreSQL the rows show once every older transaction on the server is done.
+        wait_until_visible(&feed, 10).await;
         let only_b = FeedFilter {
             tenant_id: Some("t-b".into()),
             types: vec![],

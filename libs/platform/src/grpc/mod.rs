@@ -3,6 +3,7 @@
 
 pub mod auth_layer;
 pub mod client;
+pub mod deadline_layer;
 pub mod server;
 pub mod trace_layer;
 

@@ -18,6 +18,7 @@ use tonic_health::server::HealthReporter;
 use tower::Service;
 
 use super::auth_layer::AuthLayer;
+use super::deadline_layer::{DeadlineLayer, client_streaming_paths};
 use super::trace_layer::TraceLayer;
 use crate::auth::TokenVerifier;
 use crate::config::ServerConfig;
@@ -120,8 +121,13 @@ impl GrpcServer {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
 
+        let streaming_requests = client_streaming_paths(&[winback_proto::FILE_DESCRIPTOR_SET]);
         let layers = tower::ServiceBuilder::new()
             .layer(TraceLayer::default())
+            .layer(DeadlineLayer::new(
+                Duration::from_millis(self.config.request_timeout_ms),
+                streaming_requests,
+            ))
             .layer(AuthLayer::new(self.verifier));
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
         let health = self.health.clone();
@@ -130,7 +136,6 @@ impl GrpcServer {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
 
         let server = Server::builder()
-            .timeout(Duration::from_millis(self.config.request_timeout_ms))
             .concurrency_limit_per_connection(self.config.concurrency_per_connection)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(layers)
