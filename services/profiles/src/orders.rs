@@ -39,39 +39,40 @@ pub(crate) struct BatchResult {
 /// the same id with other content is not. Two FNV-1a hashes with different seeds (128 bits);
 /// only ever compared between orders with the same id.
 pub(crate) fn fingerprint(o: &Order) -> String {
-    let mut text = format!(
-        "{}|{}|{}|{}|{}|{}",
-        o.customer_id,
-        o.placed_at.as_ref().map(micros).unwrap_or_default(),
-        o.total
-            .as_ref()
-            .map(|m| m.currency.as_str())
-            .unwrap_or_default(),
-        o.total.as_ref().map(|m| m.amount_minor).unwrap_or_default(),
-        o.store,
-        o.coupon_code
-    );
-    for l in &o.lines {
-        let price = l
-            .unit_price
-            .as_ref()
-            .map(|m| m.amount_minor)
-            .unwrap_or_default();
-        text.push_str(&format!(
-            "|{}:{}:{}:{}",
-            l.sku, l.category, l.quantity, price
-        ));
+    struct Fnv(u64, u64);
+    impl Fnv {
+        fn write(&mut self, bytes: &[u8]) {
+            for &b in bytes.iter().chain(b"|") {
+                self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+                self.1 = (self.1 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
     }
-    let fnv = |seed: u64| {
-        text.bytes().fold(seed, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-    };
-    format!(
-        "{:016x}{:016x}",
-        fnv(0xcbf2_9ce4_8422_2325),
-        fnv(0x6c62_272e_07bb_0142)
-    )
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325, 0x6c62_272e_07bb_0142);
+    fn money(m: &Option<Money>) -> (i64, &str) {
+        m.as_ref()
+            .map_or((0, ""), |m| (m.amount_minor, m.currency.as_str()))
+    }
+    h.write(o.customer_id.as_bytes());
+    h.write(
+        &o.placed_at
+            .as_ref()
+            .map(micros)
+            .unwrap_or_default()
+            .to_le_bytes(),
+    );
+    let (total, currency) = money(&o.total);
+    h.write(currency.as_bytes());
+    h.write(&total.to_le_bytes());
+    h.write(o.store.as_bytes());
+    h.write(o.coupon_code.as_bytes());
+    for l in &o.lines {
+        h.write(l.sku.as_bytes());
+        h.write(l.category.as_bytes());
+        h.write(&l.quantity.to_le_bytes());
+        h.write(&money(&l.unit_price).0.to_le_bytes());
+    }
+    format!("{:016x}{:016x}", h.0, h.1)
 }
 
 fn category_spend(o: &Order) -> Vec<(String, i64)> {
@@ -171,19 +172,27 @@ impl Profiles {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let customers = rows::customers(&txn, tenant, &customer_ids).await?;
-        let mut states = rows::facts_states(&txn, tenant, &customer_ids).await?;
+        let known = rows::customers_with_states(&txn, tenant, &customer_ids).await?;
+        let mut erased: HashSet<String> = HashSet::new();
+        let mut states: HashMap<String, crate::domain::facts::FactsState> =
+            HashMap::with_capacity(known.len());
+        for (id, (is_erased, state)) in known {
+            if is_erased {
+                erased.insert(id.clone());
+            }
+            states.insert(id, state);
+        }
         for (i, o) in orders.iter().enumerate() {
             if problems[i].is_some() || outcomes[i] != OrderOutcome::Recorded {
                 continue;
             }
             let at = field(i, "customer_id");
-            let problem = match customers.get(&o.customer_id) {
+            let problem = match states.get(&o.customer_id) {
                 None => Some((
                     FieldViolation::new(at.clone(), "unknown customer"),
                     ServiceError::not_found_at("customer", &o.customer_id, at),
                 )),
-                Some(c) if c.erased => Some((
+                Some(_) if erased.contains(&o.customer_id) => Some((
                     FieldViolation::new(at.clone(), "customer was erased"),
                     ServiceError::FailedPrecondition(format!("{at}: customer was erased")),
                 )),

@@ -4,10 +4,12 @@
 //! order-insensitive (first = min, last = max, days a set, the three most recent by time),
 //! so facts built incrementally in any order equal facts recomputed from the raw orders —
 //! the property the tests pin. Purchase days are UTC calendar days.
+//!
+//! The state is stored as protobuf (prost), not JSON: it is read and written for every
+//! customer of every ingest batch, and JSON cost several times more.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use winback_proto::common::Channel;
 use winback_proto::profiles::{ChannelConsent, CustomerFacts};
 
@@ -36,54 +38,87 @@ pub(crate) struct OrderFact {
 }
 
 /// One of the most recent orders.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub(crate) struct RecentOrder {
+    #[prost(int64, tag = "1")]
     pub(crate) placed_at_us: i64,
+    #[prost(string, tag = "2")]
     pub(crate) order_id: String,
+    #[prost(int64, tag = "3")]
     pub(crate) total_minor: i64,
 }
 
 /// Consent of one channel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
 pub(crate) struct ChannelFlags {
     /// Advertising consent recorded as granted.
+    #[prost(bool, tag = "1")]
     pub(crate) advertising: bool,
     /// Service messages refused (allowed unless refused).
+    #[prost(bool, tag = "2")]
     pub(crate) service_refused: bool,
 }
 
 /// Everything facts are derived from.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct FactsState {
+    #[prost(string, tag = "1")]
     pub(crate) currency: String,
+    #[prost(int64, optional, tag = "2")]
     pub(crate) first_purchase_us: Option<i64>,
+    #[prost(int64, optional, tag = "3")]
     pub(crate) last_purchase_us: Option<i64>,
-    pub(crate) purchase_days: BTreeSet<i64>,
+    /// Distinct purchase days (days since the epoch), ascending.
+    #[prost(int64, repeated, tag = "4")]
+    pub(crate) purchase_days: Vec<i64>,
+    #[prost(int64, tag = "5")]
     pub(crate) order_count: i64,
+    #[prost(int64, tag = "6")]
     pub(crate) total_minor: i64,
+    #[prost(message, repeated, tag = "7")]
     pub(crate) recent: Vec<RecentOrder>,
+    #[prost(btree_map = "string, int64", tag = "8")]
     pub(crate) category_spend: BTreeMap<String, i64>,
+    #[prost(int64, optional, tag = "9")]
     pub(crate) last_open_us: Option<i64>,
+    #[prost(int64, optional, tag = "10")]
     pub(crate) last_click_us: Option<i64>,
+    #[prost(int64, optional, tag = "11")]
     pub(crate) last_visit_us: Option<i64>,
+    #[prost(int64, optional, tag = "12")]
     pub(crate) last_cart_us: Option<i64>,
+    #[prost(int64, tag = "13")]
     pub(crate) last_cart_value_minor: i64,
+    #[prost(int64, optional, tag = "14")]
     pub(crate) last_product_view_us: Option<i64>,
+    #[prost(int64, optional, tag = "15")]
     pub(crate) last_support_us: Option<i64>,
+    #[prost(int64, optional, tag = "16")]
     pub(crate) last_sent_us: Option<i64>,
+    #[prost(int32, tag = "17")]
     pub(crate) consecutive_unopened: i32,
+    #[prost(int64, tag = "18")]
     pub(crate) bonus_points: i64,
+    #[prost(int64, optional, tag = "19")]
     pub(crate) bonus_nearest_expiry_us: Option<i64>,
     /// Consent per channel (proto enum value as key).
+    #[prost(btree_map = "int32, message", tag = "20")]
     pub(crate) consent: BTreeMap<i32, ChannelFlags>,
+    #[prost(bool, tag = "21")]
     pub(crate) has_email: bool,
+    #[prost(bool, tag = "22")]
     pub(crate) has_phone: bool,
+    #[prost(bool, tag = "23")]
     pub(crate) has_push: bool,
+    #[prost(bool, tag = "24")]
     pub(crate) do_not_contact: bool,
+    #[prost(string, tag = "25")]
     pub(crate) time_zone: String,
+    #[prost(string, tag = "26")]
     pub(crate) locale: String,
+    #[prost(bool, tag = "27")]
     pub(crate) erased: bool,
+    #[prost(int64, tag = "28")]
     pub(crate) updated_at_us: i64,
 }
 
@@ -99,8 +134,10 @@ impl FactsState {
                 .map_or(order.placed_at_us, |f| f.min(order.placed_at_us)),
         );
         self.last_purchase_us = max_opt(self.last_purchase_us, order.placed_at_us);
-        self.purchase_days
-            .insert(order.placed_at_us.div_euclid(US_PER_DAY));
+        let day = order.placed_at_us.div_euclid(US_PER_DAY);
+        if let Err(at) = self.purchase_days.binary_search(&day) {
+            self.purchase_days.insert(at, day);
+        }
         self.order_count += 1;
         self.total_minor = self.total_minor.saturating_add(order.total_minor);
         for (category, spend) in &order.category_spend {
@@ -155,7 +192,7 @@ impl FactsState {
 
     /// Mean and sample standard deviation of the intervals between purchase days, in days.
     pub(crate) fn intervals(&self) -> (f64, f64) {
-        let days: Vec<i64> = self.purchase_days.iter().copied().collect();
+        let days = &self.purchase_days;
         if days.len() < 2 {
             return (0.0, 0.0);
         }
@@ -402,7 +439,7 @@ mod tests {
 
             // And against first principles, straight from the raw orders.
             let facts = incremental.render("c");
-            let days: BTreeSet<i64> = orders
+            let days: std::collections::BTreeSet<i64> = orders
                 .iter()
                 .map(|o| o.placed_at_us.div_euclid(US_PER_DAY))
                 .collect();

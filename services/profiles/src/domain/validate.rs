@@ -45,12 +45,21 @@ impl Violations {
     }
 }
 
+/// What is wrong with an external id (1–128 characters, no control characters), if anything.
+fn id_problem(value: &str) -> Option<&'static str> {
+    if value.is_empty() || value.chars().count() > 128 {
+        Some("must be 1 to 128 characters")
+    } else if value.chars().any(char::is_control) {
+        Some("must not contain control characters")
+    } else {
+        None
+    }
+}
+
 /// An external id: 1–128 characters, no control characters.
 pub(crate) fn id(v: &mut Violations, field: &str, value: &str) {
-    if value.is_empty() || value.chars().count() > 128 {
-        v.add(field, "must be 1 to 128 characters");
-    } else if value.chars().any(char::is_control) {
-        v.add(field, "must not contain control characters");
+    if let Some(problem) = id_problem(value) {
+        v.add(field, problem);
     }
 }
 
@@ -169,78 +178,94 @@ pub(crate) fn customer(v: &mut Violations, at: &str, c: &Customer, today: NaiveD
 
 /// An amount of money: a known currency, not negative, not absurd.
 pub(crate) fn money(v: &mut Violations, at: &str, m: Option<&Money>) {
+    money_at(v, &|| at.to_owned(), m);
+}
+
+/// [`money`] with the path built only when something is wrong (the ingest hot path).
+fn money_at(v: &mut Violations, at: &dyn Fn() -> String, m: Option<&Money>) {
     let Some(m) = m else {
-        v.add(at, "is required");
+        v.add(at(), "is required");
         return;
     };
     if !currency_ok(&m.currency) {
-        v.add(format!("{at}.currency"), "not an ISO 4217 currency code");
+        v.add(
+            format!("{}.currency", at()),
+            "not an ISO 4217 currency code",
+        );
     }
     if m.amount_minor < 0 {
-        v.add(format!("{at}.amount_minor"), "must not be negative");
+        v.add(format!("{}.amount_minor", at()), "must not be negative");
     } else if m.amount_minor > MAX_AMOUNT_MINOR {
-        v.add(format!("{at}.amount_minor"), "is too large");
+        v.add(format!("{}.amount_minor", at()), "is too large");
     }
 }
 
-/// An order of a batch or stream.
+/// An order of a batch or stream. Field paths are only built for what is wrong: this runs
+/// for every ingested order.
 pub(crate) fn order(v: &mut Violations, at: &str, o: &Order, now: DateTime<Utc>) {
-    id(v, &format!("{at}.order_id"), &o.order_id);
-    id(v, &format!("{at}.customer_id"), &o.customer_id);
+    let field = |f: &str| format!("{at}.{f}");
+    if let Some(problem) = id_problem(&o.order_id) {
+        v.add(field("order_id"), problem);
+    }
+    if let Some(problem) = id_problem(&o.customer_id) {
+        v.add(field("customer_id"), problem);
+    }
     match o
         .placed_at
         .as_ref()
         .and_then(winback_platform::time::from_timestamp)
     {
-        None => v.add(format!("{at}.placed_at"), "is required"),
-        Some(t) if t > now + MAX_CLOCK_SKEW => v.add(format!("{at}.placed_at"), "is in the future"),
-        Some(t) if t.timestamp() < 0 => v.add(format!("{at}.placed_at"), "is before 1970"),
+        None => v.add(field("placed_at"), "is required"),
+        Some(t) if t > now + MAX_CLOCK_SKEW => v.add(field("placed_at"), "is in the future"),
+        Some(t) if t.timestamp() < 0 => v.add(field("placed_at"), "is before 1970"),
         Some(_) => {}
     }
-    money(v, &format!("{at}.total"), o.total.as_ref());
+    money_at(v, &|| field("total"), o.total.as_ref());
     let currency = o
         .total
         .as_ref()
         .map(|m| m.currency.as_str())
         .unwrap_or_default();
     if o.lines.len() > 1000 {
-        v.add(format!("{at}.lines"), "at most 1000 lines");
+        v.add(field("lines"), "at most 1000 lines");
     }
     for (i, line) in o.lines.iter().enumerate() {
-        let here = format!("{at}.lines[{i}]");
+        let here = || format!("{at}.lines[{i}]");
         if line.quantity < 1 {
-            v.add(format!("{here}.quantity"), "must be at least 1");
+            v.add(format!("{}.quantity", here()), "must be at least 1");
         }
-        money(v, &format!("{here}.unit_price"), line.unit_price.as_ref());
-        if line
-            .unit_price
-            .as_ref()
-            .is_some_and(|p| p.currency != currency)
-        {
-            v.add(
-                format!("{here}.unit_price.currency"),
-                "must be the order's currency",
-            );
-        }
-        if line.unit_price.as_ref().is_some_and(|p| {
-            p.amount_minor
+        money_at(
+            v,
+            &|| format!("{}.unit_price", here()),
+            line.unit_price.as_ref(),
+        );
+        if let Some(price) = &line.unit_price {
+            if price.currency != currency {
+                v.add(
+                    format!("{}.unit_price.currency", here()),
+                    "must be the order's currency",
+                );
+            }
+            if price
+                .amount_minor
                 .checked_mul(i64::from(line.quantity))
                 .is_none_or(|s| s > MAX_AMOUNT_MINOR)
-        }) {
-            v.add(
-                format!("{here}.quantity"),
-                "quantity × unit price is too large",
-            );
+            {
+                v.add(
+                    format!("{}.quantity", here()),
+                    "quantity × unit price is too large",
+                );
+            }
         }
         if line.category.chars().count() > 128 || line.sku.chars().count() > 128 {
-            v.add(here, "sku and category are at most 128 characters");
+            v.add(here(), "sku and category are at most 128 characters");
         }
     }
     if o.store.chars().count() > 128 {
-        v.add(format!("{at}.store"), "must be at most 128 characters");
+        v.add(field("store"), "must be at most 128 characters");
     }
     if o.coupon_code.chars().count() > 64 {
-        v.add(format!("{at}.coupon_code"), "must be at most 64 characters");
+        v.add(field("coupon_code"), "must be at most 64 characters");
     }
 }
 

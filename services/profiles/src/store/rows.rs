@@ -7,6 +7,8 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Value};
 use winback_platform::db::statement;
 use winback_platform::events::Cursor;
 
+use prost::Message as _;
+
 use crate::domain::facts::{FactsState, OrderFact};
 
 /// Rows per multi-row statement (PostgreSQL allows 65,535 parameters, SQLite 32,766).
@@ -218,10 +220,40 @@ pub(crate) async fn facts_states(
     rows.iter()
         .map(|r| {
             let id: String = r.try_get("", "customer_id")?;
-            let state: String = r.try_get("", "state")?;
-            let state = serde_json::from_str(&state)
+            let state: Vec<u8> = r.try_get("", "state")?;
+            let state = FactsState::decode(state.as_slice())
                 .map_err(|e| DbErr::Custom(format!("facts state of {id}: {e}")))?;
             Ok((id, state))
+        })
+        .collect()
+}
+
+/// For each known customer among `ids`: whether erased, and the facts state. One query
+/// for the ingest path instead of two.
+pub(crate) async fn customers_with_states(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    ids: &[String],
+) -> Result<HashMap<String, (bool, FactsState)>, DbErr> {
+    let rows = select_in(
+        conn,
+        "SELECT c.customer_id, c.erased, f.state FROM customers c \
+         LEFT JOIN facts f ON f.tenant_id = c.tenant_id AND f.customer_id = c.customer_id \
+         WHERE c.tenant_id = $1 AND c.customer_id IN",
+        tenant,
+        ids,
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get("", "customer_id")?;
+            let erased = r.try_get::<i64>("", "erased")? != 0;
+            let state = match r.try_get::<Option<Vec<u8>>>("", "state")? {
+                Some(bytes) => FactsState::decode(bytes.as_slice())
+                    .map_err(|e| DbErr::Custom(format!("facts state of {id}: {e}")))?,
+                None => FactsState::default(),
+            };
+            Ok((id, (erased, state)))
         })
         .collect()
 }
@@ -232,7 +264,6 @@ pub(crate) async fn save_facts(
     tenant: &str,
     states: Vec<(String, FactsState)>,
 ) -> Result<(), DbErr> {
-    use prost::Message;
     if states.is_empty() {
         return Ok(());
     }
@@ -261,7 +292,7 @@ pub(crate) async fn save_facts(
             if i > 0 {
                 sql.push_str(", ");
             }
-            let json = serde_json::to_string(state).map_err(|e| DbErr::Custom(e.to_string()))?;
+            let state_bytes = state.encode_to_vec();
             let encoded = state.render(customer_id).encode_to_vec();
             let n = values.len();
             if backend == DbBackend::Sqlite {
@@ -277,7 +308,7 @@ pub(crate) async fn save_facts(
                     tenant.into(),
                     customer_id.clone().into(),
                     next_seq.into(),
-                    json.into(),
+                    state_bytes.into(),
                     encoded.into(),
                 ]);
                 next_seq += 1;
@@ -292,7 +323,7 @@ pub(crate) async fn save_facts(
                 values.extend([
                     tenant.into(),
                     customer_id.clone().into(),
-                    json.into(),
+                    state_bytes.into(),
                     encoded.into(),
                 ]);
             }
