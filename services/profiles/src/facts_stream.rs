@@ -1,23 +1,17 @@
 //! `StreamFacts`: the facts of a whole tenant, or of the customers changed since a cursor,
 //! in chunks. This is what segmentation reads on every recompute.
 
-use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
 use winback_platform::ServiceError;
 use winback_platform::events::Cursor;
-use winback_proto::profiles::{CustomerFacts, StreamFactsResponse};
 
 use crate::context::Profiles;
+use crate::facts_route::EncodedChunk;
 use crate::store::rows;
 
 const DEFAULT_CHUNK: usize = 1000;
 const MAX_CHUNK: usize = 10_000;
-
-fn decode(bytes: &[u8]) -> Result<CustomerFacts, Status> {
-    CustomerFacts::decode(bytes)
-        .map_err(|e| Status::internal(format!("stored facts do not decode: {e}")))
-}
 
 impl Profiles {
     /// Starts streaming; errors in the request are returned before the stream starts.
@@ -26,7 +20,7 @@ impl Profiles {
         tenant: String,
         changed_since: &str,
         chunk_size: i32,
-    ) -> Result<mpsc::Receiver<Result<StreamFactsResponse, Status>>, ServiceError> {
+    ) -> Result<mpsc::Receiver<Result<EncodedChunk, Status>>, ServiceError> {
         let chunk = match chunk_size {
             0 => DEFAULT_CHUNK,
             1..=10_000 => chunk_size as usize,
@@ -59,45 +53,50 @@ impl Profiles {
         Ok(rx)
     }
 
-    /// The whole tenant, by customer id; every chunk carries the cursor to resume from.
+    /// The whole tenant, by customer id, in one streamed query (one plan, no per-page
+    /// re-planning); every chunk carries the cursor to resume from.
     async fn send_all(
         &self,
         tenant: &str,
         chunk: usize,
-        tx: &mpsc::Sender<Result<StreamFactsResponse, Status>>,
+        tx: &mpsc::Sender<Result<EncodedChunk, Status>>,
     ) -> Result<(), Status> {
+        use sea_orm::StreamTrait;
+        use tokio_stream::StreamExt;
         let internal = |e: sea_orm::DbErr| Status::from(ServiceError::from(e));
         let cursor = rows::facts_horizon(&self.db)
             .await
             .map_err(internal)?
             .to_string();
-        let mut after = String::new();
-        loop {
-            let page = rows::facts_page(&self.db, tenant, &after, chunk as u64)
-                .await
-                .map_err(internal)?;
-            let Some((last, _)) = page.last() else { break };
-            after = last.clone();
-            let full = page.len() == chunk;
-            let facts = page
-                .iter()
-                .map(|(_, bytes)| decode(bytes))
-                .collect::<Result<Vec<_>, _>>()?;
-            let message = StreamFactsResponse {
-                facts,
-                cursor: cursor.clone(),
-            };
-            if tx.send(Ok(message)).await.is_err() || !full {
-                return Ok(());
+        let statement = winback_platform::db::statement(
+            self.db.get_database_backend(),
+            "SELECT encoded FROM facts WHERE tenant_id = $1 ORDER BY customer_id",
+            vec![tenant.into()],
+        );
+        let mut rows = self.db.stream_raw(statement).await.map_err(internal)?;
+        let mut page: Vec<Vec<u8>> = Vec::with_capacity(chunk);
+        let mut sent_any = false;
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(internal)?;
+            page.push(row.try_get("", "encoded").map_err(internal)?);
+            if page.len() == chunk {
+                let message = EncodedChunk::new(page.iter().map(Vec::as_slice), &cursor);
+                page.clear();
+                sent_any = true;
+                if tx.send(Ok(message)).await.is_err() {
+                    return Ok(());
+                }
             }
         }
-        // An empty tenant still tells where to resume from.
-        let _ = tx
-            .send(Ok(StreamFactsResponse {
-                facts: Vec::new(),
-                cursor,
-            }))
-            .await;
+        if !page.is_empty() || !sent_any {
+            // The last chunk; an empty tenant still tells where to resume from.
+            let _ = tx
+                .send(Ok(EncodedChunk::new(
+                    page.iter().map(Vec::as_slice),
+                    &cursor,
+                )))
+                .await;
+        }
         Ok(())
     }
 
@@ -107,7 +106,7 @@ impl Profiles {
         tenant: &str,
         mut after: Cursor,
         chunk: usize,
-        tx: &mpsc::Sender<Result<StreamFactsResponse, Status>>,
+        tx: &mpsc::Sender<Result<EncodedChunk, Status>>,
     ) -> Result<(), Status> {
         let internal = |e: sea_orm::DbErr| Status::from(ServiceError::from(e));
         loop {
@@ -118,14 +117,10 @@ impl Profiles {
                 after = *last;
             }
             let full = page.len() == chunk;
-            let facts = page
-                .iter()
-                .map(|(_, bytes)| decode(bytes))
-                .collect::<Result<Vec<_>, _>>()?;
-            let message = StreamFactsResponse {
-                facts,
-                cursor: after.to_string(),
-            };
+            let message = EncodedChunk::new(
+                page.iter().map(|(_, bytes)| bytes.as_slice()),
+                &after.to_string(),
+            );
             if tx.send(Ok(message)).await.is_err() || !full {
                 return Ok(());
             }

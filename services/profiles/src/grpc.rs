@@ -2,8 +2,6 @@
 //! service, translate back.
 
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 use winback_platform::ServiceError;
 use winback_platform::auth::tenant_for;
@@ -237,15 +235,5 @@ impl ProfilesService for ProfilesGrpc {
         Ok(Response::new(GetFactsResponse { facts: Some(facts) }))
     }
 
-    async fn stream_facts(
-        &self,
-        request: Request<StreamFactsRequest>,
-    ) -> Result<Response<BoxStream<StreamFactsResponse>>, Status> {
-        let tenant = tenant_for(&request, READ)?;
-        let req = request.into_inner();
-        let rx = self
-            .profiles
-            .stream_facts(tenant, &req.changed_since_cursor, req.chunk_size)?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
+    // StreamFacts is served by `facts_route`, straight from the stored encoded facts.
 }

@@ -9,6 +9,7 @@ mod context;
 mod customers;
 mod domain;
 mod engagement;
+mod facts_route;
 mod facts_stream;
 mod grpc;
 mod orders;
@@ -33,9 +34,16 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
         EventSource::Profiles,
         |db, outbox, limit| {
             let profiles = context::Profiles { db, outbox, clock };
-            ProfilesServiceServer::new(grpc::ProfilesGrpc { profiles })
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit)
+            let generated = ProfilesServiceServer::new(grpc::ProfilesGrpc {
+                profiles: profiles.clone(),
+            })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+            facts_route::ProfilesRoute {
+                generated,
+                profiles,
+                max_message_bytes: limit,
+            }
         },
     )
     .await

@@ -383,25 +383,6 @@ pub(crate) async fn facts_horizon(conn: &impl ConnectionTrait) -> Result<Cursor,
     })
 }
 
-/// A page of encoded facts of the whole tenant, by customer id after `after_id`.
-pub(crate) async fn facts_page(
-    conn: &impl ConnectionTrait,
-    tenant: &str,
-    after_id: &str,
-    limit: u64,
-) -> Result<Vec<(String, Vec<u8>)>, DbErr> {
-    let rows = conn
-        .query_all_raw(statement(
-            conn.get_database_backend(),
-            "SELECT customer_id, encoded FROM facts WHERE tenant_id = $1 AND customer_id > $2 ORDER BY customer_id LIMIT $3",
-            vec![tenant.into(), after_id.into(), (limit as i64).into()],
-        ))
-        .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("", "customer_id")?, r.try_get("", "encoded")?)))
-        .collect()
-}
-
 /// A page of encoded facts changed after `after`, in change order, below the horizon.
 pub(crate) async fn facts_changed(
     conn: &impl ConnectionTrait,
