@@ -56,7 +56,9 @@ fn in_list(offset: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// Rows whose key is in `keys`, queried a chunk at a time.
+/// Rows whose key is in `keys`. `sql_before_in` ends with `<column> IN`. PostgreSQL gets
+/// one array parameter (`= ANY($2)`): planned once and cheap, where a 1000-literal IN list
+/// cost 30–65 ms of planning per lookup at 10⁶ rows. SQLite gets IN lists a chunk at a time.
 async fn select_in(
     conn: &impl ConnectionTrait,
     sql_before_in: &str,
@@ -64,6 +66,22 @@ async fn select_in(
     keys: &[String],
 ) -> Result<Vec<QueryResult>, DbErr> {
     let backend = conn.get_database_backend();
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    if backend == DbBackend::Postgres {
+        let column = sql_before_in.strip_suffix("IN").unwrap_or(sql_before_in);
+        let array = Value::Array(
+            sea_orm::sea_query::ArrayType::String,
+            Some(Box::new(
+                keys.iter().map(|k| Value::from(k.clone())).collect(),
+            )),
+        );
+        let sql = format!("{column} = ANY($2)");
+        return conn
+            .query_all_raw(statement(backend, &sql, vec![tenant.into(), array]))
+            .await;
+    }
     let mut out = Vec::new();
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
         let sql = format!("{sql_before_in} ({})", in_list(1, chunk.len()));
