@@ -1,6 +1,6 @@
 //! Bonus balances from the loyalty system: lots of points, each with its own expiry.
 
-use sea_orm::{ConnectionTrait, TransactionTrait};
+use sea_orm::ConnectionTrait;
 use serde::{Deserialize, Serialize};
 use winback_platform::ServiceError;
 use winback_proto::profiles::{BonusBalance, BonusLot};
@@ -133,7 +133,7 @@ impl Profiles {
     ) -> Result<BonusBalance, ServiceError> {
         let lots = self.lots_from("lots", lots)?;
         self.customer(tenant, customer_id, "customer_id").await?;
-        let txn = self.db.begin().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let result = self.save_bonus(&txn, tenant, customer_id, lots).await?;
         txn.commit().await?;
         Ok(result)
@@ -169,7 +169,7 @@ impl Profiles {
             Vec::new()
         };
         self.customer(tenant, customer_id, "customer_id").await?;
-        let txn = self.db.begin().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let done = rows::query(
             &txn,
             "SELECT customer_id, points FROM bonus_adjustments WHERE tenant_id = $1 AND adjustment_id = $2",

@@ -1,7 +1,7 @@
 //! Consent per channel and purpose, with full history. A "do not contact me" refuses every
 //! channel and purpose at once and is remembered until the customer grants consent again.
 
-use sea_orm::{ConnectionTrait, TransactionTrait};
+use sea_orm::ConnectionTrait;
 use winback_platform::ServiceError;
 use winback_proto::common::{Channel, MessagePurpose};
 use winback_proto::events::ConsentChanged;
@@ -167,7 +167,7 @@ impl Profiles {
                 at_us,
             }]
         };
-        let txn = self.db.begin().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let ids = [customer_id.to_owned()];
         let customer = rows::customers(&txn, tenant, &ids)
             .await?

@@ -1,6 +1,9 @@
 //! What every operation of the profiles service works with.
 
-use sea_orm::DatabaseConnection;
+use std::sync::Arc;
+
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use winback_platform::clock::SharedClock;
 use winback_platform::events::Outbox;
 
@@ -10,9 +13,34 @@ pub(crate) struct Profiles {
     pub(crate) db: DatabaseConnection,
     pub(crate) outbox: Outbox,
     pub(crate) clock: SharedClock,
+    /// SQLite has one writer: writers queue here instead of failing to upgrade a read
+    /// transaction. (PostgreSQL writers lock the facts rows they change instead.)
+    pub(crate) sqlite_writer: Arc<Mutex<()>>,
 }
 
 impl Profiles {
+    /// The service on `db`.
+    pub(crate) fn new(db: DatabaseConnection, outbox: Outbox, clock: SharedClock) -> Self {
+        Self {
+            db,
+            outbox,
+            clock,
+            sqlite_writer: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Begins a transaction that will write facts. Keep the guard until the commit.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<(Option<OwnedMutexGuard<()>>, DatabaseTransaction), DbErr> {
+        let guard = if self.db.get_database_backend() == DbBackend::Sqlite {
+            Some(self.sqlite_writer.clone().lock_owned().await)
+        } else {
+            None
+        };
+        Ok((guard, self.db.begin().await?))
+    }
+
     /// Now, in microseconds since the epoch, by the service clock.
     pub(crate) fn now_us(&self) -> i64 {
         self.clock.now().timestamp_micros()

@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashSet};
 
 use prost::Message;
-use sea_orm::TransactionTrait;
 use winback_platform::ServiceError;
 use winback_proto::events::CustomerErased;
 use winback_proto::events::event::Payload;
@@ -123,7 +122,7 @@ impl Profiles {
         }
         let now_us = self.now_us();
         let ids: Vec<String> = customers.iter().map(|c| c.customer_id.clone()).collect();
-        let txn = self.db.begin().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let stored = rows::customers(&txn, tenant, &ids).await?;
         if let Some((i, _)) = customers
             .iter()
@@ -249,7 +248,7 @@ impl Profiles {
         customer_id: &str,
     ) -> Result<i64, ServiceError> {
         let now_us = self.now_us();
-        let txn = self.db.begin().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let ids = [customer_id.to_owned()];
         let Some(stored) = rows::customers(&txn, tenant, &ids)
             .await?

@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sea_orm::TransactionTrait;
 use winback_platform::ServiceError;
 use winback_proto::events::EngagementRecorded;
 use winback_proto::events::event::Payload;
@@ -110,7 +109,7 @@ impl Profiles {
         if !v.is_empty() {
             return Err(ServiceError::InvalidArgument(v.0));
         }
-        let txn = self.db.begin().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
         let known = rows::existing_ids(&txn, "engagement_events", "event_id", tenant, &ids).await?;
         let customer_ids: Vec<String> = events

@@ -33,7 +33,7 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
         SERVICE,
         EventSource::Profiles,
         |db, outbox, limit| {
-            let profiles = context::Profiles { db, outbox, clock };
+            let profiles = context::Profiles::new(db, outbox, clock);
             let generated = ProfilesServiceServer::new(grpc::ProfilesGrpc {
                 profiles: profiles.clone(),
             })

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sea_orm::TransactionTrait;
 use winback_platform::{FieldViolation, ServiceError};
 use winback_proto::common::Money;
 use winback_proto::events::event::Payload;
@@ -130,7 +129,7 @@ impl Profiles {
             return Err(ServiceError::InvalidArgument(all_violations));
         }
 
-        let txn = self.db.begin().await?;
+        let (_writer, txn) = self.begin_write().await?;
         // 2. Idempotency: against stored orders and within the batch.
         let ids: Vec<String> = orders.iter().map(|o| o.order_id.clone()).collect();
         let stored = rows::orders(&txn, tenant, &ids).await?;
@@ -339,7 +338,7 @@ impl Profiles {
             .map_or(now.timestamp_micros(), micros);
         let amount = req.amount.clone().unwrap_or_default();
 
-        let txn = self.db.begin().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let order = rows::orders(&txn, tenant, std::slice::from_ref(&req.order_id))
             .await?
             .remove(&req.order_id)

@@ -842,3 +842,47 @@ db_test!(erase_leaves_no_personal_data_behind, |db| async move {
     assert_eq!(status.code(), Code::FailedPrecondition);
     h.stop();
 });
+
+db_test!(
+    concurrent_writes_for_one_customer_lose_nothing,
+    |db| async move {
+        let db: &TestDatabase = db;
+        let mut h = Harness::start(db).await;
+        upsert(&mut h.a, vec![customer("c1")]).await;
+        let mut calls = Vec::new();
+        for i in 0..16 {
+            let mut client = h.a.clone();
+            calls.push(tokio::spawn(async move {
+                let orders = vec![order(&format!("o{i}"), "c1", i, 100)];
+                client
+                    .record_orders(RecordOrdersRequest { orders })
+                    .await
+                    .map(|_| ())
+            }));
+            let mut client = h.a.clone();
+            calls.push(tokio::spawn(async move {
+                let events = vec![engagement(
+                    &format!("s{i}"),
+                    "c1",
+                    300 + i,
+                    Kind::MessageSent(MessageSent::default()),
+                )];
+                client
+                    .record_engagement(RecordEngagementRequest { events })
+                    .await
+                    .map(|_| ())
+            }));
+        }
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        let f = facts(&mut h.a, "c1").await;
+        assert_eq!(f.order_count, 16, "no order lost from the facts");
+        assert_eq!(f.total_spent_minor, 1600);
+        assert_eq!(
+            f.consecutive_unopened, 16,
+            "no engagement lost from the facts"
+        );
+        h.stop();
+    }
+);

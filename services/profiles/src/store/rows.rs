@@ -65,6 +65,17 @@ async fn select_in(
     tenant: &str,
     keys: &[String],
 ) -> Result<Vec<QueryResult>, DbErr> {
+    select_in_then(conn, sql_before_in, "", tenant, keys).await
+}
+
+/// [`select_in`] with a clause after the key condition on PostgreSQL (a row lock).
+async fn select_in_then(
+    conn: &impl ConnectionTrait,
+    sql_before_in: &str,
+    postgres_tail: &str,
+    tenant: &str,
+    keys: &[String],
+) -> Result<Vec<QueryResult>, DbErr> {
     let backend = conn.get_database_backend();
     if keys.is_empty() {
         return Ok(Vec::new());
@@ -77,7 +88,7 @@ async fn select_in(
                 keys.iter().map(|k| Value::from(k.clone())).collect(),
             )),
         );
-        let sql = format!("{column} = ANY($2)");
+        let sql = format!("{column} = ANY($2){postgres_tail}");
         return conn
             .query_all_raw(statement(backend, &sql, vec![tenant.into(), array]))
             .await;
@@ -228,9 +239,13 @@ pub(crate) async fn facts_states(
     tenant: &str,
     ids: &[String],
 ) -> Result<HashMap<String, FactsState>, DbErr> {
-    let rows = select_in(
+    // Every write locks the facts rows it will change, in key order, before reading them
+    // (PostgreSQL; SQLite writers are serialised): concurrent writers for one customer
+    // queue instead of losing each other's updates.
+    let rows = select_in_then(
         conn,
         "SELECT customer_id, state FROM facts WHERE tenant_id = $1 AND customer_id IN",
+        " ORDER BY customer_id FOR UPDATE",
         tenant,
         ids,
     )
@@ -253,11 +268,14 @@ pub(crate) async fn customers_with_states(
     tenant: &str,
     ids: &[String],
 ) -> Result<HashMap<String, (bool, FactsState)>, DbErr> {
-    let rows = select_in(
+    // Every stored customer has a facts row (upserts write both), so an inner join; the
+    // facts rows are locked like in `facts_states`.
+    let rows = select_in_then(
         conn,
         "SELECT c.customer_id, c.erased, f.state FROM customers c \
-         LEFT JOIN facts f ON f.tenant_id = c.tenant_id AND f.customer_id = c.customer_id \
+         JOIN facts f ON f.tenant_id = c.tenant_id AND f.customer_id = c.customer_id \
          WHERE c.tenant_id = $1 AND c.customer_id IN",
+        " ORDER BY c.customer_id FOR UPDATE OF f",
         tenant,
         ids,
     )
