@@ -53,26 +53,10 @@ pub(crate) async fn store_changes(
     changes: &[ConsentChange],
     do_not_contact: bool,
 ) -> Result<(), ServiceError> {
-    let mut history = Vec::new();
+    let mut consent_rows = Vec::new();
     let mut events = Vec::new();
     for c in changes {
-        rows::exec(
-            txn,
-            "INSERT INTO consents (tenant_id, customer_id, channel, purpose, granted, source, recorded_at_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, customer_id, channel, purpose) \
-             DO UPDATE SET granted = excluded.granted, source = excluded.source, recorded_at_us = excluded.recorded_at_us",
-            vec![
-                tenant.into(),
-                customer_id.into(),
-                i64::from(c.channel).into(),
-                i64::from(c.purpose).into(),
-                i64::from(c.granted).into(),
-                c.source.clone().into(),
-                c.at_us.into(),
-            ],
-        )
-        .await?;
-        history.push(vec![
+        consent_rows.push(vec![
             tenant.into(),
             customer_id.into(),
             i64::from(c.channel).into(),
@@ -106,11 +90,21 @@ pub(crate) async fn store_changes(
         // Granting consent again is the customer taking back a "do not contact me".
         state.do_not_contact = false;
     }
+    // The same rows go to the current consent (last decision per channel and purpose) and
+    // to the history.
+    rows::insert_many(
+        txn,
+        "INSERT INTO consents (tenant_id, customer_id, channel, purpose, granted, source, recorded_at_us)",
+        "ON CONFLICT (tenant_id, customer_id, channel, purpose) DO UPDATE SET granted = excluded.granted, \
+         source = excluded.source, recorded_at_us = excluded.recorded_at_us",
+        consent_rows.clone(),
+    )
+    .await?;
     rows::insert_many(
         txn,
         "INSERT INTO consent_history (tenant_id, customer_id, channel, purpose, granted, source, recorded_at_us)",
         "",
-        history,
+        consent_rows,
     )
     .await?;
     profiles.outbox.append_many(txn, events).await?;

@@ -199,11 +199,7 @@ impl Profiles {
             rows_out,
         )
         .await?;
-        let facts = touched
-            .into_iter()
-            .filter_map(|id| states.remove(&id).map(|s| (id, s)))
-            .collect();
-        rows::save_facts(&txn, tenant, facts).await?;
+        rows::save_touched_facts(&txn, tenant, &mut states, touched).await?;
         self.outbox.append_many(&txn, out_events).await?;
         txn.commit().await?;
         self.outbox.notify_committed();

@@ -284,11 +284,7 @@ impl Profiles {
                 order_rows,
             )
             .await?;
-            let facts = touched
-                .into_iter()
-                .filter_map(|id| states.remove(&id).map(|s| (id, s)))
-                .collect();
-            rows::save_facts(&txn, tenant, facts).await?;
+            rows::save_touched_facts(&txn, tenant, &mut states, touched).await?;
             self.outbox.append_many(&txn, events).await?;
         }
         txn.commit().await?;

@@ -233,6 +233,27 @@ pub(crate) async fn list_customers(
     rows.iter().map(customer_row).collect()
 }
 
+/// The `state` column of a facts row.
+fn facts_state(row: &QueryResult, customer_id: &str) -> Result<FactsState, DbErr> {
+    let bytes: Vec<u8> = row.try_get("", "state")?;
+    FactsState::decode(bytes.as_slice())
+        .map_err(|e| DbErr::Custom(format!("facts state of {customer_id}: {e}")))
+}
+
+/// Writes the facts of the `touched` customers from `states`.
+pub(crate) async fn save_touched_facts(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    states: &mut HashMap<String, FactsState>,
+    touched: std::collections::HashSet<String>,
+) -> Result<(), DbErr> {
+    let facts = touched
+        .into_iter()
+        .filter_map(|id| states.remove(&id).map(|s| (id, s)))
+        .collect();
+    save_facts(conn, tenant, facts).await
+}
+
 /// Facts states by customer id.
 pub(crate) async fn facts_states(
     conn: &impl ConnectionTrait,
@@ -253,9 +274,7 @@ pub(crate) async fn facts_states(
     rows.iter()
         .map(|r| {
             let id: String = r.try_get("", "customer_id")?;
-            let state: Vec<u8> = r.try_get("", "state")?;
-            let state = FactsState::decode(state.as_slice())
-                .map_err(|e| DbErr::Custom(format!("facts state of {id}: {e}")))?;
+            let state = facts_state(r, &id)?;
             Ok((id, state))
         })
         .collect()
@@ -284,11 +303,7 @@ pub(crate) async fn customers_with_states(
         .map(|r| {
             let id: String = r.try_get("", "customer_id")?;
             let erased = r.try_get::<i64>("", "erased")? != 0;
-            let state = match r.try_get::<Option<Vec<u8>>>("", "state")? {
-                Some(bytes) => FactsState::decode(bytes.as_slice())
-                    .map_err(|e| DbErr::Custom(format!("facts state of {id}: {e}")))?,
-                None => FactsState::default(),
-            };
+            let state = facts_state(r, &id)?;
             Ok((id, (erased, state)))
         })
         .collect()
