@@ -1,0 +1,474 @@
+//! Scoring a whole tenant: RFM scores, segment, cycle and lifecycle state, P(alive),
+//! expected purchases and CLV for every customer, in one pass over plain numbers.
+//! This is segmentation's hot path; the service turns facts into [`CustomerInput`]s.
+
+use crate::gamma_gamma::{GammaGammaFit, GammaGammaParams, SpendData, SpendObservation};
+use crate::lifecycle::{Lifecycle, LifecyclePolicy, LifecycleState, Signals};
+use crate::nbd::{NbdData, NbdFit, NbdModel, NbdParams, Observation};
+use crate::rfm::{Better, quintile_scores};
+use crate::segments::SegmentLookup;
+
+/// Segment index given to customers who never bought (they have no RFM scores).
+pub const PROSPECT_SEGMENT: u16 = u16::MAX;
+
+/// Key of the prospects' segment.
+pub const PROSPECT_SEGMENT_KEY: &str = "prospects";
+
+/// One customer, as numbers measured back from the as-of time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CustomerInput {
+    /// Distinct purchase days (0 for a prospect).
+    pub purchase_days: u32,
+    /// Days since the first purchase (whole days, so identical histories compress).
+    pub days_since_first: f64,
+    /// Days since the last purchase.
+    pub days_since_last: f64,
+    /// Total spent, minor units.
+    pub total_spent: f64,
+    /// Average check, minor units.
+    pub average_check: f64,
+    /// Mean interval between purchase days, in days.
+    pub mean_interval_days: f64,
+    /// Days since the latest engagement; infinite if never.
+    pub days_since_engagement: f64,
+    /// Messages sent since the last open.
+    pub consecutive_unopened: u32,
+}
+
+impl CustomerInput {
+    /// The customer in BG/NBD form, in `time_unit_days` units.
+    pub fn observation(&self, time_unit_days: f64) -> Observation {
+        let t = self.days_since_first / time_unit_days;
+        let x = self.purchase_days.saturating_sub(1);
+        let t_x = if x == 0 {
+            0.0
+        } else {
+            ((self.days_since_first - self.days_since_last) / time_unit_days).clamp(0.0, t)
+        };
+        Observation { x, t_x, t }
+    }
+
+    fn signals(&self) -> Signals {
+        Signals {
+            purchase_days: self.purchase_days,
+            days_since_purchase: self.days_since_last,
+            mean_interval_days: self.mean_interval_days,
+            days_since_engagement: self.days_since_engagement,
+            consecutive_unopened: self.consecutive_unopened,
+        }
+    }
+}
+
+/// Which value the M score ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MonetaryBasis {
+    /// Total spent.
+    #[default]
+    Total,
+    /// Average check.
+    Average,
+}
+
+/// How a tenant is scored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoringPolicy {
+    /// Cycle and lifecycle thresholds.
+    pub lifecycle: LifecyclePolicy,
+    /// The tenant's interval for customers without enough history of their own
+    /// (configured, or from a niche preset); `None` takes the median of the tenant's regulars.
+    pub tenant_cycle_days: Option<f64>,
+    /// What M ranks.
+    pub monetary: MonetaryBasis,
+    /// Model time unit in days (1 = daily, 7 = weekly).
+    pub time_unit_days: f64,
+    /// CLV horizon in days.
+    pub clv_horizon_days: f64,
+    /// Annual discount rate for CLV.
+    pub annual_discount_rate: f64,
+}
+
+impl Default for ScoringPolicy {
+    fn default() -> Self {
+        Self {
+            lifecycle: LifecyclePolicy::default(),
+            tenant_cycle_days: None,
+            monetary: MonetaryBasis::Total,
+            time_unit_days: 1.0,
+            clv_horizon_days: 365.0,
+            annual_discount_rate: 0.10,
+        }
+    }
+}
+
+/// Interval used when a tenant has no regulars to learn from and nothing is configured.
+pub const DEFAULT_CYCLE_DAYS: f64 = 90.0;
+
+/// The fitted models of a tenant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TenantModels {
+    /// BG/NBD fit.
+    pub bg_nbd: NbdFit,
+    /// MBG/NBD fit.
+    pub mbg_nbd: NbdFit,
+    /// Gamma-Gamma fit, when there were at least two repeat customers.
+    pub gamma_gamma: Option<GammaGammaFit>,
+}
+
+impl TenantModels {
+    /// Fits every model on the tenant's buyers.
+    pub fn fit(inputs: &[CustomerInput], time_unit_days: f64) -> Option<Self> {
+        let observations: Vec<Observation> = inputs
+            .iter()
+            .filter(|c| c.purchase_days > 0)
+            .map(|c| c.observation(time_unit_days))
+            .collect();
+        let data = NbdData::new(&observations).ok()?;
+        let spend: Vec<SpendObservation> = inputs
+            .iter()
+            .filter(|c| c.purchase_days > 1 && c.average_check > 0.0)
+            .map(|c| SpendObservation {
+                x: c.purchase_days - 1,
+                mean_value: c.average_check,
+            })
+            .collect();
+        let gamma_gamma = SpendData::new(&spend).ok().map(|d| d.fit());
+        Some(Self {
+            bg_nbd: data.fit(NbdModel::BgNbd),
+            mbg_nbd: data.fit(NbdModel::MbgNbd),
+            gamma_gamma,
+        })
+    }
+
+    /// The better of the two purchase models by log-likelihood.
+    pub fn preferred(&self) -> &NbdFit {
+        if self.mbg_nbd.converged
+            && (!self.bg_nbd.converged || self.mbg_nbd.log_likelihood > self.bg_nbd.log_likelihood)
+        {
+            &self.mbg_nbd
+        } else {
+            &self.bg_nbd
+        }
+    }
+
+    /// Gamma-Gamma parameters usable for expected spend (q > 1).
+    pub fn spend(&self) -> Option<GammaGammaParams> {
+        self.gamma_gamma
+            .map(|f| f.params)
+            .filter(|p| p.q > 1.0 && p.p.is_finite())
+    }
+}
+
+/// One customer's scores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// R score 1–5 (0 for a prospect).
+    pub r: u8,
+    /// F score 1–5 (0 for a prospect).
+    pub f: u8,
+    /// M score 1–5 (0 for a prospect).
+    pub m: u8,
+    /// Segment index in the lookup, or [`PROSPECT_SEGMENT`].
+    pub segment: u16,
+    /// Cycle and state.
+    pub lifecycle: Lifecycle,
+    /// P(alive), 0–1.
+    pub p_alive: f64,
+    /// Expected purchases in the next 90 days.
+    pub expected_purchases_90d: f64,
+    /// CLV over the horizon, minor units.
+    pub clv: f64,
+}
+
+/// The scores of a tenant, in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantScores {
+    /// One per input customer.
+    pub scores: Vec<Score>,
+    /// The tenant interval used for customers without their own.
+    pub tenant_cycle_days: f64,
+}
+
+/// Scores every customer. `models` from [`TenantModels::fit`]; without them P(alive),
+/// expected purchases and CLV are 0.
+pub fn score_tenant(
+    inputs: &[CustomerInput],
+    lookup: &SegmentLookup,
+    policy: &ScoringPolicy,
+    models: Option<&TenantModels>,
+) -> TenantScores {
+    let tenant_cycle_days = policy
+        .tenant_cycle_days
+        .unwrap_or_else(|| median_regular_interval(inputs, &policy.lifecycle));
+    let (r, f, m) = rfm_scores(inputs, policy.monetary);
+    let purchase_model = models.map(|m| (m.preferred().model, m.preferred().params));
+    let spend = models.and_then(TenantModels::spend);
+    let unit = policy.time_unit_days;
+    let horizon = policy.clv_horizon_days / unit;
+    let discount = continuous_discount(policy.annual_discount_rate, policy.clv_horizon_days);
+
+    let scores = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let lifecycle = policy.lifecycle.classify(&c.signals(), tenant_cycle_days);
+            if c.purchase_days == 0 {
+                return Score {
+                    r: 0,
+                    f: 0,
+                    m: 0,
+                    segment: PROSPECT_SEGMENT,
+                    lifecycle,
+                    p_alive: 0.0,
+                    expected_purchases_90d: 0.0,
+                    clv: 0.0,
+                };
+            }
+            let segment = lookup.segment_of(r[i], f[i], m[i]);
+            let (p_alive, expected_purchases_90d, clv) = match purchase_model {
+                Some((model, params)) => {
+                    model_values(c, model, &params, spend, unit, horizon, discount)
+                }
+                None => (0.0, 0.0, 0.0),
+            };
+            Score {
+                r: r[i],
+                f: f[i],
+                m: m[i],
+                segment,
+                lifecycle,
+                p_alive,
+                expected_purchases_90d,
+                clv,
+            }
+        })
+        .collect();
+    TenantScores {
+        scores,
+        tenant_cycle_days,
+    }
+}
+
+/// P(alive), expected purchases in 90 days, and CLV of one buyer.
+#[inline]
+fn model_values(
+    c: &CustomerInput,
+    model: NbdModel,
+    params: &NbdParams,
+    spend: Option<GammaGammaParams>,
+    unit: f64,
+    horizon: f64,
+    discount: f64,
+) -> (f64, f64, f64) {
+    let o = c.observation(unit);
+    let p_alive = params.p_alive(model, o);
+    let expected_90d =
+        finite_or_zero(params.expected_purchases_if_alive(model, 90.0 / unit, o) * p_alive);
+    let expected_horizon =
+        finite_or_zero(params.expected_purchases_if_alive(model, horizon, o) * p_alive);
+    let value = match spend {
+        Some(s) => s.conditional_expected_value(c.purchase_days - 1, c.average_check),
+        None => c.average_check,
+    };
+    (
+        p_alive,
+        expected_90d,
+        finite_or_zero(expected_horizon * value * discount).max(0.0),
+    )
+}
+
+fn finite_or_zero(v: f64) -> f64 {
+    if v.is_finite() { v } else { 0.0 }
+}
+
+/// Mean discount factor over a horizon for purchases spread evenly across it, at a
+/// continuously compounded equivalent of the annual rate: (1 − e^(−δH)) / (δH).
+pub fn continuous_discount(annual_rate: f64, horizon_days: f64) -> f64 {
+    let delta_h = (1.0 + annual_rate).ln() * horizon_days / 365.0;
+    if delta_h.abs() < 1e-12 {
+        1.0
+    } else {
+        (1.0 - (-delta_h).exp()) / delta_h
+    }
+}
+
+/// Median own interval of the tenant's regulars, or [`DEFAULT_CYCLE_DAYS`] without any.
+fn median_regular_interval(inputs: &[CustomerInput], policy: &LifecyclePolicy) -> f64 {
+    let mut intervals: Vec<f64> = inputs
+        .iter()
+        .filter(|c| c.purchase_days > policy.min_own_intervals && c.mean_interval_days > 0.0)
+        .map(|c| c.mean_interval_days)
+        .collect();
+    if intervals.is_empty() {
+        return DEFAULT_CYCLE_DAYS;
+    }
+    let mid = intervals.len() / 2;
+    let (_, median, _) = intervals.select_nth_unstable_by(mid, f64::total_cmp);
+    *median
+}
+
+/// R, F, M scores of the buyers (prospects get 0), in input order.
+fn rfm_scores(inputs: &[CustomerInput], basis: MonetaryBasis) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let buyers: Vec<usize> = (0..inputs.len())
+        .filter(|&i| inputs[i].purchase_days > 0)
+        .collect();
+    let column = |value: &dyn Fn(&CustomerInput) -> f64, better| {
+        let values: Vec<f64> = buyers.iter().map(|&i| value(&inputs[i])).collect();
+        let scores = quintile_scores(&values, better);
+        let mut all = vec![0u8; inputs.len()];
+        for (&i, s) in buyers.iter().zip(scores) {
+            all[i] = s;
+        }
+        all
+    };
+    let r = column(&|c| c.days_since_last, Better::Lower);
+    let f = column(&|c| f64::from(c.purchase_days), Better::Higher);
+    let m = column(
+        &|c| match basis {
+            MonetaryBasis::Total => c.total_spent,
+            MonetaryBasis::Average => c.average_check,
+        },
+        Better::Higher,
+    );
+    (r, f, m)
+}
+
+/// Whether a state counts as "inactive" for summaries.
+pub fn is_inactive(state: LifecycleState) -> bool {
+    matches!(
+        state,
+        LifecycleState::Sleeping | LifecycleState::NearlyLost | LifecycleState::Dead
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segments::RuleTable;
+    use crate::simulate::{Rng, SimulatedCustomer};
+
+    fn buyer(
+        purchase_days: u32,
+        days_since_first: f64,
+        days_since_last: f64,
+        total: f64,
+    ) -> CustomerInput {
+        CustomerInput {
+            purchase_days,
+            days_since_first,
+            days_since_last,
+            total_spent: total,
+            average_check: total / f64::from(purchase_days.max(1)),
+            mean_interval_days: if purchase_days > 1 {
+                (days_since_first - days_since_last) / f64::from(purchase_days - 1)
+            } else {
+                0.0
+            },
+            days_since_engagement: f64::INFINITY,
+            consecutive_unopened: 0,
+        }
+    }
+
+    /// A shop simulated from BG/NBD in days, with spend.
+    pub(crate) fn simulated_shop(n: usize, seed: u64) -> Vec<CustomerInput> {
+        let params = NbdParams {
+            r: 0.6,
+            alpha: 60.0,
+            a: 0.8,
+            b: 2.5,
+        };
+        let mut rng = Rng::new(seed);
+        (0..n)
+            .map(|_| {
+                let age = (30 + rng.below(1000)) as f64;
+                let customer = SimulatedCustomer::draw(&mut rng, params);
+                let mut days = 1u32;
+                let mut last = 0.0f64;
+                customer.purchases(&mut rng, NbdModel::BgNbd, age, |t| {
+                    days += 1;
+                    last = t.floor();
+                });
+                let mut c = buyer(days, age, age - last, 0.0);
+                c.total_spent = f64::from(days) * (1_000.0 + rng.below(4_000) as f64);
+                c.average_check = c.total_spent / f64::from(days);
+                c
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_customer_gets_one_segment_and_prospects_stay_outside_rfm() {
+        let lookup = RuleTable::default_grid().compile().unwrap();
+        let mut inputs = simulated_shop(2_000, 1);
+        inputs.push(CustomerInput {
+            purchase_days: 0,
+            ..buyer(0, 0.0, 0.0, 0.0)
+        });
+        let models = TenantModels::fit(&inputs, 1.0).unwrap();
+        let scored = score_tenant(&inputs, &lookup, &ScoringPolicy::default(), Some(&models));
+        assert_eq!(scored.scores.len(), inputs.len());
+        let prospect = scored.scores.last().unwrap();
+        assert_eq!(
+            (prospect.segment, prospect.r, prospect.lifecycle.state),
+            (PROSPECT_SEGMENT, 0, LifecycleState::Prospect)
+        );
+        for s in &scored.scores[..2_000] {
+            assert!((1..=5).contains(&s.r) && (1..=5).contains(&s.f) && (1..=5).contains(&s.m));
+            assert!(usize::from(s.segment) < lookup.segments().len());
+            assert!((0.0..=1.0).contains(&s.p_alive), "{s:?}");
+            assert!(s.expected_purchases_90d >= 0.0 && s.clv >= 0.0, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_recent_frequent_big_spender_is_a_champion_and_worth_more() {
+        let lookup = RuleTable::default_grid().compile().unwrap();
+        let mut inputs = simulated_shop(1_000, 2);
+        inputs.push(buyer(40, 700.0, 1.0, 400_000.0));
+        inputs.push(buyer(1, 700.0, 700.0, 1_000.0));
+        let models = TenantModels::fit(&inputs, 1.0).unwrap();
+        let scored = score_tenant(&inputs, &lookup, &ScoringPolicy::default(), Some(&models));
+        let champion = scored.scores[1_000];
+        let gone = scored.scores[1_001];
+        assert_eq!(lookup.key(champion.segment), "champions");
+        assert_eq!(lookup.key(gone.segment), "hibernating");
+        assert!(
+            champion.p_alive > 0.9 && champion.clv > 10.0 * gone.clv,
+            "{champion:?} {gone:?}"
+        );
+        assert!(champion.expected_purchases_90d > 1.0);
+    }
+
+    #[test]
+    fn the_tenant_interval_is_the_median_of_its_regulars_unless_configured() {
+        let lookup = RuleTable::default_grid().compile().unwrap();
+        let inputs = vec![
+            buyer(3, 100.0, 0.0, 1.0),
+            buyer(5, 200.0, 0.0, 1.0),
+            buyer(4, 600.0, 0.0, 1.0),
+            buyer(1, 5.0, 5.0, 1.0),
+        ];
+        // Intervals 50, 50, 200 → median 50.
+        let scored = score_tenant(&inputs, &lookup, &ScoringPolicy::default(), None);
+        assert_eq!(scored.tenant_cycle_days, 50.0);
+        let configured = ScoringPolicy {
+            tenant_cycle_days: Some(30.0),
+            ..ScoringPolicy::default()
+        };
+        assert_eq!(
+            score_tenant(&inputs, &lookup, &configured, None).tenant_cycle_days,
+            30.0
+        );
+        assert_eq!(
+            score_tenant(&inputs[3..], &lookup, &ScoringPolicy::default(), None).tenant_cycle_days,
+            DEFAULT_CYCLE_DAYS
+        );
+    }
+
+    #[test]
+    fn discounting_is_one_at_zero_rate_and_below_one_otherwise() {
+        assert_eq!(continuous_discount(0.0, 365.0), 1.0);
+        let d = continuous_discount(0.10, 365.0);
+        // ln 1.1 ≈ 0.0953: (1 − e^−0.0953) / 0.0953 ≈ 0.9538
+        assert!((d - 0.953_8).abs() < 1e-4, "{d}");
+    }
+}
