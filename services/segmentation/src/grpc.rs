@@ -1,12 +1,195 @@
-//! Handlers of `winback.segmentation.v1.SegmentationService`.
-//!
-//! Every RPC answers `UNIMPLEMENTED` (the generated default) until issue #4 lands the
-//! segmentation capability; the contract, health, reflection, auth and the event feed are live.
+//! Handlers of `winback.segmentation.v1.SegmentationService`: translate, check the tenant,
+//! call the service, translate back.
 
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use winback_platform::ServiceError;
+use winback_platform::auth::tenant_for;
 use winback_proto::segmentation::segmentation_service_server::SegmentationService;
+use winback_proto::segmentation::*;
+
+use crate::context::Segmentation;
+use crate::policy::{self, compile, table_from_proto};
+use crate::reads::MemberFilter;
+use crate::store::queries;
+
+/// The stream type the generated trait expects for server-streaming methods.
+type BoxStream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+const READ: &str = "segmentation:read";
+const WRITE: &str = "segmentation:write";
 
 /// The handlers.
-#[derive(Debug, Default)]
-pub(crate) struct SegmentationGrpc;
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentationGrpc {
+    pub(crate) segmentation: Segmentation,
+}
 
-impl SegmentationService for SegmentationGrpc {}
+#[tonic::async_trait]
+impl SegmentationService for SegmentationGrpc {
+    async fn get_policy(
+        &self,
+        request: Request<GetPolicyRequest>,
+    ) -> Result<Response<GetPolicyResponse>, Status> {
+        let tenant = tenant_for(&request, READ)?;
+        let policy = self.segmentation.policy(&tenant).await?;
+        Ok(Response::new(GetPolicyResponse {
+            policy: Some(policy),
+        }))
+    }
+
+    async fn update_policy(
+        &self,
+        request: Request<UpdatePolicyRequest>,
+    ) -> Result<Response<UpdatePolicyResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let policy = request
+            .into_inner()
+            .policy
+            .ok_or_else(|| ServiceError::invalid("policy", "is required"))?;
+        let policy = policy::normalize(policy)?;
+        let now = self.segmentation.now().timestamp_micros();
+        queries::put_policy(&self.segmentation.db, &tenant, policy.encode_to_vec(), now)
+            .await
+            .map_err(ServiceError::internal)?;
+        Ok(Response::new(UpdatePolicyResponse {
+            policy: Some(policy),
+        }))
+    }
+
+    async fn validate_rule_table(
+        &self,
+        request: Request<ValidateRuleTableRequest>,
+    ) -> Result<Response<ValidateRuleTableResponse>, Status> {
+        tenant_for(&request, READ)?;
+        let table = request
+            .into_inner()
+            .table
+            .ok_or_else(|| ServiceError::invalid("table", "is required"))?;
+        let table = table_from_proto(&table, "table").map_err(ServiceError::InvalidArgument)?;
+        let report = table.validate();
+        // Malformed tables were refused above; compile only confirms.
+        let _ = compile(&table, "table");
+        Ok(Response::new(ValidateRuleTableResponse {
+            valid: report.is_valid(),
+            unreachable_rules: report.unreachable_rules.iter().map(|&i| i as i32).collect(),
+            uncovered_cells: report
+                .uncovered_cells
+                .iter()
+                .map(|c| ScoreCell {
+                    recency: i32::from(c.recency),
+                    frequency: i32::from(c.frequency),
+                    monetary: i32::from(c.monetary),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn recompute(
+        &self,
+        request: Request<RecomputeRequest>,
+    ) -> Result<Response<RecomputeResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let as_of = self.segmentation.as_of(request.get_ref().as_of.as_ref())?;
+        Ok(Response::new(
+            self.segmentation.recompute(&tenant, as_of).await?,
+        ))
+    }
+
+    async fn get_customer_score(
+        &self,
+        request: Request<GetCustomerScoreRequest>,
+    ) -> Result<Response<GetCustomerScoreResponse>, Status> {
+        let tenant = tenant_for(&request, READ)?;
+        let r = request.get_ref();
+        let locale = if r.locale.is_empty() {
+            "en"
+        } else {
+            r.locale.as_str()
+        };
+        let score = self
+            .segmentation
+            .customer_score(&tenant, &r.customer_id, locale)
+            .await?;
+        Ok(Response::new(GetCustomerScoreResponse {
+            score: Some(score),
+        }))
+    }
+
+    async fn list_segment_members(
+        &self,
+        request: Request<ListSegmentMembersRequest>,
+    ) -> Result<Response<BoxStream<ListSegmentMembersResponse>>, Status> {
+        let tenant = tenant_for(&request, READ)?;
+        let filter = MemberFilter::new(request.into_inner())?;
+        let (tx, rx) = mpsc::channel(4);
+        let segmentation = self.segmentation.clone();
+        tokio::spawn(async move {
+            let errors = tx.clone();
+            if let Err(e) = segmentation.stream_members(tenant, filter, tx).await {
+                let _ = errors.send(Err(e.into())).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_segment_summary(
+        &self,
+        request: Request<GetSegmentSummaryRequest>,
+    ) -> Result<Response<GetSegmentSummaryResponse>, Status> {
+        let tenant = tenant_for(&request, READ)?;
+        let r = request.get_ref();
+        let locale = if r.locale.is_empty() {
+            "en"
+        } else {
+            r.locale.as_str()
+        };
+        Ok(Response::new(
+            self.segmentation
+                .summary(&tenant, locale, r.history_limit)
+                .await?,
+        ))
+    }
+
+    async fn list_transitions(
+        &self,
+        request: Request<ListTransitionsRequest>,
+    ) -> Result<Response<ListTransitionsResponse>, Status> {
+        let tenant = tenant_for(&request, READ)?;
+        Ok(Response::new(
+            self.segmentation
+                .transitions(&tenant, request.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn fit_models(
+        &self,
+        request: Request<FitModelsRequest>,
+    ) -> Result<Response<FitModelsResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let r = request.get_ref();
+        let as_of = self.segmentation.as_of(r.as_of.as_ref())?;
+        let unit = match &r.time_unit {
+            None => None,
+            Some(d) if d.seconds == 0 && d.nanos == 0 => None,
+            Some(d) => {
+                let days = (d.seconds as f64 + f64::from(d.nanos) * 1e-9) / 86_400.0;
+                if !(days > 0.0 && days <= 365.0) {
+                    return Err(ServiceError::invalid(
+                        "time_unit",
+                        "must be above 0 and at most 365 days",
+                    )
+                    .into());
+                }
+                Some(days)
+            }
+        };
+        Ok(Response::new(
+            self.segmentation.fit_models(&tenant, as_of, unit).await?,
+        ))
+    }
+}

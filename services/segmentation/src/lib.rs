@@ -1,10 +1,21 @@
-//! The segmentation service: RFM scores, named segments, purchase cycles, lifecycle states and model fits.
+//! The segmentation service: RFM scores, named segments, purchase cycles, lifecycle states
+//! and model fits, from the facts profiles keeps.
 //!
 //! A library with one entry point, [`serve`], and [`mount`] for the `winback` binary that
-//! runs every service in one process. Reads top-down: `grpc` (handlers) → `store`.
+//! runs every service in one process. Reads top-down: `grpc` (handlers) → `recompute`,
+//! `reads`, `policy` (operations) → `facts` (profiles client), `scores`, `summary` →
+//! `store` (SQL). The maths is `winback_scoring`.
 
+mod context;
+mod facts;
 mod grpc;
+mod policy;
+mod reads;
+mod recompute;
+mod scheduler;
+mod scores;
 pub mod store;
+mod summary;
 
 use tokio_util::sync::CancellationToken;
 use winback_platform::config::Config;
@@ -16,14 +27,18 @@ use winback_proto::segmentation::segmentation_service_server::SegmentationServic
 /// Name of the service's database and schema.
 pub const SERVICE: &str = "segmentation";
 
-/// Opens the database, runs the migrations, and adds the service to `server`.
+/// Opens the database, runs the migrations, and adds the service to `server`; starts the
+/// recompute schedule.
 pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Mounted, StartError> {
+    let service_ctx = ctx.clone();
     ctx.mount::<store::Migrator, _>(
         server,
         SERVICE,
         EventSource::Segmentation,
-        |_db, _outbox, limit| {
-            SegmentationServiceServer::new(grpc::SegmentationGrpc)
+        |db, outbox, limit| {
+            let segmentation = context::Segmentation::new(db, outbox, service_ctx);
+            tokio::spawn(scheduler::run(segmentation.clone()));
+            SegmentationServiceServer::new(grpc::SegmentationGrpc { segmentation })
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit)
         },

@@ -1,4 +1,7 @@
-//! Storage of the segmentation service: its migrations (its tables arrive with issue #4).
+//! Storage of the segmentation service: migrations and the queries behind the handlers.
+
+mod migration;
+pub(crate) mod queries;
 
 use sea_orm_migration::prelude::*;
 
@@ -8,6 +11,6 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        Vec::new()
+        vec![Box::new(migration::CreateSegmentation)]
     }
 }

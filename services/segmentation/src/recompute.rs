@@ -1,0 +1,442 @@
+//! `Recompute`: stream a tenant's facts from profiles, fit the models, score every
+//! customer, store the scores, and emit change events for customers whose segment or
+//! lifecycle state changed since the last recompute.
+//!
+//! The tenant's first recompute is the baseline: it stores scores and emits no events
+//! (nothing *changed*; campaigns enrol the current members of a segment on demand). From
+//! then on a customer scored for the first time counts as a change from nothing.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use sea_orm::TransactionTrait;
+use winback_platform::ServiceError;
+use winback_platform::time::{to_duration, to_timestamp};
+use winback_proto::common::{LifecycleState as ProtoState, Money};
+use winback_proto::events::event::Payload;
+use winback_proto::events::{LifecycleChanged, SegmentChanged};
+use winback_proto::segmentation::{FitModelsResponse, GammaGammaFit, NbdFit, RecomputeResponse};
+use winback_scoring::lifecycle::CycleSource;
+use winback_scoring::nbd::NbdFit as ScoringNbdFit;
+use winback_scoring::score::{
+    MonetaryBasis, PROSPECT_SEGMENT, PROSPECT_SEGMENT_KEY, Score, TenantModels, score_tenant,
+};
+
+use crate::context::Segmentation;
+use crate::facts::{self, TenantFacts};
+use crate::policy::Effective;
+use crate::scores::{CHUNK_SIZE, StoredScore, decode_chunk, encode_chunk, proto_state};
+use crate::store::queries::{self, ChunkRow, RunRow, TransitionRow};
+use crate::summary::SummaryBuilder;
+
+/// Largest clock skew accepted for an as-of time in the future.
+const MAX_FUTURE_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+
+impl Segmentation {
+    /// Checks a requested as-of time against the clock.
+    pub(crate) fn as_of(
+        &self,
+        requested: Option<&prost_types::Timestamp>,
+    ) -> Result<DateTime<Utc>, ServiceError> {
+        let now = self.now();
+        let Some(ts) = requested else { return Ok(now) };
+        let as_of = winback_platform::time::from_timestamp(ts)
+            .ok_or_else(|| ServiceError::invalid("as_of", "not a valid time"))?;
+        if as_of > now + MAX_FUTURE_SKEW {
+            return Err(ServiceError::invalid("as_of", "must not be in the future"));
+        }
+        if as_of.timestamp() < 946_684_800 {
+            return Err(ServiceError::invalid("as_of", "must be after 2000-01-01"));
+        }
+        Ok(as_of)
+    }
+
+    /// Runs a recompute of `tenant`.
+    pub(crate) async fn recompute(
+        &self,
+        tenant: &str,
+        as_of: DateTime<Utc>,
+    ) -> Result<RecomputeResponse, ServiceError> {
+        let lock = self.recompute_lock(tenant);
+        let _running = lock.lock().await;
+        let started = Instant::now();
+        let policy = self.effective_policy(tenant).await?;
+        let facts = facts::load(&self.ctx, tenant, as_of).await?;
+        let currency = facts.main_currency();
+        let (facts, models, scores) = score_blocking(facts, policy.clone()).await?;
+        let recompute_id = uuid::Uuid::now_v7().to_string();
+        let had_previous_run = !queries::runs(&self.db, tenant, 1)
+            .await
+            .map_err(ServiceError::internal)?
+            .is_empty();
+
+        let mut previous = PreviousScores::new(self, tenant);
+        let mut summary = SummaryBuilder::new(&policy.lookup);
+        let mut chunks: Vec<ChunkRow> = Vec::with_capacity(facts.customers.len() / CHUNK_SIZE + 1);
+        let mut chunk: Vec<StoredScore> = Vec::with_capacity(CHUNK_SIZE);
+        let mut changes = Changes::default();
+        let now = self.now();
+        for (row, score) in facts.customers.iter().zip(&scores) {
+            let stored = stored_score(row, score, &facts, &policy);
+            summary.add(
+                (score.segment != PROSPECT_SEGMENT).then_some(score.segment),
+                &stored,
+            );
+            match previous.find(&row.customer_id).await? {
+                Some((segment, state)) => {
+                    changes.compare(&stored, &segment, state, &recompute_id, now)
+                }
+                None if had_previous_run => changes.compare(
+                    &stored,
+                    "",
+                    ProtoState::Unspecified as i32,
+                    &recompute_id,
+                    now,
+                ),
+                None => {}
+            }
+            chunk.push(stored);
+            if chunk.len() == CHUNK_SIZE {
+                chunks.push(chunk_row(std::mem::take(&mut chunk)));
+            }
+        }
+        if !chunk.is_empty() {
+            chunks.push(chunk_row(chunk));
+        }
+        drop(previous);
+
+        let took = started.elapsed();
+        let summary = summary.finish(currency);
+        let models = models
+            .map(|m| fit_response(&m, as_of, policy.scoring.time_unit_days, took))
+            .unwrap_or_default();
+        let response = RecomputeResponse {
+            recompute_id: recompute_id.clone(),
+            customers_scored: scores.len() as i64,
+            segment_changes: changes.segment_changes,
+            lifecycle_changes: changes.lifecycle_changes,
+            took: Some(to_duration(
+                chrono::Duration::from_std(took).unwrap_or_default(),
+            )),
+            as_of: Some(to_timestamp(as_of)),
+        };
+        let txn = self.db.begin().await.map_err(ServiceError::internal)?;
+        queries::replace_chunks(&txn, tenant, chunks)
+            .await
+            .map_err(ServiceError::internal)?;
+        queries::insert_transitions(&txn, tenant, &changes.transitions)
+            .await
+            .map_err(ServiceError::internal)?;
+        queries::insert_run(
+            &txn,
+            tenant,
+            RunRow {
+                recompute_id,
+                as_of_us: as_of.timestamp_micros(),
+                finished_at_us: now.timestamp_micros(),
+                took_us: started.elapsed().as_micros() as i64,
+                customers: response.customers_scored,
+                segment_changes: response.segment_changes,
+                lifecycle_changes: response.lifecycle_changes,
+                summary: summary.encode_to_vec(),
+                models: models.encode_to_vec(),
+            },
+        )
+        .await
+        .map_err(ServiceError::internal)?;
+        let events: Vec<_> = changes
+            .events
+            .into_iter()
+            .map(|payload| (tenant.to_owned(), now, payload))
+            .collect();
+        self.outbox
+            .append_many(&txn, events)
+            .await
+            .map_err(ServiceError::internal)?;
+        txn.commit().await.map_err(ServiceError::internal)?;
+        self.outbox.notify_committed();
+        let mut response = response;
+        response.took = Some(to_duration(
+            chrono::Duration::from_std(started.elapsed()).unwrap_or_default(),
+        ));
+        tracing::info!(
+            tenant,
+            customers = response.customers_scored,
+            segment_changes = response.segment_changes,
+            lifecycle_changes = response.lifecycle_changes,
+            took_ms = started.elapsed().as_millis() as u64,
+            "recomputed segments"
+        );
+        Ok(response)
+    }
+
+    /// Fits the models on the tenant's customers without storing anything.
+    pub(crate) async fn fit_models(
+        &self,
+        tenant: &str,
+        as_of: DateTime<Utc>,
+        time_unit_days: Option<f64>,
+    ) -> Result<FitModelsResponse, ServiceError> {
+        let started = Instant::now();
+        let policy = self.effective_policy(tenant).await?;
+        let unit = time_unit_days.unwrap_or(policy.scoring.time_unit_days);
+        let facts = facts::load(&self.ctx, tenant, as_of).await?;
+        let inputs = facts.inputs();
+        drop(facts);
+        let models = tokio::task::spawn_blocking(move || TenantModels::fit(&inputs, unit))
+            .await
+            .map_err(ServiceError::internal)?
+            .ok_or_else(|| {
+                ServiceError::FailedPrecondition(
+                    "the tenant has no customers with purchases to fit".into(),
+                )
+            })?;
+        Ok(fit_response(&models, as_of, unit, started.elapsed()))
+    }
+}
+
+/// Fits and scores on a blocking thread (a million customers take about a second of CPU).
+async fn score_blocking(
+    facts: TenantFacts,
+    policy: Effective,
+) -> Result<(TenantFacts, Option<TenantModels>, Vec<Score>), ServiceError> {
+    tokio::task::spawn_blocking(move || {
+        let inputs = facts.inputs();
+        let models = TenantModels::fit(&inputs, policy.scoring.time_unit_days);
+        let scored = score_tenant(&inputs, &policy.lookup, &policy.scoring, models.as_ref());
+        (facts, models, scored.scores)
+    })
+    .await
+    .map_err(ServiceError::internal)
+}
+
+fn chunk_row(scores: Vec<StoredScore>) -> ChunkRow {
+    ChunkRow {
+        first_customer_id: scores
+            .first()
+            .map(|s| s.customer_id.clone())
+            .unwrap_or_default(),
+        last_customer_id: scores
+            .last()
+            .map(|s| s.customer_id.clone())
+            .unwrap_or_default(),
+        scores: encode_chunk(scores),
+    }
+}
+
+fn stored_score(
+    row: &facts::CustomerRow,
+    score: &Score,
+    facts: &TenantFacts,
+    policy: &Effective,
+) -> StoredScore {
+    let c = &row.input;
+    let segment = if score.segment == PROSPECT_SEGMENT {
+        PROSPECT_SEGMENT_KEY.to_owned()
+    } else {
+        policy.lookup.key(score.segment).to_owned()
+    };
+    let monetary = match policy.scoring.monetary {
+        MonetaryBasis::Total => c.total_spent,
+        MonetaryBasis::Average => c.average_check,
+    };
+    StoredScore {
+        customer_id: row.customer_id.clone(),
+        segment,
+        state: proto_state(score.lifecycle.state) as i32,
+        r: u32::from(score.r),
+        f: u32::from(score.f),
+        m: u32::from(score.m),
+        recency_days: c.days_since_last,
+        frequency: c.purchase_days,
+        monetary_minor: monetary as i64,
+        currency: facts
+            .currencies
+            .get(usize::from(row.currency))
+            .cloned()
+            .unwrap_or_default(),
+        expected_cycle_days: score.lifecycle.expected_cycle_days,
+        days_overdue: score.lifecycle.days_overdue,
+        own_cycle: score.lifecycle.cycle_source == CycleSource::Own,
+        p_alive: score.p_alive,
+        expected_purchases_90d: score.expected_purchases_90d,
+        clv_minor: score.clv.round() as i64,
+        days_since_engagement: if c.days_since_engagement.is_finite() {
+            c.days_since_engagement
+        } else {
+            -1.0
+        },
+        consecutive_unopened: c.consecutive_unopened,
+    }
+}
+
+/// Changes found by one recompute.
+#[derive(Debug, Default)]
+struct Changes {
+    segment_changes: i64,
+    lifecycle_changes: i64,
+    transitions: Vec<TransitionRow>,
+    events: Vec<Payload>,
+}
+
+impl Changes {
+    fn compare(
+        &mut self,
+        new: &StoredScore,
+        old_segment: &str,
+        old_state: i32,
+        recompute_id: &str,
+        now: DateTime<Utc>,
+    ) {
+        let segment_changed = new.segment != old_segment;
+        let state_changed = new.state != old_state;
+        if segment_changed {
+            self.segment_changes += 1;
+            self.events.push(Payload::SegmentChanged(SegmentChanged {
+                customer_id: new.customer_id.clone(),
+                previous_segment: old_segment.to_owned(),
+                segment: new.segment.clone(),
+                recompute_id: recompute_id.to_owned(),
+            }));
+        }
+        if state_changed {
+            self.lifecycle_changes += 1;
+            self.events
+                .push(Payload::LifecycleChanged(LifecycleChanged {
+                    customer_id: new.customer_id.clone(),
+                    previous_state: old_state,
+                    state: new.state,
+                    p_alive: new.p_alive,
+                    clv: Some(Money {
+                        amount_minor: new.clv_minor,
+                        currency: new.currency.clone(),
+                    }),
+                    recompute_id: recompute_id.to_owned(),
+                }));
+        }
+        if segment_changed || state_changed {
+            self.transitions.push(TransitionRow {
+                seq: 0,
+                customer_id: new.customer_id.clone(),
+                from_segment: old_segment.to_owned(),
+                to_segment: new.segment.clone(),
+                from_state: old_state,
+                to_state: new.state,
+                recompute_id: recompute_id.to_owned(),
+                at_us: now.timestamp_micros(),
+            });
+        }
+    }
+}
+
+/// The previous recompute's scores, read chunk page by chunk page alongside the new ones
+/// (both in customer id order), so the comparison never holds both sets in memory.
+struct PreviousScores<'a> {
+    service: &'a Segmentation,
+    tenant: &'a str,
+    next_chunk: i64,
+    buffered: std::collections::VecDeque<(String, String, i32)>,
+    exhausted: bool,
+}
+
+impl<'a> PreviousScores<'a> {
+    fn new(service: &'a Segmentation, tenant: &'a str) -> Self {
+        Self {
+            service,
+            tenant,
+            next_chunk: 0,
+            buffered: Default::default(),
+            exhausted: false,
+        }
+    }
+
+    /// The previous (segment, state) of `customer_id`; ids must come in ascending order.
+    async fn find(&mut self, customer_id: &str) -> Result<Option<(String, i32)>, ServiceError> {
+        loop {
+            while let Some((id, _, _)) = self.buffered.front() {
+                match id.as_str().cmp(customer_id) {
+                    std::cmp::Ordering::Less => {
+                        self.buffered.pop_front();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        return Ok(self
+                            .buffered
+                            .pop_front()
+                            .map(|(_, segment, state)| (segment, state)));
+                    }
+                    std::cmp::Ordering::Greater => return Ok(None),
+                }
+            }
+            if self.exhausted {
+                return Ok(None);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), ServiceError> {
+        const CHUNKS_PER_READ: i64 = 25;
+        let page = queries::chunks(
+            &self.service.db,
+            self.tenant,
+            self.next_chunk,
+            CHUNKS_PER_READ,
+        )
+        .await
+        .map_err(ServiceError::internal)?;
+        if page.len() < CHUNKS_PER_READ as usize {
+            self.exhausted = true;
+        }
+        for (chunk_no, chunk) in page {
+            self.next_chunk = chunk_no + 1;
+            for s in decode_chunk(&chunk.scores)? {
+                self.buffered.push_back((s.customer_id, s.segment, s.state));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn nbd_fit(fit: &ScoringNbdFit) -> NbdFit {
+    NbdFit {
+        r: fit.params.r,
+        alpha: fit.params.alpha,
+        a: fit.params.a,
+        b: fit.params.b,
+        log_likelihood: fit.log_likelihood,
+        customers: fit.customers as i64,
+        distinct_rows: fit.distinct_rows as i64,
+        converged: fit.converged,
+    }
+}
+
+/// The API form of a tenant's fits.
+pub(crate) fn fit_response(
+    models: &TenantModels,
+    as_of: DateTime<Utc>,
+    unit_days: f64,
+    took: std::time::Duration,
+) -> FitModelsResponse {
+    FitModelsResponse {
+        bg_nbd: Some(nbd_fit(&models.bg_nbd)),
+        mbg_nbd: Some(nbd_fit(&models.mbg_nbd)),
+        gamma_gamma: models.gamma_gamma.map(|g| GammaGammaFit {
+            p: g.params.p,
+            q: g.params.q,
+            gamma: g.params.gamma,
+            log_likelihood: g.log_likelihood,
+            customers: g.customers as i64,
+            converged: g.converged,
+        }),
+        preferred_model: models.preferred().model.key().to_owned(),
+        as_of: Some(to_timestamp(as_of)),
+        time_unit: Some(prost_types::Duration {
+            seconds: (unit_days * 86_400.0).round() as i64,
+            nanos: 0,
+        }),
+        took: Some(to_duration(
+            chrono::Duration::from_std(took).unwrap_or_default(),
+        )),
+    }
+}

@@ -1,0 +1,97 @@
+//! The segmentation tables. Every row carries `tenant_id`; every key starts with it.
+
+use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm_migration::prelude::*;
+
+#[derive(Debug)]
+pub(crate) struct CreateSegmentation;
+
+impl MigrationName for CreateSegmentation {
+    fn name(&self) -> &str {
+        "m20261122_200000_create_segmentation"
+    }
+}
+
+const COMMON: &[&str] = &[
+    // The tenant's policy, as an encoded `winback.segmentation.v1.Policy` with defaults filled in.
+    "CREATE TABLE policies (
+        tenant_id TEXT PRIMARY KEY,
+        policy BYTEA NOT NULL,
+        updated_at_us BIGINT NOT NULL)",
+    // The scores of the latest recompute, in chunks of consecutive customer ids: a
+    // recompute of a million customers writes a few hundred rows, not a million.
+    "CREATE TABLE score_chunks (
+        tenant_id TEXT NOT NULL,
+        chunk_no BIGINT NOT NULL,
+        first_customer_id TEXT NOT NULL,
+        last_customer_id TEXT NOT NULL,
+        scores BYTEA NOT NULL,
+        PRIMARY KEY (tenant_id, chunk_no))",
+    "CREATE INDEX score_chunks_first ON score_chunks (tenant_id, first_customer_id)",
+    // One row per recompute: counts, the summary (sizes, grid) and the model fit.
+    "CREATE TABLE recompute_runs (
+        tenant_id TEXT NOT NULL,
+        recompute_id TEXT NOT NULL,
+        as_of_us BIGINT NOT NULL,
+        finished_at_us BIGINT NOT NULL,
+        took_us BIGINT NOT NULL,
+        customers BIGINT NOT NULL,
+        segment_changes BIGINT NOT NULL,
+        lifecycle_changes BIGINT NOT NULL,
+        summary BYTEA NOT NULL,
+        models BYTEA NOT NULL,
+        PRIMARY KEY (tenant_id, recompute_id))",
+    "CREATE INDEX recompute_runs_finished ON recompute_runs (tenant_id, finished_at_us)",
+];
+
+// async_trait's expansion needs the elided lifetime.
+#[allow(elided_lifetimes_in_paths)]
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for CreateSegmentation {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let sqlite = db.get_database_backend() == DbBackend::Sqlite;
+        for sql in COMMON {
+            let sql = if sqlite {
+                sql.replace("BYTEA", "BLOB")
+            } else {
+                (*sql).to_owned()
+            };
+            db.execute_unprepared(&sql).await?;
+        }
+        let id = if sqlite {
+            "INTEGER PRIMARY KEY AUTOINCREMENT"
+        } else {
+            "BIGSERIAL PRIMARY KEY"
+        };
+        db.execute_unprepared(&format!(
+            "CREATE TABLE transitions (
+                seq {id},
+                tenant_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                from_segment TEXT NOT NULL,
+                to_segment TEXT NOT NULL,
+                from_state BIGINT NOT NULL,
+                to_state BIGINT NOT NULL,
+                recompute_id TEXT NOT NULL,
+                at_us BIGINT NOT NULL)"
+        ))
+        .await?;
+        db.execute_unprepared("CREATE INDEX transitions_tenant ON transitions (tenant_id, seq)")
+            .await?;
+        db.execute_unprepared(
+            "CREATE INDEX transitions_customer ON transitions (tenant_id, customer_id, seq)",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        for table in ["transitions", "recompute_runs", "score_chunks", "policies"] {
+            db.execute_unprepared(&format!("DROP TABLE IF EXISTS {table}"))
+                .await?;
+        }
+        Ok(())
+    }
+}
