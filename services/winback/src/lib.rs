@@ -4,3 +4,4 @@
 pub mod admin;
 pub mod embedded;
 pub mod import;
+pub mod segments;

@@ -60,6 +60,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Shows a tenant's segments: sizes, lifecycle states and the recency × frequency grid.
+    Segments {
+        #[command(flatten)]
+        target: Target,
+        /// Recompute first (optionally as of `--as-of`).
+        #[arg(long)]
+        recompute: bool,
+        /// Recompute as of this time (RFC 3339); implies `--recompute`.
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        /// Locale of the segment names (e.g. "ru").
+        #[arg(long, default_value = "en")]
+        locale: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Customer-base models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Manages tenants.
     Tenant {
         #[command(subcommand)]
@@ -78,6 +100,54 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+}
+
+/// Which stack and tenant a client command talks to.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// Tenant id.
+    #[arg(long)]
+    tenant: String,
+    /// Address of the stack.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Token of the tenant; without one, a short-lived token is signed with the data
+    /// folder's private key.
+    #[arg(long, env = "WINBACK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Folder with the keys (when no token is given).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl Target {
+    fn token(&self, config_file: Option<&PathBuf>, scopes: &[&str]) -> anyhow::Result<String> {
+        match &self.token {
+            Some(token) => Ok(token.clone()),
+            None => {
+                let config = load_config(config_file, self.data_dir.clone(), None)?;
+                Ok(winback::admin::signer(&config)?.tenant_token(&self.tenant, scopes, 3600)?)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Fits BG/NBD, MBG/NBD and Gamma-Gamma on the tenant's customers and prints them.
+    Fit {
+        #[command(flatten)]
+        target: Target,
+        /// Fit as of this time (RFC 3339); default now.
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        /// Time unit in days (1 = daily, 7 = weekly); default the tenant's policy.
+        #[arg(long)]
+        time_unit_days: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -198,6 +268,80 @@ async fn main() -> anyhow::Result<()> {
                 for rejected in reports.iter().flat_map(|r| &r.rejected) {
                     println!("  {}:{}: {}", rejected.file, rejected.line, rejected.reason);
                 }
+            }
+        }
+        Command::Segments {
+            target,
+            recompute,
+            as_of,
+            locale,
+            json,
+        } => {
+            use winback_proto::segmentation::{GetSegmentSummaryRequest, RecomputeRequest};
+            let token = target.token(
+                cli.config.as_ref(),
+                &["segmentation:read", "segmentation:write"],
+            )?;
+            let mut client = winback::segments::client(&target.addr, &token)?;
+            if recompute || as_of.is_some() {
+                let as_of = as_of.map(winback_platform::time::to_timestamp);
+                let run = client
+                    .recompute(RecomputeRequest { as_of })
+                    .await?
+                    .into_inner();
+                eprintln!(
+                    "recomputed {} customers: {} segment and {} lifecycle changes",
+                    run.customers_scored, run.segment_changes, run.lifecycle_changes
+                );
+            }
+            let summary = client
+                .get_segment_summary(GetSegmentSummaryRequest {
+                    locale,
+                    history_limit: 0,
+                })
+                .await?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&winback::segments::summary_json(&summary))?
+                );
+            } else {
+                print!("{}", winback::segments::render_summary(&summary));
+            }
+        }
+        Command::Models {
+            command:
+                ModelsCommand::Fit {
+                    target,
+                    as_of,
+                    time_unit_days,
+                    json,
+                },
+        } => {
+            use winback_proto::segmentation::FitModelsRequest;
+            let token = target.token(
+                cli.config.as_ref(),
+                &["segmentation:read", "segmentation:write"],
+            )?;
+            let mut client = winback::segments::client(&target.addr, &token)?;
+            let fit = client
+                .fit_models(FitModelsRequest {
+                    as_of: as_of.map(winback_platform::time::to_timestamp),
+                    time_unit: time_unit_days.map(|d| prost_types::Duration {
+                        seconds: i64::from(d) * 86_400,
+                        nanos: 0,
+                    }),
+                })
+                .await?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&winback::segments::fit_json(&fit))?
+                );
+            } else {
+                print!("{}", winback::segments::render_fit(&fit));
             }
         }
         Command::Health { addr, service } => {

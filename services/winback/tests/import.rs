@@ -175,6 +175,67 @@ async fn import_keeps_every_good_row_and_reports_the_bad_ones_by_line() {
     assert_eq!(again[1]["stored"].as_u64(), Some(0));
     assert_eq!(again[1]["duplicates"].as_u64(), Some(3));
 
+    // `winback segments --recompute` scores the imported customers; `models fit` fits them.
+    let addr = format!("http://127.0.0.1:{port}");
+    let segments = Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args([
+            "segments",
+            "--recompute",
+            "--json",
+            "--tenant",
+            &tenant,
+            "--addr",
+            &addr,
+        ])
+        .env("WINBACK_TOKEN", &token)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        segments.status.success(),
+        "{}",
+        String::from_utf8_lossy(&segments.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&segments.stdout).unwrap();
+    let scored: i64 = summary["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["customers"].as_i64().unwrap())
+        .sum();
+    assert_eq!(scored, 2, "c1 and c3");
+    assert_eq!(summary["currency"], "RUB");
+    assert_eq!(summary["grid"].as_array().unwrap().len(), 25);
+    let table = Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args([
+            "segments", "--locale", "ru", "--tenant", &tenant, "--addr", &addr,
+        ])
+        .env("WINBACK_TOKEN", &token)
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("Recency × frequency") && table.contains("R5"),
+        "{table}"
+    );
+    let fit = Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args([
+            "models", "fit", "--json", "--tenant", &tenant, "--addr", &addr,
+        ])
+        .env("WINBACK_TOKEN", &token)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        fit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fit.stderr)
+    );
+    let fit: serde_json::Value = serde_json::from_slice(&fit.stdout).unwrap();
+    assert_eq!(fit["bg_nbd"]["customers"], 2);
+    assert_eq!(fit["time_unit_days"], 1.0);
+
     let pid = up.id().unwrap().to_string();
     Command::new("kill")
         .args(["-TERM", &pid])
