@@ -212,7 +212,11 @@ mod tests {
             ..Default::default()
         };
         let text = render_summary(&summary);
-        assert!(text.lines().any(|l| l.starts_with("Champions") && l.ends_with(" 3   50.0%")), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("Champions") && l.ends_with(" 3   50.0%")),
+            "{text}"
+        );
         let r5 = text.lines().position(|l| l.starts_with("  R5")).unwrap();
         let r1 = text.lines().position(|l| l.starts_with("  R1")).unwrap();
         assert!(r5 < r1);
