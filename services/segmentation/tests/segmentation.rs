@@ -718,3 +718,58 @@ db_test!(bad_requests_and_callers_are_refused, |db| async move {
     );
     h.stop();
 });
+
+db_test!(
+    a_policy_schedule_recomputes_by_the_service_clock,
+    |db| async move {
+        let mut h = Harness::start(db).await;
+        shop(&mut h).await;
+        let every = Policy {
+            recompute_every: Some(prost_types::Duration {
+                seconds: 3_600,
+                nanos: 0,
+            }),
+            ..Policy::default()
+        };
+        h.segments
+            .update_policy(UpdatePolicyRequest {
+                policy: Some(every),
+            })
+            .await
+            .unwrap();
+        let runs = |h: &mut Harness| {
+            let mut client = h.segments.clone();
+            async move {
+                client
+                    .get_segment_summary(GetSegmentSummaryRequest::default())
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .history
+                    .len()
+            }
+        };
+        // No run yet: the schedule runs one within a check interval (5 s).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while runs(&mut h).await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no scheduled recompute"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        // Not due again until an hour passes on the service clock.
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        assert_eq!(runs(&mut h).await, 1);
+        h.clock.advance(chrono::Duration::hours(1));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while runs(&mut h).await < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no second scheduled recompute"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        h.stop();
+    }
+);
