@@ -3,6 +3,7 @@
 //! A library with one entry point, [`serve`], and [`mount`] for the `winback` binary that
 //! runs every service in one process. Reads top-down: `grpc` (handlers) → `store`.
 
+mod domain;
 mod grpc;
 pub mod store;
 
