@@ -3,9 +3,13 @@
 //! A library with one entry point, [`serve`], and [`mount`] for the `winback` binary that
 //! runs every service in one process. Reads top-down: `grpc` (handlers) → `store`.
 
+mod context;
+mod coupons;
 mod domain;
+mod fraud;
 mod grpc;
 pub mod store;
+mod templates;
 
 use tokio_util::sync::CancellationToken;
 use winback_platform::config::Config;
@@ -19,16 +23,14 @@ pub const SERVICE: &str = "offers";
 
 /// Opens the database, runs the migrations, and adds the service to `server`.
 pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Mounted, StartError> {
-    ctx.mount::<store::Migrator, _>(
-        server,
-        SERVICE,
-        EventSource::Offers,
-        |_db, _outbox, limit| {
-            OffersServiceServer::new(grpc::OffersGrpc)
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit)
-        },
-    )
+    let clock = ctx.clock.clone();
+    ctx.mount::<store::Migrator, _>(server, SERVICE, EventSource::Offers, |db, outbox, limit| {
+        OffersServiceServer::new(grpc::OffersGrpc {
+            offers: context::Offers::new(db, outbox, clock),
+        })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit)
+    })
     .await
 }
 

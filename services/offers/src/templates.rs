@@ -1,0 +1,262 @@
+//! Offer templates and escalation ladders: create, read, list, archive, and the next rung.
+
+use prost::Message;
+use winback_platform::ServiceError;
+use winback_platform::time::to_timestamp;
+use winback_proto::common::PageResponse;
+use winback_proto::offers::{
+    Ladder, ListLaddersResponse, ListOfferTemplatesResponse, NextOfferResponse, OfferTemplate,
+};
+
+use crate::context::{Offers, db_error, page_size};
+use crate::domain::template;
+use crate::store::{execute, query};
+
+/// Rungs a ladder may have.
+const MAX_RUNGS: usize = 5;
+
+impl Offers {
+    /// Stores a new template.
+    pub(crate) async fn create_template(
+        &self,
+        tenant: &str,
+        t: Option<OfferTemplate>,
+    ) -> Result<OfferTemplate, ServiceError> {
+        let t = t.ok_or_else(|| ServiceError::invalid("template", "is required"))?;
+        let now = self.clock.now();
+        let mut t = template::validate(t, now.timestamp())?;
+        t.template_id = format!("tpl_{}", uuid::Uuid::now_v7().simple());
+        t.created_at = Some(to_timestamp(now));
+        t.archived = false;
+        execute(
+            &self.db,
+            "INSERT INTO templates (tenant_id, template_id, template, archived, created_at_us) VALUES ($1, $2, $3, 0, $4)",
+            vec![tenant.into(), t.template_id.clone().into(), t.encode_to_vec().into(), now.timestamp_micros().into()],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(t)
+    }
+
+    /// A template by id; `field` names the request field for NOT_FOUND.
+    pub(crate) async fn template(
+        &self,
+        tenant: &str,
+        id: &str,
+        field: &str,
+    ) -> Result<OfferTemplate, ServiceError> {
+        if id.trim().is_empty() {
+            return Err(ServiceError::invalid(field, "is required"));
+        }
+        let rows = query(
+            &self.db,
+            "SELECT template FROM templates WHERE tenant_id = $1 AND template_id = $2",
+            vec![tenant.into(), id.into()],
+        )
+        .await
+        .map_err(db_error)?;
+        let row = rows
+            .first()
+            .ok_or_else(|| ServiceError::not_found_at("offer template", id, field))?;
+        let bytes: Vec<u8> = row.try_get("", "template").map_err(db_error)?;
+        OfferTemplate::decode(bytes.as_slice()).map_err(ServiceError::internal)
+    }
+
+    /// Templates by id, a page at a time.
+    pub(crate) async fn list_templates(
+        &self,
+        tenant: &str,
+        include_archived: bool,
+        page: winback_proto::common::PageRequest,
+    ) -> Result<ListOfferTemplatesResponse, ServiceError> {
+        let size = page_size(&page)?;
+        let rows = query(
+            &self.db,
+            "SELECT template_id, template FROM templates
+             WHERE tenant_id = $1 AND template_id > $2 AND ($3 = 1 OR archived = 0)
+             ORDER BY template_id LIMIT $4",
+            vec![
+                tenant.into(),
+                page.page_token.into(),
+                i64::from(include_archived).into(),
+                (size + 1).into(),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        let mut templates = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let bytes: Vec<u8> = row.try_get("", "template").map_err(db_error)?;
+            templates
+                .push(OfferTemplate::decode(bytes.as_slice()).map_err(ServiceError::internal)?);
+        }
+        let next_page_token = next_token(&mut templates, size, |t| t.template_id.clone());
+        Ok(ListOfferTemplatesResponse {
+            templates,
+            page: Some(PageResponse { next_page_token }),
+        })
+    }
+
+    /// Archives a template: no new coupons from it; issued coupons stay valid.
+    pub(crate) async fn archive_template(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<OfferTemplate, ServiceError> {
+        let mut t = self.template(tenant, id, "template_id").await?;
+        t.archived = true;
+        execute(
+            &self.db,
+            "UPDATE templates SET template = $3, archived = 1 WHERE tenant_id = $1 AND template_id = $2",
+            vec![tenant.into(), id.into(), t.encode_to_vec().into()],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(t)
+    }
+
+    /// Stores a new ladder of 1–5 existing templates.
+    pub(crate) async fn create_ladder(
+        &self,
+        tenant: &str,
+        ladder: Option<Ladder>,
+    ) -> Result<Ladder, ServiceError> {
+        let mut ladder = ladder.ok_or_else(|| ServiceError::invalid("ladder", "is required"))?;
+        ladder.name = ladder.name.trim().to_owned();
+        if ladder.name.is_empty() {
+            return Err(ServiceError::invalid("ladder.name", "is required"));
+        }
+        if ladder.template_ids.is_empty() || ladder.template_ids.len() > MAX_RUNGS {
+            return Err(ServiceError::invalid(
+                "ladder.template_ids",
+                "a ladder has 1–5 rungs",
+            ));
+        }
+        for (i, id) in ladder.template_ids.iter().enumerate() {
+            if ladder.template_ids[..i].contains(id) {
+                return Err(ServiceError::invalid(
+                    format!("ladder.template_ids[{i}]"),
+                    "a template appears twice",
+                ));
+            }
+            let t = self
+                .template(tenant, id, &format!("ladder.template_ids[{i}]"))
+                .await?;
+            if t.archived {
+                return Err(ServiceError::invalid(
+                    format!("ladder.template_ids[{i}]"),
+                    "the template is archived",
+                ));
+            }
+        }
+        ladder.ladder_id = format!("lad_{}", uuid::Uuid::now_v7().simple());
+        execute(
+            &self.db,
+            "INSERT INTO ladders (tenant_id, ladder_id, ladder, created_at_us) VALUES ($1, $2, $3, $4)",
+            vec![tenant.into(), ladder.ladder_id.clone().into(), ladder.encode_to_vec().into(), self.now_us().into()],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(ladder)
+    }
+
+    /// A ladder by id.
+    pub(crate) async fn ladder(
+        &self,
+        tenant: &str,
+        id: &str,
+        field: &str,
+    ) -> Result<Ladder, ServiceError> {
+        if id.trim().is_empty() {
+            return Err(ServiceError::invalid(field, "is required"));
+        }
+        let rows = query(
+            &self.db,
+            "SELECT ladder FROM ladders WHERE tenant_id = $1 AND ladder_id = $2",
+            vec![tenant.into(), id.into()],
+        )
+        .await
+        .map_err(db_error)?;
+        let row = rows
+            .first()
+            .ok_or_else(|| ServiceError::not_found_at("ladder", id, field))?;
+        let bytes: Vec<u8> = row.try_get("", "ladder").map_err(db_error)?;
+        Ladder::decode(bytes.as_slice()).map_err(ServiceError::internal)
+    }
+
+    /// Ladders by id, a page at a time.
+    pub(crate) async fn list_ladders(
+        &self,
+        tenant: &str,
+        page: winback_proto::common::PageRequest,
+    ) -> Result<ListLaddersResponse, ServiceError> {
+        let size = page_size(&page)?;
+        let rows = query(
+            &self.db,
+            "SELECT ladder FROM ladders WHERE tenant_id = $1 AND ladder_id > $2 ORDER BY ladder_id LIMIT $3",
+            vec![tenant.into(), page.page_token.into(), (size + 1).into()],
+        )
+        .await
+        .map_err(db_error)?;
+        let mut ladders = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let bytes: Vec<u8> = row.try_get("", "ladder").map_err(db_error)?;
+            ladders.push(Ladder::decode(bytes.as_slice()).map_err(ServiceError::internal)?);
+        }
+        let next_page_token = next_token(&mut ladders, size, |l| l.ladder_id.clone());
+        Ok(ListLaddersResponse {
+            ladders,
+            page: Some(PageResponse { next_page_token }),
+        })
+    }
+
+    /// The lowest rung the customer has not had yet: never a jump to the strongest.
+    pub(crate) async fn next_offer(
+        &self,
+        tenant: &str,
+        ladder_id: &str,
+        customer_id: &str,
+    ) -> Result<NextOfferResponse, ServiceError> {
+        if customer_id.trim().is_empty() {
+            return Err(ServiceError::invalid("customer_id", "is required"));
+        }
+        let ladder = self.ladder(tenant, ladder_id, "ladder_id").await?;
+        let rows = query(
+            &self.db,
+            "SELECT DISTINCT rung FROM coupons WHERE tenant_id = $1 AND customer_id = $2 AND ladder_id = $3",
+            vec![tenant.into(), customer_id.into(), ladder_id.into()],
+        )
+        .await
+        .map_err(db_error)?;
+        let had: Vec<i64> = rows
+            .iter()
+            .filter_map(|r| r.try_get::<i64>("", "rung").ok())
+            .collect();
+        let next = (0..ladder.template_ids.len()).find(|rung| !had.contains(&(*rung as i64)));
+        match next {
+            Some(rung) => Ok(NextOfferResponse {
+                rung: rung as i32,
+                template: Some(
+                    self.template(tenant, &ladder.template_ids[rung], "ladder_id")
+                        .await?,
+                ),
+                exhausted: false,
+            }),
+            None => Ok(NextOfferResponse {
+                rung: ladder.template_ids.len() as i32,
+                template: None,
+                exhausted: true,
+            }),
+        }
+    }
+}
+
+/// Trims a page fetched with one extra row and returns the token of the next page.
+pub(crate) fn next_token<T>(items: &mut Vec<T>, size: i64, key: impl Fn(&T) -> String) -> String {
+    if items.len() as i64 > size {
+        items.truncate(size as usize);
+        items.last().map(key).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
