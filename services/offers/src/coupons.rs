@@ -617,28 +617,8 @@ impl Offers {
         if changed != 1 {
             return Err(ineligible(IneligibleReason::AlreadyUsed));
         }
-        add_usage(
-            &txn,
-            tenant,
-            &format!("template:{}", t.template_id),
-            0,
-            1,
-            0,
-            cost,
-        )
-        .await?;
-        if !coupon.campaign_id.is_empty() {
-            add_usage(
-                &txn,
-                tenant,
-                &format!("campaign:{}", coupon.campaign_id),
-                0,
-                1,
-                0,
-                cost,
-            )
-            .await?;
-        }
+        // Redemption totals are summed from the coupons when asked for: a running-total row
+        // here would make every redemption of a template queue on one row lock.
         let payload = Payload::CouponRedeemed(CouponRedeemed {
             code: coupon.code.clone(),
             customer_id: coupon.customer_id.clone(),
@@ -722,28 +702,6 @@ impl Offers {
         )
         .await
         .map_err(db_error)?;
-        add_usage(
-            &txn,
-            tenant,
-            &format!("template:{}", coupon.template_id),
-            0,
-            -1,
-            0,
-            -coupon.real_cost_minor,
-        )
-        .await?;
-        if !coupon.campaign_id.is_empty() {
-            add_usage(
-                &txn,
-                tenant,
-                &format!("campaign:{}", coupon.campaign_id),
-                0,
-                -1,
-                0,
-                -coupon.real_cost_minor,
-            )
-            .await?;
-        }
         let payload = Payload::CouponReleased(CouponReleased {
             code: coupon.code.clone(),
             customer_id: coupon.customer_id.clone(),
@@ -973,7 +931,8 @@ async fn add_usage<C: ConnectionTrait>(
     .map(|_| ())
 }
 
-/// (issued, redeemed, estimated, real) of a scope.
+/// (issued, redeemed, estimated, real) of a scope ("template:<id>" or "campaign:<id>"):
+/// issue totals from the running-total row, redemption totals summed from the coupons.
 async fn usage<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
@@ -981,19 +940,39 @@ async fn usage<C: ConnectionTrait>(
 ) -> Result<(i64, i64, i64, i64), ServiceError> {
     let rows = query(
         db,
-        "SELECT issued, redeemed, estimated_minor, real_minor FROM budget_usage WHERE tenant_id = $1 AND scope = $2",
+        "SELECT issued, estimated_minor FROM budget_usage WHERE tenant_id = $1 AND scope = $2",
         vec![tenant.into(), scope.into()],
     )
     .await
     .map_err(db_error)?;
-    Ok(rows.first().map_or((0, 0, 0, 0), |r| {
+    let (issued, estimated) = rows.first().map_or((0, 0), |r| {
         (
             r.try_get("", "issued").unwrap_or(0),
-            r.try_get("", "redeemed").unwrap_or(0),
             r.try_get("", "estimated_minor").unwrap_or(0),
-            r.try_get("", "real_minor").unwrap_or(0),
         )
-    }))
+    });
+    let (column, id) = match scope.split_once(':') {
+        Some(("campaign", id)) => ("campaign_id", id),
+        Some((_, id)) => ("template_id", id),
+        None => ("template_id", scope),
+    };
+    let rows = query(
+        db,
+        &format!(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(real_cost_minor), 0) AS BIGINT) AS real FROM coupons
+             WHERE tenant_id = $1 AND {column} = $2 AND state = 2"
+        ),
+        vec![tenant.into(), id.into()],
+    )
+    .await
+    .map_err(db_error)?;
+    let (redeemed, real) = rows.first().map_or((0, 0), |r| {
+        (
+            r.try_get::<i64>("", "n").unwrap_or(0),
+            r.try_get::<i64>("", "real").unwrap_or(0),
+        )
+    });
+    Ok((issued, redeemed, estimated, real))
 }
 
 async fn campaign_currency<C: ConnectionTrait>(

@@ -49,8 +49,10 @@ const TABLES: &[&str] = &[
     "CREATE UNIQUE INDEX coupons_idempotency ON coupons (tenant_id, idempotency_key)",
     "CREATE INDEX coupons_customer ON coupons (tenant_id, customer_id, template_id)",
     "CREATE INDEX coupons_expiry ON coupons (tenant_id, state, expires_at_us)",
-    "CREATE INDEX coupons_campaign ON coupons (tenant_id, campaign_id)",
-    // Running totals per template and per campaign: the budget check reads one row.
+    "CREATE INDEX coupons_campaign ON coupons (tenant_id, campaign_id, state)",
+    "CREATE INDEX coupons_template ON coupons (tenant_id, template_id, state)",
+    // Running issue totals per template and per campaign: the budget check at issue reads
+    // and bumps one row. (Redemption totals are summed from the coupons.)
     "CREATE TABLE budget_usage (
         tenant_id TEXT NOT NULL,
         scope TEXT NOT NULL,
