@@ -146,6 +146,52 @@ pub fn statement(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> 
     Statement::from_sql_and_values(backend, out_sql, out_values)
 }
 
+/// `$first, $first+1, …`: `n` numbered placeholders, for an `IN (…)` list or one row.
+pub fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One multi-row insert: `head` (`INSERT INTO t (a, b)`) followed by `VALUES ($1, $2),
+/// ($3, $4), …` for `rows`, with the values in placeholder order. Callers chunk their rows
+/// so a statement stays within the backends' parameter limits.
+pub fn multi_row_insert(
+    backend: DbBackend,
+    head: &str,
+    rows: impl IntoIterator<Item = Vec<sea_orm::Value>>,
+) -> Statement {
+    let mut sql = format!("{head} VALUES ");
+    let mut values = Vec::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        sql.push_str(&placeholders(values.len() + 1, row.len()));
+        sql.push(')');
+        values.extend(row);
+    }
+    statement(backend, &sql, values)
+}
+
+/// A `CREATE TABLE` written for PostgreSQL, for `backend`: `BYTEA` is `BLOB` on SQLite,
+/// and `{serial}` becomes an auto-incrementing primary key of either.
+pub fn ddl(backend: DbBackend, sql: &str) -> String {
+    let serial = if backend == DbBackend::Sqlite {
+        "INTEGER PRIMARY KEY AUTOINCREMENT"
+    } else {
+        "BIGSERIAL PRIMARY KEY"
+    };
+    let sql = sql.replace("{serial}", serial);
+    if backend == DbBackend::Sqlite {
+        sql.replace("BYTEA", "BLOB")
+    } else {
+        sql
+    }
+}
+
 /// True when the connection is PostgreSQL.
 pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DbBackend::Postgres
@@ -153,6 +199,30 @@ pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_multi_row_insert_numbers_every_value_in_order() {
+        let rows = vec![vec![1i64.into(), "a".into()], vec![2i64.into(), "b".into()]];
+        let pg = multi_row_insert(DbBackend::Postgres, "INSERT INTO t (n, s)", rows.clone());
+        assert_eq!(pg.sql, "INSERT INTO t (n, s) VALUES ($1, $2), ($3, $4)");
+        assert_eq!(pg.values.map(|v| v.0.len()), Some(4));
+        let lite = multi_row_insert(DbBackend::Sqlite, "INSERT INTO t (n, s)", rows);
+        assert_eq!(lite.sql, "INSERT INTO t (n, s) VALUES (?, ?), (?, ?)");
+        assert_eq!(placeholders(3, 2), "$3, $4");
+    }
+
+    #[test]
+    fn ddl_adapts_blobs_and_serial_keys() {
+        let sql = "CREATE TABLE t (seq {serial}, b BYTEA)";
+        assert_eq!(
+            ddl(DbBackend::Sqlite, sql),
+            "CREATE TABLE t (seq INTEGER PRIMARY KEY AUTOINCREMENT, b BLOB)"
+        );
+        assert_eq!(
+            ddl(DbBackend::Postgres, sql),
+            "CREATE TABLE t (seq BIGSERIAL PRIMARY KEY, b BYTEA)"
+        );
+    }
+
     use super::*;
 
     #[test]

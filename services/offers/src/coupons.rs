@@ -18,6 +18,7 @@ use crate::domain::code::Code;
 use crate::domain::template;
 use crate::fraud::Presenter;
 use crate::store::{execute, query};
+use winback_platform::db::{multi_row_insert, placeholders};
 
 /// Largest batch issue.
 pub(crate) const MAX_BATCH: usize = 10_000;
@@ -135,13 +136,6 @@ pub(crate) struct IssueFrom {
     pub(crate) template_id: String,
     pub(crate) campaign_id: String,
     pub(crate) ladder_id: String,
-}
-
-fn in_list(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn ineligible(reason: IneligibleReason) -> ServiceError {
@@ -345,7 +339,7 @@ impl Offers {
         for chunk in customers.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "SELECT customer_id, COUNT(*) AS n FROM coupons WHERE tenant_id = $1 AND template_id = $2 AND customer_id IN ({}) GROUP BY customer_id",
-                in_list(3, chunk.len())
+                placeholders(3, chunk.len())
             );
             let mut values: Vec<Value> = vec![tenant.into(), t.template_id.clone().into()];
             values.extend(chunk.iter().map(|c| Value::from(c.clone())));
@@ -751,7 +745,7 @@ impl Offers {
         for chunk in expired.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "UPDATE coupons SET state = 3 WHERE tenant_id = $1 AND state = 1 AND code IN ({})",
-                in_list(2, chunk.len())
+                placeholders(2, chunk.len())
             );
             let mut values: Vec<Value> = vec![tenant.into()];
             values.extend(chunk.iter().map(|c| Value::from(c.code.clone())));
@@ -873,7 +867,7 @@ async fn coupons_by_keys<C: ConnectionTrait>(
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "SELECT {COLUMNS} FROM coupons WHERE tenant_id = $1 AND idempotency_key IN ({})",
-            in_list(2, chunk.len())
+            placeholders(2, chunk.len())
         );
         let mut values: Vec<Value> = vec![tenant.into()];
         values.extend(chunk.iter().map(|k| Value::from(k.clone())));
@@ -889,20 +883,17 @@ async fn insert_coupons<C: ConnectionTrait>(
     tenant: &str,
     rows: &[CouponRow],
 ) -> Result<(), ServiceError> {
+    let backend = db.get_database_backend();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = format!("INSERT INTO coupons (tenant_id, {COLUMNS}) VALUES ");
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 15);
-        for (i, row) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            sql.push_str(&in_list(i * 15 + 1, 15));
-            sql.push(')');
-            values.push(tenant.into());
+        let values = chunk.iter().map(|row| {
+            let mut values: Vec<Value> = vec![tenant.into()];
             values.extend(row.values());
-        }
-        execute(db, &sql, values).await.map_err(db_error)?;
+            values
+        });
+        let head = format!("INSERT INTO coupons (tenant_id, {COLUMNS})");
+        db.execute_raw(multi_row_insert(backend, &head, values))
+            .await
+            .map_err(db_error)?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, DbErr};
 use tokio::sync::Notify;
 use winback_proto::events::{Event, EventSource, event::Payload};
 
-use crate::db::statement;
+use crate::db::{multi_row_insert, statement};
 
 /// Writes events of one source service.
 #[derive(Debug, Clone)]
@@ -76,27 +76,9 @@ impl Outbox {
         const ROWS_PER_STATEMENT: usize = 400;
         let traceparent = crate::telemetry::current_traceparent().unwrap_or_default();
         let backend = txn.get_database_backend();
-        let mut events = events.into_iter().peekable();
-        while events.peek().is_some() {
-            let mut sql = String::from(
-                "INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload) VALUES ",
-            );
-            let mut values: Vec<sea_orm::Value> = Vec::new();
-            for (i, (tenant_id, occurred_at, payload)) in
-                events.by_ref().take(ROWS_PER_STATEMENT).enumerate()
-            {
-                let n = i * 5;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5
-                ));
+        let mut rows = events
+            .into_iter()
+            .map(|(tenant_id, occurred_at, payload)| {
                 let event_id = uuid::Uuid::now_v7().to_string();
                 let event_type = payload_type(&payload);
                 let event = Event {
@@ -109,13 +91,22 @@ impl Outbox {
                     traceparent: traceparent.clone(),
                     payload: Some(payload),
                 };
-                values.push(event_id.into());
-                values.push(tenant_id.into());
-                values.push(event_type.into());
-                values.push(occurred_at.timestamp_micros().into());
-                values.push(event.encode_to_vec().into());
-            }
-            txn.execute_raw(statement(backend, &sql, values)).await?;
+                vec![
+                    event_id.into(),
+                    tenant_id.into(),
+                    event_type.into(),
+                    occurred_at.timestamp_micros().into(),
+                    event.encode_to_vec().into(),
+                ]
+            })
+            .peekable();
+        while rows.peek().is_some() {
+            txn.execute_raw(multi_row_insert(
+                backend,
+                "INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload)",
+                rows.by_ref().take(ROWS_PER_STATEMENT),
+            ))
+            .await?;
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! The offers tables. Every row carries `tenant_id`; every key starts with it.
 
-use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm::ConnectionTrait;
 use sea_orm_migration::prelude::*;
+use winback_platform::db::ddl;
 
 #[derive(Debug)]
 pub(crate) struct CreateOffers;
@@ -69,6 +70,16 @@ const TABLES: &[&str] = &[
         lockouts BIGINT NOT NULL,
         locked_until_us BIGINT NOT NULL,
         PRIMARY KEY (tenant_id, subject))",
+    "CREATE TABLE fraud_signals (
+        seq {serial},
+        tenant_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        code TEXT NOT NULL,
+        at_us BIGINT NOT NULL,
+        locked_until_us BIGINT NOT NULL)",
+    "CREATE INDEX fraud_signals_tenant ON fraud_signals (tenant_id, seq)",
 ];
 
 // async_trait's expansion needs the elided lifetime.
@@ -77,36 +88,10 @@ const TABLES: &[&str] = &[
 impl MigrationTrait for CreateOffers {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        let sqlite = db.get_database_backend() == DbBackend::Sqlite;
+        let backend = db.get_database_backend();
         for sql in TABLES {
-            let sql = if sqlite {
-                sql.replace("BYTEA", "BLOB")
-            } else {
-                (*sql).to_owned()
-            };
-            db.execute_unprepared(&sql).await?;
+            db.execute_unprepared(&ddl(backend, sql)).await?;
         }
-        let id = if sqlite {
-            "INTEGER PRIMARY KEY AUTOINCREMENT"
-        } else {
-            "BIGSERIAL PRIMARY KEY"
-        };
-        db.execute_unprepared(&format!(
-            "CREATE TABLE fraud_signals (
-                seq {id},
-                tenant_id TEXT NOT NULL,
-                kind TEXT NOT NULL,
-                customer_id TEXT NOT NULL,
-                source TEXT NOT NULL,
-                code TEXT NOT NULL,
-                at_us BIGINT NOT NULL,
-                locked_until_us BIGINT NOT NULL)"
-        ))
-        .await?;
-        db.execute_unprepared(
-            "CREATE INDEX fraud_signals_tenant ON fraud_signals (tenant_id, seq)",
-        )
-        .await?;
         Ok(())
     }
 

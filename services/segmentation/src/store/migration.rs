@@ -1,7 +1,8 @@
 //! The segmentation tables. Every row carries `tenant_id`; every key starts with it.
 
-use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm::ConnectionTrait;
 use sea_orm_migration::prelude::*;
+use winback_platform::db::ddl;
 
 #[derive(Debug)]
 pub(crate) struct CreateSegmentation;
@@ -42,6 +43,18 @@ const COMMON: &[&str] = &[
         models BYTEA NOT NULL,
         PRIMARY KEY (tenant_id, recompute_id))",
     "CREATE INDEX recompute_runs_finished ON recompute_runs (tenant_id, finished_at_us)",
+    "CREATE TABLE transitions (
+        seq {serial},
+        tenant_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        from_segment TEXT NOT NULL,
+        to_segment TEXT NOT NULL,
+        from_state BIGINT NOT NULL,
+        to_state BIGINT NOT NULL,
+        recompute_id TEXT NOT NULL,
+        at_us BIGINT NOT NULL)",
+    "CREATE INDEX transitions_tenant ON transitions (tenant_id, seq)",
+    "CREATE INDEX transitions_customer ON transitions (tenant_id, customer_id, seq)",
 ];
 
 // async_trait's expansion needs the elided lifetime.
@@ -50,39 +63,10 @@ const COMMON: &[&str] = &[
 impl MigrationTrait for CreateSegmentation {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        let sqlite = db.get_database_backend() == DbBackend::Sqlite;
+        let backend = db.get_database_backend();
         for sql in COMMON {
-            let sql = if sqlite {
-                sql.replace("BYTEA", "BLOB")
-            } else {
-                (*sql).to_owned()
-            };
-            db.execute_unprepared(&sql).await?;
+            db.execute_unprepared(&ddl(backend, sql)).await?;
         }
-        let id = if sqlite {
-            "INTEGER PRIMARY KEY AUTOINCREMENT"
-        } else {
-            "BIGSERIAL PRIMARY KEY"
-        };
-        db.execute_unprepared(&format!(
-            "CREATE TABLE transitions (
-                seq {id},
-                tenant_id TEXT NOT NULL,
-                customer_id TEXT NOT NULL,
-                from_segment TEXT NOT NULL,
-                to_segment TEXT NOT NULL,
-                from_state BIGINT NOT NULL,
-                to_state BIGINT NOT NULL,
-                recompute_id TEXT NOT NULL,
-                at_us BIGINT NOT NULL)"
-        ))
-        .await?;
-        db.execute_unprepared("CREATE INDEX transitions_tenant ON transitions (tenant_id, seq)")
-            .await?;
-        db.execute_unprepared(
-            "CREATE INDEX transitions_customer ON transitions (tenant_id, customer_id, seq)",
-        )
-        .await?;
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! through `winback_platform::db::statement`).
 
 use sea_orm::{ConnectionTrait, DbErr, QueryResult, Value};
-use winback_platform::db::statement;
+use winback_platform::db::{multi_row_insert, statement};
 
 /// One stored chunk of scores.
 #[derive(Debug)]
@@ -154,37 +154,28 @@ pub(crate) async fn replace_chunks<C: ConnectionTrait>(
         vec![tenant.into()],
     )
     .await?;
-    const PER_STATEMENT: usize = 20;
-    let mut chunk_no = 0i64;
-    let mut chunks = chunks.into_iter().peekable();
-    while chunks.peek().is_some() {
-        let mut sql = String::from(
-            "INSERT INTO score_chunks (tenant_id, chunk_no, first_customer_id, last_customer_id, scores) VALUES ",
-        );
-        let mut values: Vec<Value> = Vec::new();
-        for (i, chunk) in chunks.by_ref().take(PER_STATEMENT).enumerate() {
-            let n = i * 5;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5
-            ));
-            values.extend([
+    let backend = db.get_database_backend();
+    let mut rows = chunks
+        .into_iter()
+        .enumerate()
+        .map(|(chunk_no, chunk)| {
+            vec![
                 tenant.into(),
-                chunk_no.into(),
+                (chunk_no as i64).into(),
                 chunk.first_customer_id.into(),
                 chunk.last_customer_id.into(),
                 chunk.scores.into(),
-            ]);
-            chunk_no += 1;
-        }
-        execute(db, &sql, values).await?;
+            ]
+        })
+        .peekable();
+    // Twenty chunks (≈ 2 MB of scores) per statement.
+    while rows.peek().is_some() {
+        db.execute_raw(multi_row_insert(
+            backend,
+            "INSERT INTO score_chunks (tenant_id, chunk_no, first_customer_id, last_customer_id, scores)",
+            rows.by_ref().take(20),
+        ))
+        .await?;
     }
     Ok(())
 }
@@ -253,28 +244,10 @@ pub(crate) async fn insert_transitions<C: ConnectionTrait>(
     tenant: &str,
     rows: &[TransitionRow],
 ) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
     for batch in rows.chunks(400) {
-        let mut sql = String::from(
-            "INSERT INTO transitions (tenant_id, customer_id, from_segment, to_segment, from_state, to_state, recompute_id, at_us) VALUES ",
-        );
-        let mut values: Vec<Value> = Vec::with_capacity(batch.len() * 8);
-        for (i, t) in batch.iter().enumerate() {
-            let n = i * 8;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6,
-                n + 7,
-                n + 8
-            ));
-            values.extend([
+        let values = batch.iter().map(|t| {
+            vec![
                 tenant.into(),
                 t.customer_id.clone().into(),
                 t.from_segment.clone().into(),
@@ -283,9 +256,14 @@ pub(crate) async fn insert_transitions<C: ConnectionTrait>(
                 i64::from(t.to_state).into(),
                 t.recompute_id.clone().into(),
                 t.at_us.into(),
-            ]);
-        }
-        execute(db, &sql, values).await?;
+            ]
+        });
+        db.execute_raw(multi_row_insert(
+            backend,
+            "INSERT INTO transitions (tenant_id, customer_id, from_segment, to_segment, from_state, to_state, recompute_id, at_us)",
+            values,
+        ))
+        .await?;
     }
     Ok(())
 }
