@@ -61,6 +61,9 @@ pub enum ServiceError {
     /// A quota or rate limit was hit.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
+    /// A service this one depends on did not answer; the caller may retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// Something broke inside; the caller sees no detail.
     #[error("internal error: {0}")]
     Internal(String),
@@ -151,6 +154,7 @@ impl From<ServiceError> for Status {
             ServiceError::PermissionDenied(m) => Status::permission_denied(m),
             ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
             ServiceError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ServiceError::Unavailable(m) => Status::unavailable(m),
             ServiceError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 Status::internal("internal error")

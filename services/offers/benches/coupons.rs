@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use harness::{Harness, cart, percent_off};
 use winback_platform::testing::TestDatabase;
 use winback_proto::offers::{
-    CouponRecipient, IssueCouponsRequest, OfferConditions, OfferTemplate, RedeemCouponRequest,
+    CouponRecipient, GetOfferTemplateRequest, IssueCouponsRequest, OfferConditions, OfferTemplate,
+    RedeemCouponRequest,
 };
 
 fn arg(name: &str) -> Option<String> {
@@ -56,6 +57,44 @@ async fn run(label: &str, db: &TestDatabase, coupons: usize, rate: u64, seconds:
         issued.extend(reply.coupons.into_iter().map(|c| (c.code, c.customer_id)));
     }
     let issue_s = started.elapsed().as_secs_f64();
+
+    // Unloaded latency, one call at a time: a cheap read (the gRPC, auth and runtime floor)
+    // and a redemption.
+    let mut client = h.a.clone();
+    let mut floor = Vec::new();
+    for _ in 0..200 {
+        let sent = Instant::now();
+        client
+            .get_offer_template(GetOfferTemplateRequest {
+                template_id: t.clone(),
+            })
+            .await
+            .unwrap();
+        floor.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut sequential = Vec::new();
+    for (i, (code, customer)) in issued.drain(..200.min(issued.len())).enumerate() {
+        let sent = Instant::now();
+        client
+            .redeem_coupon(RedeemCouponRequest {
+                code,
+                customer_id: customer,
+                order_id: format!("warm-{i}"),
+                order: cart(100_000),
+            })
+            .await
+            .unwrap();
+        sequential.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{label:>8}: one at a time: GetOfferTemplate median {:.2} ms, RedeemCoupon median {:.2} ms",
+        median(&mut floor),
+        median(&mut sequential)
+    );
 
     let total = (rate * seconds) as usize;
     assert!(

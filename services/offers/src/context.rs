@@ -1,30 +1,47 @@
 //! What every operation of the offers service works with.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
 use tokio::sync::{Mutex, OwnedMutexGuard};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use winback_platform::ServiceError;
 use winback_platform::clock::SharedClock;
+use winback_platform::config::Peer;
 use winback_platform::events::Outbox;
+use winback_platform::grpc::{CallCredentials, lazy_channel};
+use winback_platform::host::ServiceContext;
+use winback_proto::offers::OfferTemplate;
+use winback_proto::profiles::profiles_service_client::ProfilesServiceClient;
 
-/// The service's database, outbox and clock.
+/// The service's database, outbox, clock, and the way to profiles.
 #[derive(Debug, Clone)]
 pub(crate) struct Offers {
     pub(crate) db: DatabaseConnection,
     pub(crate) outbox: Outbox,
     pub(crate) clock: SharedClock,
+    pub(crate) profiles: ProfilesPeer,
+    pub(crate) terms: TermsCache,
     /// SQLite has one writer: writers queue here instead of failing to upgrade a read
     /// transaction. (PostgreSQL writers lock the rows they change.)
     sqlite_writer: Arc<Mutex<()>>,
 }
 
 impl Offers {
-    pub(crate) fn new(db: DatabaseConnection, outbox: Outbox, clock: SharedClock) -> Self {
+    pub(crate) fn new(
+        db: DatabaseConnection,
+        outbox: Outbox,
+        clock: SharedClock,
+        profiles: ProfilesPeer,
+    ) -> Self {
         Self {
             db,
             outbox,
             clock,
+            profiles,
+            terms: TermsCache::default(),
             sqlite_writer: Arc::default(),
         }
     }
@@ -33,17 +50,84 @@ impl Offers {
     pub(crate) async fn begin_write(
         &self,
     ) -> Result<(Option<OwnedMutexGuard<()>>, DatabaseTransaction), DbErr> {
-        let guard = if self.db.get_database_backend() == DbBackend::Sqlite {
+        let guard = self.writer_lock().await;
+        Ok((guard, self.db.begin().await?))
+    }
+
+    /// The SQLite writer lock (nothing on PostgreSQL). Keep it until the commit.
+    pub(crate) async fn writer_lock(&self) -> Option<OwnedMutexGuard<()>> {
+        if self.db.get_database_backend() == DbBackend::Sqlite {
             Some(self.sqlite_writer.clone().lock_owned().await)
         } else {
             None
-        };
-        Ok((guard, self.db.begin().await?))
+        }
     }
 
     /// Now in microseconds by the service clock.
     pub(crate) fn now_us(&self) -> i64 {
         self.clock.now().timestamp_micros()
+    }
+}
+
+/// Offer templates by tenant and id, for redemption; bounded (cleared when full).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TermsCache(Arc<std::sync::Mutex<TermsByTemplate>>);
+
+/// Templates by (tenant, template id).
+type TermsByTemplate = HashMap<(String, String), Arc<OfferTemplate>>;
+
+impl TermsCache {
+    const CAPACITY: usize = 10_000;
+
+    pub(crate) fn get(&self, tenant: &str, id: &str) -> Option<Arc<OfferTemplate>> {
+        let map = self.0.lock().ok()?;
+        map.get(&(tenant.to_owned(), id.to_owned())).cloned()
+    }
+
+    pub(crate) fn put(&self, tenant: &str, id: &str, t: Arc<OfferTemplate>) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= Self::CAPACITY {
+                map.clear();
+            }
+            map.insert((tenant.to_owned(), id.to_owned()), t);
+        }
+    }
+}
+
+/// One channel to profiles for the life of the service (it multiplexes every call), and
+/// the service credential to call it for a tenant.
+#[derive(Debug, Clone)]
+pub(crate) struct ProfilesPeer {
+    channel: Option<Channel>,
+    credentials: Option<CallCredentials>,
+}
+
+impl ProfilesPeer {
+    pub(crate) fn new(ctx: &ServiceContext) -> Self {
+        Self {
+            channel: lazy_channel(&ctx.config.peer_url(Peer::Profiles)).ok(),
+            credentials: ctx.service_credentials.clone(),
+        }
+    }
+
+    /// A profiles client acting for `tenant`.
+    pub(crate) fn client(
+        &self,
+        tenant: &str,
+    ) -> Result<ProfilesServiceClient<InterceptedService<Channel, CallCredentials>>, ServiceError>
+    {
+        let (Some(channel), Some(credentials)) = (&self.channel, &self.credentials) else {
+            return Err(ServiceError::FailedPrecondition(
+                "offers cannot reach profiles: no service credential (auth.service_token_file) or no profiles address".into(),
+            ));
+        };
+        let credentials = credentials
+            .for_tenant(tenant)
+            .map_err(|s| ServiceError::invalid("tenant", s.message()))?;
+        Ok(ProfilesServiceClient::with_interceptor(
+            channel.clone(),
+            credentials,
+        ))
     }
 }
 

@@ -3,7 +3,9 @@
 
 use chrono::DateTime;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Value};
+use std::sync::Arc;
 use winback_platform::ServiceError;
+
 use winback_proto::common::{Money, PageResponse};
 use winback_proto::events::event::Payload;
 use winback_proto::events::{CouponExpired, CouponIssued, CouponRedeemed, CouponReleased};
@@ -12,6 +14,7 @@ use winback_proto::offers::{
     ListCouponsRequest, ListCouponsResponse, OfferTemplate, RedeemCouponResponse,
     SweepExpiredCouponsResponse, ValidateCouponResponse,
 };
+use winback_proto::profiles::GetFactsRequest;
 
 use crate::context::{Offers, db_error, page_size, timestamp};
 use crate::domain::code::Code;
@@ -336,13 +339,25 @@ impl Offers {
             .map(|&i| recipients[i].customer_id.clone())
             .collect();
         let mut held: std::collections::HashMap<String, i64> = Default::default();
-        for chunk in customers.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT customer_id, COUNT(*) AS n FROM coupons WHERE tenant_id = $1 AND template_id = $2 AND customer_id IN ({}) GROUP BY customer_id",
-                placeholders(3, chunk.len())
-            );
+        let postgres = txn.get_database_backend() == DbBackend::Postgres;
+        // PostgreSQL takes the whole list as one array parameter.
+        let chunk_size = if postgres {
+            MAX_BATCH
+        } else {
+            ROWS_PER_STATEMENT
+        };
+        for chunk in customers.chunks(chunk_size) {
             let mut values: Vec<Value> = vec![tenant.into(), t.template_id.clone().into()];
-            values.extend(chunk.iter().map(|c| Value::from(c.clone())));
+            let listed = if postgres {
+                values.push(chunk.to_vec().into());
+                "= ANY($3)".to_owned()
+            } else {
+                values.extend(chunk.iter().map(|c| Value::from(c.clone())));
+                format!("IN ({})", placeholders(3, chunk.len()))
+            };
+            let sql = format!(
+                "SELECT customer_id, COUNT(*) AS n FROM coupons WHERE tenant_id = $1 AND template_id = $2 AND customer_id {listed} GROUP BY customer_id"
+            );
             for row in query(txn, &sql, values).await.map_err(db_error)? {
                 held.insert(
                     row.try_get("", "customer_id").map_err(db_error)?,
@@ -435,7 +450,14 @@ impl Offers {
         if who.customer_id.trim().is_empty() {
             return Err(ServiceError::invalid("customer_id", "is required"));
         }
-        if let Some(until) = self.locked_until(tenant, who).await? {
+        let presented = match Code::parse(typed) {
+            Ok(code) => self.presented(tenant, code.canonical(), who).await?,
+            Err(_) => Presented {
+                locked_until_us: self.locked_until(tenant, who).await?,
+                coupon: None,
+            },
+        };
+        if let Some(until) = presented.locked_until_us {
             return Ok(ValidateCouponResponse {
                 eligible: false,
                 reason: IneligibleReason::Locked as i32,
@@ -443,16 +465,11 @@ impl Offers {
                 locked_until: timestamp(until),
             });
         }
-        let found = match Code::parse(typed) {
-            Ok(code) => find(&self.db, tenant, code.canonical(), false).await?,
-            Err(_) => None,
-        };
-        let Some(coupon) = found else {
+        let Some((coupon, t)) = presented.coupon else {
             self.record_failure(tenant, who, typed, "failed_attempt")
                 .await?;
             return Ok(reason(IneligibleReason::Unknown));
         };
-        let t = self.template(tenant, &coupon.template_id, "code").await?;
         match self.check(tenant, &coupon, &t, who, cart, None).await? {
             Ok(discount) => Ok(ValidateCouponResponse {
                 eligible: true,
@@ -516,10 +533,18 @@ impl Offers {
                 return Ok(Err(IneligibleReason::BudgetSpent));
             }
         }
+        if t.conditions.as_ref().is_some_and(|c| c.first_order_only)
+            && self.bought_since_issue(tenant, coupon).await?
+        {
+            return Ok(Err(IneligibleReason::NotFirstOrder));
+        }
         Ok(Ok(discount))
     }
 
     /// Redeems the code on an order: exactly one of any number of racing redemptions wins.
+    ///
+    /// The hot path is two round trips: one read (lockout, coupon and template together)
+    /// and one conditional write that flips the coupon and appends its event atomically.
     pub(crate) async fn redeem(
         &self,
         tenant: &str,
@@ -540,30 +565,26 @@ impl Offers {
                 "a non-negative order total is required",
             ));
         }
-        if let Some(until) = self.locked_until(tenant, who).await? {
-            return Err(ServiceError::ResourceExhausted(format!(
-                "too many failed attempts: locked until {}",
-                DateTime::from_timestamp_micros(until)
-                    .unwrap_or_default()
-                    .to_rfc3339()
-            )));
-        }
         let code = match Code::parse(typed) {
             Ok(code) => code,
             Err(e) => {
+                if let Some(until) = self.locked_until(tenant, who).await? {
+                    return Err(locked_out(until));
+                }
                 self.record_failure(tenant, who, typed, "failed_attempt")
                     .await?;
                 return Err(ServiceError::invalid("code", e.to_string()));
             }
         };
-        // Everything that reads other rows happens before the transaction, so a redemption
-        // waiting for the coupon's row lock holds one connection and no more.
-        let Some(seen) = find(&self.db, tenant, code.canonical(), false).await? else {
+        let presented = self.presented(tenant, code.canonical(), who).await?;
+        if let Some(until) = presented.locked_until_us {
+            return Err(locked_out(until));
+        }
+        let Some((seen, t)) = presented.coupon else {
             self.record_failure(tenant, who, typed, "failed_attempt")
                 .await?;
             return Err(ServiceError::not_found_at("coupon", typed, "code"));
         };
-        let t = self.template(tenant, &seen.template_id, "code").await?;
         let discount = match self
             .check(tenant, &seen, &t, who, order, Some(order_id))
             .await?
@@ -579,66 +600,139 @@ impl Offers {
                 discount: seen.money(discount),
             });
         }
-        let (guard, txn) = self.begin_write().await.map_err(db_error)?;
-        // On PostgreSQL the row lock queues racing redemptions; on SQLite the writer lock does.
-        let coupon = find(&txn, tenant, code.canonical(), true)
+        let cost = template::real_cost(&t, discount);
+        let payload = Payload::CouponRedeemed(CouponRedeemed {
+            code: seen.code.clone(),
+            customer_id: seen.customer_id.clone(),
+            template_id: seen.template_id.clone(),
+            campaign_id: seen.campaign_id.clone(),
+            order_id: order_id.to_owned(),
+            order_value: order.total.clone(),
+            discount: seen.money(cost),
+        });
+        // Only a still-active, unexpired coupon flips: on PostgreSQL racing redemptions
+        // queue on the row and re-check the condition; on SQLite the writer lock queues them.
+        // Redemption totals are summed from the coupons when asked for: a running-total row
+        // here would make every redemption of a template queue on one row lock.
+        let won = {
+            let _writer = self.writer_lock().await;
+            self.outbox
+                .append_if_changed(
+                    &self.db,
+                    "UPDATE coupons SET state = 2, order_id = $3, real_cost_minor = $4 \
+                     WHERE tenant_id = $1 AND code = $2 AND state = 1 AND expires_at_us > $5",
+                    vec![
+                        tenant.into(),
+                        seen.code.clone().into(),
+                        order_id.into(),
+                        cost.into(),
+                        now_us.into(),
+                    ],
+                    tenant,
+                    self.clock.now(),
+                    payload,
+                )
+                .await
+                .map_err(db_error)?
+        };
+        if won {
+            self.outbox.notify_committed();
+            let redeemed = CouponRow {
+                state: CouponState::Redeemed as i64,
+                order_id: order_id.to_owned(),
+                real_cost_minor: cost,
+                ..seen
+            };
+            return Ok(RedeemCouponResponse {
+                coupon: Some(redeemed.to_proto(now_us)),
+                discount: redeemed.money(discount),
+            });
+        }
+        // Lost a race, or the coupon changed since it was read: answer from what it is now.
+        let coupon = find(&self.db, tenant, code.canonical(), false)
             .await?
             .unwrap_or(seen);
-        if coupon.state != CouponState::Active as i64 {
-            drop(txn);
-            drop(guard);
-            if coupon.state == CouponState::Redeemed as i64 && coupon.order_id == order_id {
-                return Ok(RedeemCouponResponse {
-                    coupon: Some(coupon.to_proto(now_us)),
-                    discount: coupon.money(coupon.real_cost_minor),
-                });
-            }
-            let reason = if coupon.state == CouponState::Redeemed as i64 {
-                IneligibleReason::AlreadyUsed
-            } else {
-                IneligibleReason::Expired
-            };
-            return Err(self.refuse(tenant, who, typed, reason).await);
+        if coupon.state == CouponState::Redeemed as i64 && coupon.order_id == order_id {
+            return Ok(RedeemCouponResponse {
+                coupon: Some(coupon.to_proto(now_us)),
+                discount: coupon.money(coupon.real_cost_minor),
+            });
         }
-        let cost = template::real_cost(&t, discount);
-        let changed = execute(
-            &txn,
-            "UPDATE coupons SET state = 2, order_id = $3, real_cost_minor = $4 WHERE tenant_id = $1 AND code = $2 AND state = 1",
-            vec![tenant.into(), coupon.code.clone().into(), order_id.into(), cost.into()],
+        let reason = if coupon.state == CouponState::Redeemed as i64 {
+            IneligibleReason::AlreadyUsed
+        } else {
+            IneligibleReason::Expired
+        };
+        Err(self.refuse(tenant, who, typed, reason).await)
+    }
+
+    /// The presenter's lockout and the coupon in one query, and the coupon's template
+    /// (its terms never change after creation, so they are cached).
+    async fn presented(
+        &self,
+        tenant: &str,
+        code: &str,
+        who: &Presenter,
+    ) -> Result<Presented, ServiceError> {
+        let [customer, source] = who.subjects();
+        let rows = query(
+            &self.db,
+            &format!(
+                "SELECT {COLUMNS}, (SELECT MAX(locked_until_us) FROM attempt_counters \
+                 WHERE tenant_id = $1 AND subject IN ($3, $4)) AS locked_until_us \
+                 FROM coupons WHERE tenant_id = $1 AND code = $2"
+            ),
+            vec![tenant.into(), code.into(), customer.into(), source.into()],
         )
         .await
         .map_err(db_error)?;
-        if changed != 1 {
-            return Err(ineligible(IneligibleReason::AlreadyUsed));
-        }
-        // Redemption totals are summed from the coupons when asked for: a running-total row
-        // here would make every redemption of a template queue on one row lock.
-        let payload = Payload::CouponRedeemed(CouponRedeemed {
-            code: coupon.code.clone(),
-            customer_id: coupon.customer_id.clone(),
-            template_id: coupon.template_id.clone(),
-            campaign_id: coupon.campaign_id.clone(),
-            order_id: order_id.to_owned(),
-            order_value: order.total.clone(),
-            discount: coupon.money(cost),
-        });
-        self.outbox
-            .append(&txn, tenant, self.clock.now(), payload)
-            .await
-            .map_err(db_error)?;
-        txn.commit().await.map_err(db_error)?;
-        drop(guard);
-        self.outbox.notify_committed();
-        let redeemed = CouponRow {
-            state: CouponState::Redeemed as i64,
-            order_id: order_id.to_owned(),
-            real_cost_minor: cost,
-            ..coupon
+        let Some(row) = rows.first() else {
+            return Ok(Presented {
+                locked_until_us: self.locked_until(tenant, who).await?,
+                coupon: None,
+            });
         };
-        Ok(RedeemCouponResponse {
-            coupon: Some(redeemed.to_proto(now_us)),
-            discount: redeemed.money(discount),
+        let now = self.now_us();
+        let locked_until_us = row
+            .try_get::<Option<i64>>("", "locked_until_us")
+            .map_err(db_error)?
+            .filter(|&u| u > now);
+        let coupon = CouponRow::from_row(row)?;
+        let terms = self.terms(tenant, &coupon.template_id).await?;
+        Ok(Presented {
+            locked_until_us,
+            coupon: Some((coupon, terms)),
         })
+    }
+
+    /// Whether the customer bought anything after the coupon was issued (for offers valid
+    /// only on the first order after the offer), asked of profiles.
+    async fn bought_since_issue(
+        &self,
+        tenant: &str,
+        coupon: &CouponRow,
+    ) -> Result<bool, ServiceError> {
+        let mut profiles = self.profiles.client(tenant)?;
+        let reply = profiles
+            .get_facts(GetFactsRequest {
+                customer_id: coupon.customer_id.clone(),
+            })
+            .await;
+        match reply {
+            Ok(reply) => Ok(reply
+                .into_inner()
+                .facts
+                .and_then(|f| f.last_purchase_at)
+                .is_some_and(|t| {
+                    t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000 > coupon.issued_at_us
+                })),
+            // A customer profiles has never seen has bought nothing.
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
+            Err(status) => Err(ServiceError::Unavailable(format!(
+                "profiles.GetFacts (needed for a first-order-only offer): {}",
+                status.message()
+            ))),
+        }
     }
 
     /// The error for an ineligible redemption, after recording what fraud control should see:
@@ -828,6 +922,24 @@ impl Offers {
     }
 }
 
+/// What a redemption reads before it writes.
+#[derive(Debug, Default)]
+struct Presented {
+    /// The end of the presenter's lockout, if locked now.
+    locked_until_us: Option<i64>,
+    /// The coupon and its template, if the code exists for the tenant.
+    coupon: Option<(CouponRow, Arc<OfferTemplate>)>,
+}
+
+fn locked_out(until_us: i64) -> ServiceError {
+    ServiceError::ResourceExhausted(format!(
+        "too many failed attempts: locked until {}",
+        DateTime::from_timestamp_micros(until_us)
+            .unwrap_or_default()
+            .to_rfc3339()
+    ))
+}
+
 fn reason(r: IneligibleReason) -> ValidateCouponResponse {
     ValidateCouponResponse {
         eligible: false,
@@ -864,6 +976,19 @@ async fn coupons_by_keys<C: ConnectionTrait>(
     keys: Vec<String>,
 ) -> Result<Vec<CouponRow>, ServiceError> {
     let mut out = Vec::new();
+    if db.get_database_backend() == DbBackend::Postgres {
+        // One statement with an array parameter, however big the batch.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM coupons WHERE tenant_id = $1 AND idempotency_key = ANY($2)"
+        );
+        for row in query(db, &sql, vec![tenant.into(), keys.into()])
+            .await
+            .map_err(db_error)?
+        {
+            out.push(CouponRow::from_row(&row)?);
+        }
+        return Ok(out);
+    }
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "SELECT {COLUMNS} FROM coupons WHERE tenant_id = $1 AND idempotency_key IN ({})",
@@ -884,6 +1009,43 @@ async fn insert_coupons<C: ConnectionTrait>(
     rows: &[CouponRow],
 ) -> Result<(), ServiceError> {
     let backend = db.get_database_backend();
+    if backend == DbBackend::Postgres {
+        // Column arrays and UNNEST: one statement of fifteen parameters for the whole batch.
+        let text = |f: fn(&CouponRow) -> &String| -> Value {
+            rows.iter().map(|r| f(r).clone()).collect::<Vec<_>>().into()
+        };
+        let int =
+            |f: fn(&CouponRow) -> i64| -> Value { rows.iter().map(f).collect::<Vec<_>>().into() };
+        let values = vec![
+            tenant.into(),
+            text(|r| &r.code),
+            text(|r| &r.customer_id),
+            text(|r| &r.template_id),
+            text(|r| &r.campaign_id),
+            text(|r| &r.ladder_id),
+            int(|r| r.rung),
+            int(|r| r.state),
+            int(|r| r.issued_at_us),
+            int(|r| r.expires_at_us),
+            text(|r| &r.currency),
+            int(|r| r.estimated_cost_minor),
+            int(|r| r.real_cost_minor),
+            text(|r| &r.order_id),
+            text(|r| &r.idempotency_key),
+        ];
+        execute(
+            db,
+            &format!(
+                "INSERT INTO coupons (tenant_id, {COLUMNS}) SELECT $1, * FROM UNNEST(\
+                 $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], \
+                 $9::bigint[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[], $14::text[], $15::text[])"
+            ),
+            values,
+        )
+        .await
+        .map_err(db_error)?;
+        return Ok(());
+    }
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let values = chunk.iter().map(|row| {
             let mut values: Vec<Value> = vec![tenant.into()];

@@ -25,7 +25,7 @@ pub(crate) struct Presenter {
 }
 
 impl Presenter {
-    fn subjects(&self) -> [String; 2] {
+    pub(crate) fn subjects(&self) -> [String; 2] {
         [
             format!("customer:{}", self.customer_id),
             format!("source:{}", self.source),

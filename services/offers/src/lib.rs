@@ -24,9 +24,10 @@ pub const SERVICE: &str = "offers";
 /// Opens the database, runs the migrations, and adds the service to `server`.
 pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Mounted, StartError> {
     let clock = ctx.clock.clone();
+    let profiles = context::ProfilesPeer::new(ctx);
     ctx.mount::<store::Migrator, _>(server, SERVICE, EventSource::Offers, |db, outbox, limit| {
         OffersServiceServer::new(grpc::OffersGrpc {
-            offers: context::Offers::new(db, outbox, clock),
+            offers: context::Offers::new(db, outbox, clock, profiles),
         })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit)

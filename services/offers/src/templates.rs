@@ -1,5 +1,7 @@
 //! Offer templates and escalation ladders: create, read, list, archive, and the next rung.
 
+use std::sync::Arc;
+
 use prost::Message;
 use winback_platform::ServiceError;
 use winback_platform::time::to_timestamp;
@@ -60,6 +62,21 @@ impl Offers {
             .ok_or_else(|| ServiceError::not_found_at("offer template", id, field))?;
         let bytes: Vec<u8> = row.try_get("", "template").map_err(db_error)?;
         OfferTemplate::decode(bytes.as_slice()).map_err(ServiceError::internal)
+    }
+
+    /// A template's terms for redemption, from the cache or the database. Everything but
+    /// `archived` is fixed at creation, and redemption does not look at `archived`.
+    pub(crate) async fn terms(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Arc<OfferTemplate>, ServiceError> {
+        if let Some(t) = self.terms.get(tenant, id) {
+            return Ok(t);
+        }
+        let t = Arc::new(self.template(tenant, id, "code").await?);
+        self.terms.put(tenant, id, t.clone());
+        Ok(t)
     }
 
     /// Templates by id, a page at a time.

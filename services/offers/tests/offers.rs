@@ -9,6 +9,7 @@ use winback_platform::db_test;
 use winback_platform::error::field_violations;
 use winback_proto::common::PageRequest;
 use winback_proto::offers::*;
+use winback_proto::profiles::{Customer, Order, RecordOrdersRequest, UpsertCustomersRequest};
 
 db_test!(
     templates_and_ladders_are_validated_and_the_ladder_climbs_one_rung_at_a_time,
@@ -788,3 +789,103 @@ db_test!(the_budget_caps_coupons_and_discount, |db| async move {
     );
     h.stop();
 });
+
+db_test!(
+    a_first_order_only_coupon_is_refused_once_the_customer_has_bought_since_it_was_issued,
+    |db| async move {
+        let mut h = Harness::start(db).await;
+        let t = h
+            .template(OfferTemplate {
+                conditions: Some(OfferConditions {
+                    first_order_only: true,
+                    per_customer_limit: 1,
+                    ..Default::default()
+                }),
+                ..percent_off(10)
+            })
+            .await;
+        h.profiles
+            .upsert_customers(UpsertCustomersRequest {
+                customers: ["anna", "boris"]
+                    .map(|id| Customer {
+                        customer_id: id.into(),
+                        ..Default::default()
+                    })
+                    .to_vec(),
+            })
+            .await
+            .unwrap();
+        let purchase = |id: &str, customer: &str, hours_after_start: i64| Order {
+            order_id: id.into(),
+            customer_id: customer.into(),
+            placed_at: Some(winback_platform::time::to_timestamp(
+                harness::start_time() + chrono::Duration::hours(hours_after_start),
+            )),
+            total: rub(50_000),
+            ..Default::default()
+        };
+        // Both bought before the offer; only Anna buys again after it.
+        h.profiles
+            .record_orders(RecordOrdersRequest {
+                orders: vec![
+                    purchase("old-a", "anna", -48),
+                    purchase("old-b", "boris", -48),
+                ],
+            })
+            .await
+            .unwrap();
+        let anna = h.issue(&t, "anna", "k-anna").await;
+        let boris = h.issue(&t, "boris", "k-boris").await;
+        // A customer profiles has never heard of has bought nothing since.
+        let carl = h.issue(&t, "carl", "k-carl").await;
+        h.clock.advance(chrono::Duration::hours(2));
+        h.profiles
+            .record_orders(RecordOrdersRequest {
+                orders: vec![purchase("new-a", "anna", 1)],
+            })
+            .await
+            .unwrap();
+
+        let checked =
+            h.a.validate_coupon(ValidateCouponRequest {
+                code: anna.code.clone(),
+                customer_id: "anna".into(),
+                cart: cart(100_000),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!checked.eligible);
+        assert_eq!(checked.reason, IneligibleReason::NotFirstOrder as i32);
+        let refused =
+            h.a.redeem_coupon(RedeemCouponRequest {
+                code: anna.code.clone(),
+                customer_id: "anna".into(),
+                order_id: "o-anna".into(),
+                order: cart(100_000),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(
+            refused.message().contains("not_first_order"),
+            "{}",
+            refused.message()
+        );
+
+        for (coupon, customer) in [(&boris, "boris"), (&carl, "carl")] {
+            let redeemed =
+                h.a.redeem_coupon(RedeemCouponRequest {
+                    code: coupon.code.clone(),
+                    customer_id: customer.into(),
+                    order_id: format!("o-{customer}"),
+                    order: cart(100_000),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(redeemed.discount.unwrap().amount_minor, 10_000);
+        }
+        h.stop();
+    }
+);

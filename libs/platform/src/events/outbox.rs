@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use prost::Message;
-use sea_orm::{ConnectionTrait, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
 use tokio::sync::Notify;
 use winback_proto::events::{Event, EventSource, event::Payload};
 
@@ -42,16 +42,7 @@ impl Outbox {
     ) -> Result<String, DbErr> {
         let event_id = uuid::Uuid::now_v7().to_string();
         let event_type = payload_type(&payload);
-        let event = Event {
-            event_id: event_id.clone(),
-            cursor: String::new(),
-            tenant_id: tenant_id.to_owned(),
-            source: self.source as i32,
-            r#type: event_type.to_owned(),
-            occurred_at: Some(crate::time::to_timestamp(occurred_at)),
-            traceparent: crate::telemetry::current_traceparent().unwrap_or_default(),
-            payload: Some(payload),
-        };
+        let event = self.event(event_id.clone(), tenant_id, occurred_at, payload);
         txn.execute_raw(statement(
             txn.get_database_backend(),
             "INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload) VALUES ($1, $2, $3, $4, $5)",
@@ -67,6 +58,75 @@ impl Outbox {
         Ok(event_id)
     }
 
+    /// Runs `change` (an `UPDATE` or `INSERT` with `$n` placeholders and no `RETURNING`)
+    /// and appends `payload` only if it changed a row, atomically, and returns whether it
+    /// did. On PostgreSQL this is one statement (`WITH changed AS (… RETURNING 1) INSERT …
+    /// SELECT … FROM changed`), so a hot path pays one round trip and one commit; on SQLite,
+    /// a transaction of two (the caller serialises writers). Call `notify_committed` after.
+    pub async fn append_if_changed(
+        &self,
+        db: &DatabaseConnection,
+        change: &str,
+        values: Vec<sea_orm::Value>,
+        tenant_id: &str,
+        occurred_at: DateTime<Utc>,
+        payload: Payload,
+    ) -> Result<bool, DbErr> {
+        let backend = db.get_database_backend();
+        if backend == DbBackend::Postgres {
+            let event_id = uuid::Uuid::now_v7().to_string();
+            let event_type = payload_type(&payload);
+            let first = values.len() + 1;
+            let event = self.event(event_id.clone(), tenant_id, occurred_at, payload);
+            let mut values = values;
+            values.extend([
+                event_id.into(),
+                tenant_id.into(),
+                event_type.into(),
+                occurred_at.timestamp_micros().into(),
+                event.encode_to_vec().into(),
+            ]);
+            let sql = format!(
+                "WITH changed AS ({change} RETURNING 1) INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload) \
+                 SELECT {} FROM changed",
+                crate::db::placeholders(first, 5)
+            );
+            let done = db.execute_raw(statement(backend, &sql, values)).await?;
+            return Ok(done.rows_affected() == 1);
+        }
+        let txn = db.begin().await?;
+        let changed = txn
+            .execute_raw(statement(backend, change, values))
+            .await?
+            .rows_affected();
+        if changed != 1 {
+            return Ok(false);
+        }
+        self.append(&txn, tenant_id, occurred_at, payload).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    fn event(
+        &self,
+        event_id: String,
+        tenant_id: &str,
+        occurred_at: DateTime<Utc>,
+        payload: Payload,
+    ) -> Event {
+        let event_type = payload_type(&payload);
+        Event {
+            event_id,
+            cursor: String::new(),
+            tenant_id: tenant_id.to_owned(),
+            source: self.source as i32,
+            r#type: event_type.to_owned(),
+            occurred_at: Some(crate::time::to_timestamp(occurred_at)),
+            traceparent: crate::telemetry::current_traceparent().unwrap_or_default(),
+            payload: Some(payload),
+        }
+    }
+
     /// Appends many events inside the caller's transaction, a few hundred rows per statement.
     pub async fn append_many<C: ConnectionTrait>(
         &self,
@@ -76,37 +136,66 @@ impl Outbox {
         const ROWS_PER_STATEMENT: usize = 400;
         let traceparent = crate::telemetry::current_traceparent().unwrap_or_default();
         let backend = txn.get_database_backend();
-        let mut rows = events
-            .into_iter()
-            .map(|(tenant_id, occurred_at, payload)| {
-                let event_id = uuid::Uuid::now_v7().to_string();
-                let event_type = payload_type(&payload);
-                let event = Event {
-                    event_id: event_id.clone(),
-                    cursor: String::new(),
-                    tenant_id: tenant_id.clone(),
-                    source: self.source as i32,
-                    r#type: event_type.to_owned(),
-                    occurred_at: Some(crate::time::to_timestamp(occurred_at)),
-                    traceparent: traceparent.clone(),
-                    payload: Some(payload),
-                };
-                vec![
-                    event_id.into(),
-                    tenant_id.into(),
-                    event_type.into(),
-                    occurred_at.timestamp_micros().into(),
-                    event.encode_to_vec().into(),
-                ]
-            })
-            .peekable();
-        while rows.peek().is_some() {
-            txn.execute_raw(multi_row_insert(
+        let mut rows: Vec<(String, String, &'static str, i64, Vec<u8>)> =
+            Vec::with_capacity(events.len());
+        for (tenant_id, occurred_at, payload) in events {
+            let event_id = uuid::Uuid::now_v7().to_string();
+            let event_type = payload_type(&payload);
+            let mut event = self.event(event_id.clone(), &tenant_id, occurred_at, payload);
+            event.traceparent.clone_from(&traceparent);
+            let encoded = event.encode_to_vec();
+            rows.push((
+                event_id,
+                tenant_id,
+                event_type,
+                occurred_at.timestamp_micros(),
+                encoded,
+            ));
+        }
+        if backend == DbBackend::Postgres {
+            // Column arrays and UNNEST: five parameters for any number of events.
+            let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (id, tenant, kind, at, payload) in rows {
+                columns.0.push(id);
+                columns.1.push(tenant);
+                columns.2.push(kind.to_owned());
+                columns.3.push(at);
+                columns.4.push(payload);
+            }
+            if columns.0.is_empty() {
+                return Ok(());
+            }
+            txn.execute_raw(statement(
                 backend,
-                "INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload)",
-                rows.by_ref().take(ROWS_PER_STATEMENT),
+                "INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])",
+                vec![
+                    columns.0.into(),
+                    columns.1.into(),
+                    columns.2.into(),
+                    columns.3.into(),
+                    columns.4.into(),
+                ],
             ))
             .await?;
+            return Ok(());
+        }
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let values = chunk.iter().map(|(id, tenant, kind, at, payload)| {
+                vec![
+                    id.clone().into(),
+                    tenant.clone().into(),
+                    (*kind).into(),
+                    (*at).into(),
+                    payload.clone().into(),
+                ]
+            });
+            let sql = multi_row_insert(
+                backend,
+                "INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload)",
+                values,
+            );
+            txn.execute_raw(sql).await?;
         }
         Ok(())
     }

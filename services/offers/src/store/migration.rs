@@ -49,9 +49,13 @@ const TABLES: &[&str] = &[
         PRIMARY KEY (tenant_id, code))",
     "CREATE UNIQUE INDEX coupons_idempotency ON coupons (tenant_id, idempotency_key)",
     "CREATE INDEX coupons_customer ON coupons (tenant_id, customer_id, template_id)",
-    "CREATE INDEX coupons_expiry ON coupons (tenant_id, state, expires_at_us)",
-    "CREATE INDEX coupons_campaign ON coupons (tenant_id, campaign_id, state)",
-    "CREATE INDEX coupons_template ON coupons (tenant_id, template_id, state)",
+    // Redemption flips `state`, `order_id` and `real_cost_minor`: with none of them in an
+    // index, PostgreSQL updates the row in place (a HOT update, no index writes), and no
+    // index but the primary key matches the redemption's `WHERE`, so the planner cannot
+    // wander off the key before the table has statistics.
+    "CREATE INDEX coupons_expiry ON coupons (tenant_id, expires_at_us)",
+    "CREATE INDEX coupons_campaign ON coupons (tenant_id, campaign_id)",
+    "CREATE INDEX coupons_template ON coupons (tenant_id, template_id)",
     // Running issue totals per template and per campaign: the budget check at issue reads
     // and bumps one row. (Redemption totals are summed from the coupons.)
     "CREATE TABLE budget_usage (
@@ -91,6 +95,11 @@ impl MigrationTrait for CreateOffers {
         let backend = db.get_database_backend();
         for sql in TABLES {
             db.execute_unprepared(&ddl(backend, sql)).await?;
+        }
+        if backend == sea_orm::DbBackend::Postgres {
+            // Room on each page for the in-place updates.
+            db.execute_unprepared("ALTER TABLE coupons SET (fillfactor = 85)")
+                .await?;
         }
         Ok(())
     }

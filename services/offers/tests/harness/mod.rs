@@ -20,11 +20,14 @@ use winback_proto::offers::offers_service_client::OffersServiceClient;
 use winback_proto::offers::{
     Cart, CreateOfferTemplateRequest, IssueCouponRequest, OfferKind, OfferTemplate,
 };
+use winback_proto::profiles::profiles_service_client::ProfilesServiceClient;
 
 pub type Client = OffersServiceClient<InterceptedService<Channel, CallCredentials>>;
 
 pub struct Harness {
     pub a: Client,
+    /// Profiles of tenant t-a, in the same server.
+    pub profiles: ProfilesServiceClient<InterceptedService<Channel, CallCredentials>>,
     pub b: Client,
     pub clock: ManualClock,
     pub channel: Channel,
@@ -64,8 +67,10 @@ pub fn percent_off(p: i32) -> OfferTemplate {
 impl Harness {
     pub async fn start(db: &TestDatabase) -> Self {
         let (signer, verifier) = test_keys();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: addr,
             data_dir: db.dir().to_path_buf(),
             database: DatabaseConfig {
                 url: db.url_template.clone(),
@@ -80,13 +85,17 @@ impl Harness {
             clock: Arc::new(clock.clone()),
             verifier,
             shutdown: shutdown.clone(),
-            service_credentials: None,
+            // Offers asks profiles (in the same test server) about first-order-only offers.
+            service_credentials: Some(
+                CallCredentials::bearer(&signer.service_token("offers", 600).unwrap()).unwrap(),
+            ),
         };
         let mut server = ctx.server();
-        let mounted = winback_offers::mount(&ctx, &mut server).await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { ctx.serve(server, listener, vec![mounted]).await.unwrap() });
+        let mounted = vec![
+            winback_offers::mount(&ctx, &mut server).await.unwrap(),
+            winback_profiles::mount(&ctx, &mut server).await.unwrap(),
+        ];
+        tokio::spawn(async move { ctx.serve(server, listener, mounted).await.unwrap() });
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect_lazy();
@@ -100,8 +109,14 @@ impl Harness {
         let db_conn = winback_platform::db::connect(&db.url("offers"), "offers", 2)
             .await
             .unwrap();
+        let token = signer.tenant_token("t-a", &["*"], 600).unwrap();
+        let profiles = ProfilesServiceClient::with_interceptor(
+            channel.clone(),
+            CallCredentials::bearer(&token).unwrap(),
+        );
         Self {
             a: client("t-a"),
+            profiles,
             b: client("t-b"),
             clock,
             channel: channel.clone(),
