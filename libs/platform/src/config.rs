@@ -75,6 +75,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Where the other services are.
     pub clients: ClientsConfig,
+    /// Delivery's workers and its tracking server.
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for Config {
@@ -88,6 +90,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             events: EventsConfig::default(),
             clients: ClientsConfig::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -255,6 +258,50 @@ impl Default for EventsConfig {
     }
 }
 
+/// Delivery settings: the outbox workers and the tracking/callback HTTP server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Address of the HTTP server for opens, clicks, unsubscribes and provider callbacks.
+    pub tracking_listen: SocketAddr,
+    /// The public base URL of that server, as recipients and providers reach it.
+    pub public_url: String,
+    /// Secret for signing tracking links; empty means a random one kept in `data_dir`.
+    pub tracking_secret: String,
+    /// How often an idle worker looks for due messages, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Messages a worker claims at once.
+    pub claim_batch: u32,
+    /// How long a claimed message is reserved for its worker, in milliseconds; after that
+    /// another worker may take it (the first one crashed).
+    pub lease_ms: u64,
+    /// Attempts before a transiently failing message is given up as failed.
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; doubles with each attempt (with jitter).
+    pub retry_base_ms: u64,
+    /// Longest retry delay in milliseconds.
+    pub retry_max_ms: u64,
+    /// Whether this process runs delivery workers (off for an API-only replica).
+    pub workers: bool,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            tracking_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: "http://127.0.0.1:8080".into(),
+            tracking_secret: String::new(),
+            poll_interval_ms: 200,
+            claim_batch: 200,
+            lease_ms: 30_000,
+            max_attempts: 8,
+            retry_base_ms: 1_000,
+            retry_max_ms: 3_600_000,
+            workers: true,
+        }
+    }
+}
+
 /// Addresses of the other services (`http://host:port`). Empty means this process's own
 /// listen address: the embedded mode, where services still talk through gRPC.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -382,6 +429,20 @@ impl Config {
         }
         if self.server.concurrency_per_connection == 0 {
             return invalid("server.concurrency_per_connection", "must be at least 1");
+        }
+        if self.delivery.poll_interval_ms == 0 {
+            return invalid("delivery.poll_interval_ms", "must be greater than 0");
+        }
+        if self.delivery.claim_batch == 0 || self.delivery.claim_batch > 10_000 {
+            return invalid("delivery.claim_batch", "must be between 1 and 10000");
+        }
+        if self.delivery.max_attempts == 0 {
+            return invalid("delivery.max_attempts", "must be at least 1");
+        }
+        if !self.delivery.public_url.starts_with("http://")
+            && !self.delivery.public_url.starts_with("https://")
+        {
+            return invalid("delivery.public_url", "must be an http(s) URL");
         }
         if self.events.poll_interval_ms == 0 {
             return invalid("events.poll_interval_ms", "must be greater than 0");

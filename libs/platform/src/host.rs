@@ -45,6 +45,14 @@ pub enum StartError {
     /// Telemetry.
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    /// A file the service needs at start.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being read or written.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Binding the listener.
     #[error("listen on {addr}: {source}")]
     Bind {

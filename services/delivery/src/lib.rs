@@ -1,10 +1,21 @@
 //! The delivery service: templates, the durable outbox, channels, retries, suppression and tracking.
 //!
 //! A library with one entry point, [`serve`], and [`mount`] for the `winback` binary that
-//! runs every service in one process. Reads top-down: `grpc` (handlers) → `store`.
+//! runs every service in one process. Reads top-down: `grpc` (handlers) → `sending`,
+//! `worker`, `templates`, `suppressions`, `settings`, `messages` → `channels` (carriers) →
+//! `domain` (pure rules) → `store` (SQL).
 
+mod channels;
+mod context;
+mod domain;
 mod grpc;
+mod messages;
+mod sending;
+mod settings;
 pub mod store;
+mod suppressions;
+mod templates;
+mod worker;
 
 use tokio_util::sync::CancellationToken;
 use winback_platform::config::Config;
@@ -16,19 +27,52 @@ use winback_proto::events::EventSource;
 /// Name of the service's database and schema.
 pub const SERVICE: &str = "delivery";
 
-/// Opens the database, runs the migrations, and adds the service to `server`.
+/// Opens the database, runs the migrations, adds the service to `server`, and starts the
+/// outbox worker (unless `delivery.workers` is off).
 pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Mounted, StartError> {
+    let secret = tracking_secret(&ctx.config).map_err(|source| StartError::Io {
+        what: "the tracking secret",
+        source,
+    })?;
+    let clock = ctx.clock.clone();
+    let config = ctx.config.delivery.clone();
+    let sink_dir = ctx.config.data_dir.join("outbox");
+    let shutdown = ctx.shutdown.clone();
     ctx.mount::<store::Migrator, _>(
         server,
         SERVICE,
         EventSource::Delivery,
-        |_db, _outbox, limit| {
-            DeliveryServiceServer::new(grpc::DeliveryGrpc)
+        |db, outbox, limit| {
+            let delivery = context::Delivery::new(db, outbox, clock, config, &secret, sink_dir);
+            if delivery.config.workers {
+                tokio::spawn(delivery.clone().run_worker(shutdown));
+            }
+            DeliveryServiceServer::new(grpc::DeliveryGrpc { delivery })
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit)
         },
     )
     .await
+}
+
+/// The configured tracking secret, or a random one kept in `data_dir/tracking.key` (made on
+/// first start) so links stay valid across restarts.
+fn tracking_secret(config: &Config) -> Result<Vec<u8>, std::io::Error> {
+    if !config.delivery.tracking_secret.is_empty() {
+        return Ok(config.delivery.tracking_secret.as_bytes().to_vec());
+    }
+    let path = config.data_dir.join("tracking.key");
+    match std::fs::read(&path) {
+        Ok(secret) if secret.len() >= 32 => Ok(secret),
+        _ => {
+            let mut secret = vec![0u8; 32];
+            aws_lc_rs::rand::fill(&mut secret)
+                .map_err(|_| std::io::Error::other("the system random generator failed"))?;
+            std::fs::create_dir_all(&config.data_dir)?;
+            std::fs::write(&path, &secret)?;
+            Ok(secret)
+        }
+    }
 }
 
 /// Runs the delivery service alone until `shutdown` is cancelled.

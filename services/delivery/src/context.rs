@@ -1,0 +1,149 @@
+//! What every operation of the delivery service works with.
+
+use std::sync::Arc;
+
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use winback_platform::ServiceError;
+use winback_platform::clock::SharedClock;
+use winback_platform::config::DeliveryConfig;
+use winback_platform::events::Outbox;
+
+use crate::domain::token::Signer;
+
+/// The service's database, outbox, clock, settings and link signer.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) outbox: Outbox,
+    pub(crate) clock: SharedClock,
+    pub(crate) config: Arc<DeliveryConfig>,
+    pub(crate) signer: Signer,
+    /// Where the file sink writes when a tenant configured nothing (the embedded default).
+    pub(crate) default_sink_dir: std::path::PathBuf,
+    /// Wakes idle workers when a message is queued.
+    pub(crate) wake: Arc<tokio::sync::Notify>,
+    /// Carriers by tenant and channel.
+    pub(crate) carriers: crate::worker::Carriers,
+    /// SQLite has one writer: writers queue here instead of failing to upgrade a read
+    /// transaction. (PostgreSQL writers lock the rows they change.)
+    sqlite_writer: Arc<Mutex<()>>,
+}
+
+impl Delivery {
+    pub(crate) fn new(
+        db: DatabaseConnection,
+        outbox: Outbox,
+        clock: SharedClock,
+        config: DeliveryConfig,
+        secret: &[u8],
+        default_sink_dir: std::path::PathBuf,
+    ) -> Self {
+        Self {
+            db,
+            outbox,
+            clock,
+            config: Arc::new(config),
+            signer: Signer::new(secret),
+            default_sink_dir,
+            wake: Arc::default(),
+            carriers: crate::worker::Carriers::default(),
+            sqlite_writer: Arc::default(),
+        }
+    }
+
+    /// The SQLite writer lock (nothing on PostgreSQL). Keep it until the commit.
+    pub(crate) async fn writer_lock(&self) -> Option<OwnedMutexGuard<()>> {
+        if self.db.get_database_backend() == DbBackend::Sqlite {
+            Some(self.sqlite_writer.clone().lock_owned().await)
+        } else {
+            None
+        }
+    }
+
+    /// Begins a writing transaction. Keep the guard until the commit.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<(Option<OwnedMutexGuard<()>>, DatabaseTransaction), DbErr> {
+        let guard = self.writer_lock().await;
+        Ok((guard, self.db.begin().await?))
+    }
+
+    /// Wakes the workers (a message was queued).
+    pub(crate) fn wake_workers(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Now in microseconds by the service clock.
+    pub(crate) fn now_us(&self) -> i64 {
+        self.clock.now().timestamp_micros()
+    }
+
+    /// A public URL of the tracking server.
+    pub(crate) fn public_url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.public_url.trim_end_matches('/'))
+    }
+}
+
+/// A database error as the caller sees it.
+pub(crate) fn db_error(e: DbErr) -> ServiceError {
+    ServiceError::internal(e)
+}
+
+/// A protobuf timestamp of microseconds.
+pub(crate) fn timestamp(us: i64) -> Option<prost_types::Timestamp> {
+    chrono::DateTime::from_timestamp_micros(us).map(winback_platform::time::to_timestamp)
+}
+
+/// Page size from a request: 0 means 100, at most 1000.
+pub(crate) fn page_size(page: &winback_proto::common::PageRequest) -> Result<i64, ServiceError> {
+    match page.page_size {
+        0 => Ok(100),
+        n if (1..=1000).contains(&n) => Ok(i64::from(n)),
+        _ => Err(ServiceError::invalid(
+            "page.page_size",
+            "must be between 0 and 1000",
+        )),
+    }
+}
+
+/// The channel of a request, or INVALID_ARGUMENT naming `field`.
+pub(crate) fn channel(
+    value: i32,
+    field: &str,
+) -> Result<winback_proto::common::Channel, ServiceError> {
+    match winback_proto::common::Channel::try_from(value) {
+        Ok(c) if c != winback_proto::common::Channel::Unspecified => Ok(c),
+        _ => Err(ServiceError::invalid(field, "a channel is required")),
+    }
+}
+
+/// A `google.protobuf.Struct` as JSON.
+pub(crate) fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => {
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                serde_json::Value::from(*n as i64)
+            } else {
+                serde_json::Value::from(*n)
+            }
+        }
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
+        }
+    }
+}

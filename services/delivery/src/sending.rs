@@ -1,0 +1,363 @@
+//! `Send` and `SendBatch`: a message is checked, rendered and stored (queued) before any
+//! provider is called; the workers deliver it. The same idempotency key never makes a
+//! second message.
+
+use serde_json::{Value, json};
+use winback_platform::ServiceError;
+use winback_proto::common::{Channel, MessagePurpose};
+use winback_proto::delivery::{Message, MessageStatus, SendRequest, SendResult};
+use winback_proto::events::MessageStatusChanged;
+use winback_proto::events::event::Payload;
+
+use crate::context::{Delivery, channel, db_error, struct_to_json};
+use crate::domain::token::Tracked;
+use crate::domain::{contact, render, sms};
+use crate::messages::{COLUMNS, MessageRow, record_step};
+use crate::store::{execute, query};
+
+/// Largest `SendBatch`.
+pub(crate) const MAX_BATCH: usize = 1_000;
+
+impl Delivery {
+    /// Queues one message, or returns the message an earlier call with the key made.
+    pub(crate) async fn send(&self, tenant: &str, r: SendRequest) -> Result<Message, ServiceError> {
+        if r.idempotency_key.trim().is_empty() || r.idempotency_key.len() > 200 {
+            return Err(ServiceError::invalid(
+                "idempotency_key",
+                "an idempotency key of 1–200 characters is required",
+            ));
+        }
+        let ch = channel(r.channel, "channel")?;
+        let purpose = match MessagePurpose::try_from(r.purpose) {
+            Ok(p) if p != MessagePurpose::Unspecified => p,
+            _ => {
+                return Err(ServiceError::invalid(
+                    "purpose",
+                    "advertising or service is required",
+                ));
+            }
+        };
+        let recipient = r.recipient.clone().unwrap_or_default();
+        if recipient.customer_id.trim().is_empty() {
+            return Err(ServiceError::invalid(
+                "recipient.customer_id",
+                "is required",
+            ));
+        }
+        let (field, raw) = match ch {
+            Channel::Email => ("recipient.email", &recipient.email),
+            Channel::Sms => ("recipient.phone", &recipient.phone),
+            Channel::Push => ("recipient.push_token", &recipient.push_token),
+            _ => ("recipient.address", &recipient.address),
+        };
+        let contact = contact::check(ch, raw).map_err(|why| ServiceError::invalid(field, why))?;
+        if r.metadata.len() > 32
+            || r.metadata
+                .iter()
+                .any(|(k, v)| k.len() > 64 || v.len() > 256)
+        {
+            return Err(ServiceError::invalid(
+                "metadata",
+                "at most 32 entries of keys ≤ 64 and values ≤ 256 bytes",
+            ));
+        }
+        if let Some(existing) = self.by_key(tenant, &r.idempotency_key).await? {
+            return self.same_send(existing, ch, &recipient.customer_id).await;
+        }
+        let t = self
+            .template(tenant, &r.template_id, r.channel, &r.locale)
+            .await?;
+        if let Some(reason) = self
+            .suppressed(&self.db, tenant, ch, &contact, purpose)
+            .await?
+        {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "{field}: the contact is suppressed on this channel ({reason})"
+            )));
+        }
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let variables = self.variables(tenant, &message_id, &r, &recipient);
+        let mut rendered = render::render(&t, &variables).map_err(|e| {
+            ServiceError::invalid("variables", format!("template {}: {}", e.part, e.message))
+        })?;
+        if ch == Channel::Email && !rendered.html.is_empty() {
+            rendered.html = self.track_html(tenant, &message_id, &rendered.html);
+        }
+        let size = sms::size(&rendered.text);
+        let settings = self.settings_for(tenant, ch).await?;
+        let segments = if ch == Channel::Sms {
+            i64::from(size.segments)
+        } else {
+            0
+        };
+        let (cost, currency) = settings
+            .cost_per_message
+            .as_ref()
+            .map_or((0, String::new()), |m| {
+                (m.amount_minor * segments.max(1), m.currency.clone())
+            });
+        let now_us = self.now_us();
+        let send_after_us = r
+            .send_after
+            .as_ref()
+            .map_or(now_us, |t| {
+                t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000
+            })
+            .max(now_us);
+        let row = MessageRow {
+            tenant_id: tenant.to_owned(),
+            message_id: message_id.clone(),
+            idempotency_key: r.idempotency_key.clone(),
+            channel: ch as i32,
+            provider: crate::channels::provider_name(&settings).to_owned(),
+            customer_id: recipient.customer_id.clone(),
+            contact,
+            template_id: r.template_id.clone(),
+            purpose: purpose as i32,
+            status: MessageStatus::Queued as i32,
+            subject: rendered.subject,
+            body_text: rendered.text,
+            body_html: rendered.html,
+            body_json: rendered.json,
+            metadata: r.metadata.clone(),
+            cost_minor: cost,
+            currency,
+            sms_segments: segments,
+            created_at_us: now_us,
+            ..Default::default()
+        };
+        let (guard, txn) = self.begin_write().await.map_err(db_error)?;
+        let inserted = execute(
+            &txn,
+            "INSERT INTO messages (tenant_id, message_id, idempotency_key, channel, provider, customer_id, contact, template_id,
+               purpose, status, subject, body_text, body_html, body_json, metadata, next_attempt_us, cost_minor, currency,
+               sms_segments, created_at_us)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
+            vec![
+                tenant.into(),
+                row.message_id.clone().into(),
+                row.idempotency_key.clone().into(),
+                i64::from(row.channel).into(),
+                row.provider.clone().into(),
+                row.customer_id.clone().into(),
+                row.contact.clone().into(),
+                row.template_id.clone().into(),
+                i64::from(row.purpose).into(),
+                i64::from(row.status).into(),
+                row.subject.clone().into(),
+                row.body_text.clone().into(),
+                row.body_html.clone().into(),
+                row.body_json.clone().into(),
+                serde_json::to_string(&row.metadata).unwrap_or_default().into(),
+                send_after_us.into(),
+                row.cost_minor.into(),
+                row.currency.clone().into(),
+                row.sms_segments.into(),
+                now_us.into(),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        if inserted == 0 {
+            // A concurrent call with the same key won.
+            drop(txn);
+            drop(guard);
+            let existing = self
+                .by_key(tenant, &r.idempotency_key)
+                .await?
+                .ok_or_else(|| ServiceError::internal("the racing send vanished"))?;
+            return self.same_send(existing, ch, &recipient.customer_id).await;
+        }
+        record_step(&txn, tenant, &message_id, MessageStatus::Queued, now_us, "").await?;
+        self.outbox
+            .append(
+                &txn,
+                tenant,
+                self.clock.now(),
+                status_event(&row, MessageStatus::Queued, ""),
+            )
+            .await
+            .map_err(db_error)?;
+        txn.commit().await.map_err(db_error)?;
+        drop(guard);
+        self.outbox.notify_committed();
+        self.wake_workers();
+        self.message(tenant, &message_id).await
+    }
+
+    /// Each send on its own: one bad send does not stop the others.
+    pub(crate) async fn send_batch(
+        &self,
+        tenant: &str,
+        sends: Vec<SendRequest>,
+    ) -> Result<Vec<SendResult>, ServiceError> {
+        if sends.is_empty() || sends.len() > MAX_BATCH {
+            return Err(ServiceError::invalid("sends", "1–1000 sends"));
+        }
+        let mut results = Vec::with_capacity(sends.len());
+        for (i, send) in sends.into_iter().enumerate() {
+            results.push(match self.send(tenant, send).await {
+                Ok(message) => SendResult {
+                    message: Some(message),
+                    error_code: 0,
+                    error: String::new(),
+                },
+                Err(e) => {
+                    let status = tonic::Status::from(e);
+                    SendResult {
+                        message: None,
+                        error_code: status.code() as i32,
+                        error: format!("sends[{i}]: {}", status.message()),
+                    }
+                }
+            });
+        }
+        Ok(results)
+    }
+
+    async fn by_key(&self, tenant: &str, key: &str) -> Result<Option<MessageRow>, ServiceError> {
+        let rows = query(
+            &self.db,
+            &format!(
+                "SELECT {COLUMNS} FROM messages WHERE tenant_id = $1 AND idempotency_key = $2"
+            ),
+            vec![tenant.into(), key.into()],
+        )
+        .await
+        .map_err(db_error)?;
+        rows.first()
+            .map(|r| MessageRow::from_row(tenant, r))
+            .transpose()
+    }
+
+    /// A retried send: the same message, unless the key was used for something else.
+    async fn same_send(
+        &self,
+        existing: MessageRow,
+        ch: Channel,
+        customer_id: &str,
+    ) -> Result<Message, ServiceError> {
+        if existing.channel != ch as i32 || existing.customer_id != customer_id {
+            return Err(ServiceError::already_exists_at(
+                "message",
+                &existing.idempotency_key,
+                "idempotency_key",
+            ));
+        }
+        let timeline = self
+            .timeline(&existing.tenant_id, &existing.message_id)
+            .await?;
+        Ok(existing.to_proto(timeline))
+    }
+
+    /// The caller's variables plus what delivery knows: the customer's id and name, the
+    /// message id and the unsubscribe link. The caller's values win.
+    fn variables(
+        &self,
+        tenant: &str,
+        message_id: &str,
+        r: &SendRequest,
+        recipient: &winback_proto::delivery::Recipient,
+    ) -> Value {
+        let mut vars = r
+            .variables
+            .as_ref()
+            .map(struct_to_json)
+            .unwrap_or_else(|| json!({}));
+        let unsubscribe = self.link(tenant, message_id, "u", "");
+        if let Some(map) = vars.as_object_mut() {
+            let customer = map.entry("customer").or_insert_with(|| json!({}));
+            if let Some(c) = customer.as_object_mut() {
+                c.entry("customer_id")
+                    .or_insert_with(|| json!(recipient.customer_id));
+                if !recipient.name.is_empty() {
+                    c.entry("name").or_insert_with(|| json!(recipient.name));
+                    let first = recipient.name.split_whitespace().next().unwrap_or_default();
+                    c.entry("first_name").or_insert_with(|| json!(first));
+                }
+            }
+            map.entry("unsubscribe_url")
+                .or_insert_with(|| json!(unsubscribe));
+            map.insert("message_id".into(), json!(message_id));
+        }
+        vars
+    }
+
+    /// A signed tracking link: `o` open pixel, `c` click to `url`, `u` unsubscribe.
+    pub(crate) fn link(&self, tenant: &str, message_id: &str, kind: &str, url: &str) -> String {
+        let token = self.signer.sign(&Tracked {
+            kind: kind.into(),
+            tenant_id: tenant.into(),
+            message_id: message_id.into(),
+            url: url.into(),
+        });
+        let path = match kind {
+            "o" => format!("/o/{token}.gif"),
+            other => format!("/{other}/{token}"),
+        };
+        self.public_url(&path)
+    }
+
+    /// Rewrites `href="http…"` links through the click redirect (the unsubscribe link is
+    /// left as it is) and adds the open pixel.
+    fn track_html(&self, tenant: &str, message_id: &str, html: &str) -> String {
+        let unsubscribe_prefix = self.public_url("/u/");
+        let mut out = String::with_capacity(html.len() + 256);
+        let mut rest = html;
+        while let Some(at) = rest.find("href=\"") {
+            let (before, after) = rest.split_at(at + 6);
+            out.push_str(before);
+            let end = after.find('"').unwrap_or(after.len());
+            // The template engine escaped the attribute (`&amp;`, `&#x2f;`); browsers read
+            // it unescaped, and so must the redirect.
+            let url = unescape_attribute(&after[..end]);
+            if url.starts_with(&unsubscribe_prefix) {
+                out.push_str(&url);
+            } else if url.starts_with("http://") || url.starts_with("https://") {
+                out.push_str(&self.link(tenant, message_id, "c", &url));
+            } else {
+                out.push_str(&after[..end]);
+            }
+            rest = &after[end..];
+        }
+        out.push_str(rest);
+        let pixel = format!(
+            "<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:none\">",
+            self.link(tenant, message_id, "o", "")
+        );
+        match out.rfind("</body>") {
+            Some(at) => out.insert_str(at, &pixel),
+            None => out.push_str(&pixel),
+        }
+        out
+    }
+}
+
+/// An HTML attribute value as the browser reads it (the entities minijinja writes).
+fn unescape_attribute(value: &str) -> String {
+    value
+        .replace("&#x2f;", "/")
+        .replace("&#x27;", "'")
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The `message_status_changed` event of a message.
+pub(crate) fn status_event(row: &MessageRow, status: MessageStatus, reason: &str) -> Payload {
+    Payload::MessageStatusChanged(MessageStatusChanged {
+        message_id: row.message_id.clone(),
+        customer_id: row.customer_id.clone(),
+        channel: row.channel,
+        status: crate::messages::status_name(status).into(),
+        idempotency_key: row.idempotency_key.clone(),
+        metadata: row.metadata.clone(),
+        reason: reason.into(),
+        cost: (!row.currency.is_empty()).then(|| winback_proto::common::Money {
+            amount_minor: row.cost_minor,
+            currency: row.currency.clone(),
+        }),
+    })
+}

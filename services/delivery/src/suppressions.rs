@@ -1,0 +1,165 @@
+//! Contacts that must not be sent to: unsubscribes, bounces, complaints, manual entries.
+
+use winback_platform::ServiceError;
+use winback_proto::common::{Channel, MessagePurpose, PageResponse};
+use winback_proto::delivery::{ListSuppressionsResponse, Suppression};
+
+use crate::context::{Delivery, channel, db_error, page_size, timestamp};
+use crate::domain::contact;
+use crate::store::{execute, query};
+
+impl Delivery {
+    pub(crate) async fn add_suppression(
+        &self,
+        tenant: &str,
+        s: Suppression,
+    ) -> Result<Suppression, ServiceError> {
+        let ch = channel(s.channel, "suppression.channel")?;
+        let normalized = contact::check(ch, &s.contact)
+            .map_err(|why| ServiceError::invalid("suppression.contact", why))?;
+        let reason = if s.reason.trim().is_empty() {
+            "manual".to_owned()
+        } else {
+            s.reason.clone()
+        };
+        self.suppress(
+            &self.db,
+            tenant,
+            ch,
+            &normalized,
+            &reason,
+            &s.customer_id,
+            s.marketing_only,
+        )
+        .await?;
+        Ok(Suppression {
+            contact: normalized,
+            reason,
+            created_at: timestamp(self.now_us()),
+            ..s
+        })
+    }
+
+    /// Records a suppression (keeps the first reason if the contact is already suppressed).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn suppress<C: sea_orm::ConnectionTrait>(
+        &self,
+        db: &C,
+        tenant: &str,
+        ch: Channel,
+        contact: &str,
+        reason: &str,
+        customer_id: &str,
+        marketing_only: bool,
+    ) -> Result<(), ServiceError> {
+        execute(
+            db,
+            "INSERT INTO suppressions (tenant_id, channel, contact, reason, customer_id, marketing_only, created_at_us)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, channel, contact) DO NOTHING",
+            vec![
+                tenant.into(),
+                (ch as i32 as i64).into(),
+                contact.into(),
+                reason.into(),
+                customer_id.into(),
+                i64::from(marketing_only).into(),
+                self.now_us().into(),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    pub(crate) async fn remove_suppression(
+        &self,
+        tenant: &str,
+        channel_value: i32,
+        contact_value: &str,
+    ) -> Result<bool, ServiceError> {
+        let ch = channel(channel_value, "channel")?;
+        let normalized = contact::check(ch, contact_value)
+            .map_err(|why| ServiceError::invalid("contact", why))?;
+        let _writer = self.writer_lock().await;
+        let n = execute(
+            &self.db,
+            "DELETE FROM suppressions WHERE tenant_id = $1 AND channel = $2 AND contact = $3",
+            vec![tenant.into(), (ch as i32 as i64).into(), normalized.into()],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(n > 0)
+    }
+
+    /// Why `contact` must not get a message of `purpose`, if it must not.
+    pub(crate) async fn suppressed<C: sea_orm::ConnectionTrait>(
+        &self,
+        db: &C,
+        tenant: &str,
+        ch: Channel,
+        contact: &str,
+        purpose: MessagePurpose,
+    ) -> Result<Option<String>, ServiceError> {
+        let rows = query(
+            db,
+            "SELECT reason, marketing_only FROM suppressions WHERE tenant_id = $1 AND channel = $2 AND contact = $3",
+            vec![tenant.into(), (ch as i32 as i64).into(), contact.into()],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(rows.first().and_then(|r| {
+            let marketing_only = r.try_get::<i64>("", "marketing_only").unwrap_or(0) == 1;
+            if marketing_only && purpose == MessagePurpose::Service {
+                None
+            } else {
+                Some(r.try_get::<String>("", "reason").unwrap_or_default())
+            }
+        }))
+    }
+
+    pub(crate) async fn list_suppressions(
+        &self,
+        tenant: &str,
+        channel_value: i32,
+        page: winback_proto::common::PageRequest,
+    ) -> Result<ListSuppressionsResponse, ServiceError> {
+        let size = page_size(&page)?;
+        let rows = query(
+            &self.db,
+            "SELECT channel, contact, reason, customer_id, marketing_only, created_at_us FROM suppressions
+             WHERE tenant_id = $1 AND ($2 = 0 OR channel = $2) AND (CAST(channel AS TEXT) || '/' || contact) > $3
+             ORDER BY channel, contact LIMIT $4",
+            vec![
+                tenant.into(),
+                i64::from(channel_value).into(),
+                page.page_token.clone().into(),
+                (size + 1).into(),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        let mut out: Vec<Suppression> = rows
+            .iter()
+            .map(|r| Suppression {
+                channel: r.try_get::<i64>("", "channel").unwrap_or(0) as i32,
+                contact: r.try_get("", "contact").unwrap_or_default(),
+                reason: r.try_get("", "reason").unwrap_or_default(),
+                customer_id: r.try_get("", "customer_id").unwrap_or_default(),
+                created_at: timestamp(r.try_get("", "created_at_us").unwrap_or(0)),
+                marketing_only: r.try_get::<i64>("", "marketing_only").unwrap_or(0) == 1,
+            })
+            .collect();
+        let next_page_token = if out.len() as i64 > size {
+            out.truncate(size as usize);
+            out.last()
+                .map(|s| format!("{}/{}", s.channel, s.contact))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(ListSuppressionsResponse {
+            suppressions: out,
+            page: Some(PageResponse { next_page_token }),
+        })
+    }
+}

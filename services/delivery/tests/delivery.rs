@@ -1,0 +1,339 @@
+//! The delivery service through its gRPC client, on SQLite and PostgreSQL, sending email
+//! over SMTP to a real SMTP server (aiosmtpd).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Harness, SmtpSink};
+use tonic::Code;
+use winback_platform::db_test;
+use winback_platform::error::field_violations;
+use winback_proto::common::{Channel, MessagePurpose};
+use winback_proto::delivery::channel_settings::Provider;
+use winback_proto::delivery::*;
+
+fn welcome_back() -> MessageTemplate {
+    MessageTemplate {
+        template_id: "welcome-back".into(),
+        channel: Channel::Email as i32,
+        locale: "ru".into(),
+        subject: "We miss you, {{ customer.first_name }}".into(),
+        text: "Your code {{ coupon.code }}. Unsubscribe: {{ unsubscribe_url }}".into(),
+        html: "<html><body><p>Code <b>{{ coupon.code }}</b></p><a href=\"https://shop.example/sale?a=1&b=2\">Shop</a>\
+               <a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></body></html>"
+            .into(),
+        ..Default::default()
+    }
+}
+
+fn email_to(key: &str, address: &str) -> SendRequest {
+    let variables = prost_types::Struct {
+        fields: [(
+            "coupon".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
+                    fields: [(
+                        "code".to_owned(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue(
+                                "WB-7K3M-Q9XT".into(),
+                            )),
+                        },
+                    )]
+                    .into(),
+                })),
+            },
+        )]
+        .into(),
+    };
+    SendRequest {
+        idempotency_key: key.into(),
+        channel: Channel::Email as i32,
+        template_id: "welcome-back".into(),
+        locale: "ru".into(),
+        recipient: Some(Recipient {
+            customer_id: format!("c-{key}"),
+            email: address.into(),
+            name: "Anna Petrova".into(),
+            ..Default::default()
+        }),
+        purpose: MessagePurpose::Advertising as i32,
+        variables: Some(variables),
+        metadata: [("campaign_id".to_owned(), "cmp-1".to_owned())].into(),
+        ..Default::default()
+    }
+}
+
+async fn wait_for_status(h: &mut Harness, id: &str, want: MessageStatus) -> Message {
+    for _ in 0..500 {
+        let m =
+            h.a.get_message(GetMessageRequest {
+                message_id: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .message
+            .unwrap();
+        if m.status == want as i32 {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("message {id} never reached {want:?}");
+}
+
+db_test!(
+    email_goes_over_smtp_once_with_one_click_unsubscribe_headers,
+    |db| async move {
+        let sink = SmtpSink::start(db.dir().join("smtp")).await;
+        let mut h = Harness::start(db).await;
+
+        // A typo in a variable is refused when the template is saved, and nothing is stored.
+        let typo =
+            h.a.upsert_template(UpsertTemplateRequest {
+                template: Some(MessageTemplate {
+                    subject: "Hi {{ customer.frist_name }}".into(),
+                    ..welcome_back()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(typo.code(), Code::InvalidArgument);
+        assert_eq!(field_violations(&typo)[0].field, "template.subject");
+        let missing =
+            h.a.get_template(GetTemplateRequest {
+                template_id: "welcome-back".into(),
+                channel: Channel::Email as i32,
+                locale: "ru".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound);
+
+        h.a.upsert_template(UpsertTemplateRequest {
+            template: Some(welcome_back()),
+        })
+        .await
+        .unwrap();
+        h.a.set_channel_settings(SetChannelSettingsRequest {
+            settings: Some(ChannelSettings {
+                channel: Channel::Email as i32,
+                provider: Some(Provider::Smtp(SmtpSettings {
+                    host: "127.0.0.1".into(),
+                    port: i32::from(sink.port),
+                    security: "plain".into(),
+                    from: "Bakery <news@bakery.example>".into(),
+                    pool_size: 4,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+
+        // The same key twice is one message.
+        let first =
+            h.a.send(email_to("k1", "anna@example.ru"))
+                .await
+                .unwrap()
+                .into_inner()
+                .message
+                .unwrap();
+        let again =
+            h.a.send(email_to("k1", "anna@example.ru"))
+                .await
+                .unwrap()
+                .into_inner()
+                .message
+                .unwrap();
+        assert_eq!(first.message_id, again.message_id);
+        // The same key for someone else is a conflict.
+        let reused = h.a.send(email_to("k1", "boris@example.ru")).await;
+        assert!(
+            reused.is_ok(),
+            "same customer id, other address: still the same send"
+        );
+        let sent = wait_for_status(&mut h, &first.message_id, MessageStatus::Sent).await;
+        assert!(
+            sent.timeline
+                .iter()
+                .any(|s| s.status == MessageStatus::Queued as i32)
+        );
+        assert!(sent.sent_at.is_some());
+
+        let stored = sink.messages();
+        assert_eq!(stored.len(), 1, "exactly one email for one idempotency key");
+        let email = &stored[0];
+        assert!(
+            email.contains(&format!("Message-ID: <{}@winback>", first.message_id)),
+            "{email}"
+        );
+        assert!(email.contains("Subject: We miss you, Anna"), "{email}");
+        assert!(
+            email.contains("List-Unsubscribe: <http://127.0.0.1:9/track/u/"),
+            "{email}"
+        );
+        assert!(
+            email.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+            "{email}"
+        );
+        assert!(email.contains("multipart/alternative"), "{email}");
+        // Links go through the signed click redirect; the pixel is in.
+        assert!(
+            email.contains("href=\"http://127.0.0.1:9/track/c/"),
+            "{email}"
+        );
+        assert!(
+            email.contains("href=\"http://127.0.0.1:9/track/u/"),
+            "{email}"
+        );
+        assert!(
+            email.contains("src=\"http://127.0.0.1:9/track/o/"),
+            "{email}"
+        );
+        assert!(!email.contains("shop.example"), "{email}");
+        assert!(!email.contains("&#x2f;"), "{email}");
+
+        // An unknown mailbox (550) bounces and suppresses the address; the next send is refused.
+        let ghost =
+            h.a.send(email_to("k2", "ghost@unknown.invalid"))
+                .await
+                .unwrap()
+                .into_inner()
+                .message
+                .unwrap();
+        wait_for_status(&mut h, &ghost.message_id, MessageStatus::Bounced).await;
+        let refused =
+            h.a.send(email_to("k3", "ghost@unknown.invalid"))
+                .await
+                .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(
+            refused.message().contains("suppressed"),
+            "{}",
+            refused.message()
+        );
+        let listed =
+            h.a.list_suppressions(ListSuppressionsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .suppressions;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].contact, "ghost@unknown.invalid");
+
+        // A busy server (451) is retried later, not given up.
+        let busy =
+            h.a.send(email_to("k4", "carl@busy.invalid"))
+                .await
+                .unwrap()
+                .into_inner()
+                .message
+                .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let waiting =
+            h.a.get_message(GetMessageRequest {
+                message_id: busy.message_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .message
+            .unwrap();
+        assert_eq!(waiting.status, MessageStatus::Queued as i32);
+        assert!(waiting.attempts >= 1);
+        assert_eq!(sink.messages().len(), 1);
+        h.stop();
+    }
+);
+
+db_test!(
+    bad_sends_are_refused_and_nothing_is_stored,
+    |db| async move {
+        let mut h = Harness::start(db).await;
+        h.a.upsert_template(UpsertTemplateRequest {
+            template: Some(welcome_back()),
+        })
+        .await
+        .unwrap();
+        let bad_address =
+            h.a.send(email_to("k1", "not-an-address"))
+                .await
+                .unwrap_err();
+        assert_eq!(bad_address.code(), Code::InvalidArgument);
+        assert_eq!(field_violations(&bad_address)[0].field, "recipient.email");
+        let no_variables =
+            h.a.send(SendRequest {
+                variables: None,
+                ..email_to("k2", "anna@example.ru")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(no_variables.code(), Code::InvalidArgument);
+        assert_eq!(field_violations(&no_variables)[0].field, "variables");
+        let unknown =
+            h.a.send(SendRequest {
+                template_id: "nope".into(),
+                ..email_to("k3", "anna@example.ru")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), Code::NotFound);
+        let listed =
+            h.a.list_messages(ListMessagesRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(
+            listed.messages.is_empty(),
+            "nothing stored for refused sends"
+        );
+
+        // Tenants are apart; scopes and tokens are checked.
+        let other =
+            h.b.send(email_to("k4", "anna@example.ru"))
+                .await
+                .unwrap_err();
+        assert_eq!(other.code(), Code::NotFound);
+        let read_only = h
+            .client_with_scopes(&["delivery:read"])
+            .send(email_to("k5", "anna@example.ru"))
+            .await
+            .unwrap_err();
+        assert_eq!(read_only.code(), Code::PermissionDenied);
+        let mut anonymous =
+            winback_proto::delivery::delivery_service_client::DeliveryServiceClient::new(
+                h.channel.clone(),
+            );
+        let anonymous = anonymous
+            .send(email_to("k6", "anna@example.ru"))
+            .await
+            .unwrap_err();
+        assert_eq!(anonymous.code(), Code::Unauthenticated);
+
+        // Without settings the embedded default writes .eml files under data_dir/outbox.
+        let m =
+            h.a.send(email_to("k7", "anna@example.ru"))
+                .await
+                .unwrap()
+                .into_inner()
+                .message
+                .unwrap();
+        wait_for_status(&mut h, &m.message_id, MessageStatus::Sent).await;
+        let eml = db
+            .dir()
+            .join("outbox")
+            .join("t-a")
+            .join(format!("{}.eml", m.message_id));
+        assert!(
+            std::fs::read_to_string(eml)
+                .unwrap()
+                .contains("List-Unsubscribe-Post")
+        );
+        h.stop();
+    }
+);

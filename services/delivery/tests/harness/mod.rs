@@ -1,0 +1,148 @@
+//! A delivery service on a test database with its worker running, a real SMTP server
+//! (aiosmtpd, `tests/smtp_sink.py`), and clients for two tenants.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use winback_platform::auth::TokenSigner;
+use winback_platform::clock::ManualClock;
+use winback_platform::config::{Config, DatabaseConfig, DeliveryConfig};
+use winback_platform::grpc::CallCredentials;
+use winback_platform::host::ServiceContext;
+use winback_platform::testing::{TestDatabase, test_keys};
+use winback_proto::delivery::delivery_service_client::DeliveryServiceClient;
+
+pub type Client = DeliveryServiceClient<InterceptedService<Channel, CallCredentials>>;
+
+pub struct Harness {
+    pub a: Client,
+    pub b: Client,
+    pub clock: ManualClock,
+    pub channel: Channel,
+    pub signer: TokenSigner,
+    shutdown: CancellationToken,
+}
+
+impl Harness {
+    pub async fn start(db: &TestDatabase) -> Self {
+        let (signer, verifier) = test_keys();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Config {
+            listen: addr,
+            data_dir: db.dir().to_path_buf(),
+            database: DatabaseConfig {
+                url: db.url_template.clone(),
+                max_connections: 8,
+            },
+            delivery: DeliveryConfig {
+                public_url: "http://127.0.0.1:9/track".into(),
+                poll_interval_ms: 20,
+                retry_base_ms: 1_000,
+                ..DeliveryConfig::default()
+            },
+            ..Config::default()
+        };
+        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap());
+        let shutdown = CancellationToken::new();
+        let ctx = ServiceContext {
+            config,
+            clock: Arc::new(clock.clone()),
+            verifier,
+            shutdown: shutdown.clone(),
+            service_credentials: None,
+        };
+        let mut server = ctx.server();
+        let mounted = winback_delivery::mount(&ctx, &mut server).await.unwrap();
+        tokio::spawn(async move { ctx.serve(server, listener, vec![mounted]).await.unwrap() });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let client = |tenant: &str| {
+            let token = signer.tenant_token(tenant, &["*"], 600).unwrap();
+            DeliveryServiceClient::with_interceptor(
+                channel.clone(),
+                CallCredentials::bearer(&token).unwrap(),
+            )
+        };
+        Self {
+            a: client("t-a"),
+            b: client("t-b"),
+            clock,
+            channel: channel.clone(),
+            signer,
+            shutdown,
+        }
+    }
+
+    pub fn client_with_scopes(&self, scopes: &[&str]) -> Client {
+        let token = self.signer.tenant_token("t-a", scopes, 600).unwrap();
+        DeliveryServiceClient::with_interceptor(
+            self.channel.clone(),
+            CallCredentials::bearer(&token).unwrap(),
+        )
+    }
+
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A running aiosmtpd that stores what it accepts.
+pub struct SmtpSink {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl SmtpSink {
+    /// Starts the sink. Needs `python3` with `aiosmtpd` (installed by `.ci/run`).
+    pub async fn start(dir: PathBuf) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_sink.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 with aiosmtpd is needed for the SMTP tests (pip install aiosmtpd)");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).await.unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .expect("aiosmtpd did not start (pip install aiosmtpd)");
+        Self { port, dir, child }
+    }
+
+    /// The stored messages, oldest first, with quoted-printable soft line breaks and `=3D`
+    /// undone so assertions can look for whole URLs.
+    pub fn messages(&self) -> Vec<String> {
+        let mut files: Vec<_> = std::fs::read_dir(&self.dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+        files.sort();
+        files
+            .iter()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .replace("=\r\n", "")
+                    .replace("=\n", "")
+                    .replace("=3D", "=")
+            })
+            .collect()
+    }
+}
