@@ -105,8 +105,9 @@ pub struct SmtpSink {
 }
 
 impl SmtpSink {
-    /// Starts the sink. Needs `python3` with `aiosmtpd` (installed by `.ci/run`).
+    /// Starts the sink. Needs `python3`; installs `aiosmtpd` from PyPI on first use.
     pub async fn start(dir: PathBuf) -> Self {
+        ensure_aiosmtpd();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_sink.py");
         let mut child = Command::new("python3")
             .arg(script)
@@ -145,4 +146,44 @@ impl SmtpSink {
             })
             .collect()
     }
+}
+
+fn has_aiosmtpd() -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs aiosmtpd once per machine; test processes run in parallel, so one installs
+/// (holding a lock file) while the others wait for it.
+fn ensure_aiosmtpd() {
+    if has_aiosmtpd() {
+        return;
+    }
+    let lock = std::env::temp_dir().join("winback-aiosmtpd-install.lock");
+    for _ in 0..600 {
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+            .is_ok()
+        {
+            eprintln!("*** installing aiosmtpd (pip) for the SMTP tests ***");
+            let installed = std::process::Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "aiosmtpd"])
+                .status();
+            let _ = std::fs::remove_file(&lock);
+            assert!(
+                installed.is_ok_and(|s| s.success()),
+                "could not install aiosmtpd: run `python3 -m pip install aiosmtpd`"
+            );
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if has_aiosmtpd() {
+            return;
+        }
+    }
+    panic!("waited two minutes for another test to install aiosmtpd");
 }
