@@ -5,11 +5,11 @@
 use serde_json::{Value, json};
 use winback_platform::ServiceError;
 use winback_proto::common::{Channel, MessagePurpose};
-use winback_proto::delivery::{Message, MessageStatus, SendRequest, SendResult};
+use winback_proto::delivery::{Message, MessageStatus, SendRequest, SendResult, StatusChange};
 use winback_proto::events::MessageStatusChanged;
 use winback_proto::events::event::Payload;
 
-use crate::context::{Delivery, channel, db_error, struct_to_json};
+use crate::context::{Delivery, channel, db_error, struct_to_json, timestamp};
 use crate::domain::token::Tracked;
 use crate::domain::{contact, render, sms};
 use crate::messages::{COLUMNS, MessageRow, record_step};
@@ -183,7 +183,12 @@ impl Delivery {
         drop(guard);
         self.outbox.notify_committed();
         self.wake_workers();
-        self.message(tenant, &message_id).await
+        // The row as stored, with the one step it has: no need to read it back.
+        Ok(row.to_proto(vec![StatusChange {
+            status: MessageStatus::Queued as i32,
+            at: timestamp(now_us),
+            detail: String::new(),
+        }]))
     }
 
     /// Each send on its own: one bad send does not stop the others.
