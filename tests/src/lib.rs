@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 use winback::admin::{CreatedTenant, create_tenant, signer};
 use winback::embedded::EmbeddedStack;
 use winback_platform::clock::ManualClock;
-use winback_platform::config::{Config, DatabaseConfig, EventsConfig};
+use winback_platform::config::{Config, DatabaseConfig, DeliveryConfig, EventsConfig};
 use winback_platform::grpc::CallCredentials;
 use winback_platform::testing::TestDatabase;
 
@@ -42,6 +42,11 @@ impl TestStack {
             events: EventsConfig {
                 poll_interval_ms: 50,
                 ..EventsConfig::default()
+            },
+            // Any free port: several stacks run at once.
+            delivery: DeliveryConfig {
+                tracking_listen: "127.0.0.1:0".parse().unwrap(),
+                ..DeliveryConfig::default()
             },
             ..Config::default()
         };

@@ -283,6 +283,9 @@ pub struct DeliveryConfig {
     pub retry_max_ms: u64,
     /// Whether this process runs delivery workers (off for an API-only replica).
     pub workers: bool,
+    /// How long a provider may take to answer one send, in milliseconds; longer is a
+    /// transient failure (retried).
+    pub provider_timeout_ms: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -298,6 +301,7 @@ impl Default for DeliveryConfig {
             retry_base_ms: 1_000,
             retry_max_ms: 3_600_000,
             workers: true,
+            provider_timeout_ms: 10_000,
         }
     }
 }

@@ -10,11 +10,13 @@ mod context;
 mod domain;
 mod grpc;
 mod messages;
+mod reactions;
 mod sending;
 mod settings;
 pub mod store;
 mod suppressions;
 mod templates;
+mod tracking;
 mod worker;
 
 use tokio_util::sync::CancellationToken;
@@ -27,8 +29,9 @@ use winback_proto::events::EventSource;
 /// Name of the service's database and schema.
 pub const SERVICE: &str = "delivery";
 
-/// Opens the database, runs the migrations, adds the service to `server`, and starts the
-/// outbox worker (unless `delivery.workers` is off).
+/// Opens the database, runs the migrations, adds the service to `server`, starts the
+/// tracking server on `delivery.tracking_listen` and the outbox worker (unless
+/// `delivery.workers` is off).
 pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Mounted, StartError> {
     let secret = tracking_secret(&ctx.config).map_err(|source| StartError::Io {
         what: "the tracking secret",
@@ -38,12 +41,28 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
     let config = ctx.config.delivery.clone();
     let sink_dir = ctx.config.data_dir.join("outbox");
     let shutdown = ctx.shutdown.clone();
+    let tracking = std::net::TcpListener::bind(config.tracking_listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| StartError::Io {
+            what: "the tracking server's address (delivery.tracking_listen)",
+            source,
+        })?;
+    let tracking =
+        tokio::net::TcpListener::from_std(tracking).map_err(|source| StartError::Io {
+            what: "the tracking server's address (delivery.tracking_listen)",
+            source,
+        })?;
     ctx.mount::<store::Migrator, _>(
         server,
         SERVICE,
         EventSource::Delivery,
         |db, outbox, limit| {
             let delivery = context::Delivery::new(db, outbox, clock, config, &secret, sink_dir);
+            tokio::spawn(tracking::serve(
+                delivery.clone(),
+                tracking,
+                shutdown.clone(),
+            ));
             if delivery.config.workers {
                 tokio::spawn(delivery.clone().run_worker(shutdown));
             }

@@ -3,6 +3,8 @@
 use winback_platform::ServiceError;
 use winback_proto::common::{Channel, MessagePurpose, PageResponse};
 use winback_proto::delivery::{ListSuppressionsResponse, Suppression};
+use winback_proto::events::ComplaintReceived;
+use winback_proto::events::event::Payload;
 
 use crate::context::{Delivery, channel, db_error, page_size, timestamp};
 use crate::domain::contact;
@@ -22,16 +24,38 @@ impl Delivery {
         } else {
             s.reason.clone()
         };
-        self.suppress(
-            &self.db,
-            tenant,
-            ch,
-            &normalized,
-            &reason,
-            &s.customer_id,
-            s.marketing_only,
-        )
-        .await?;
+        let (guard, txn) = self.begin_write().await.map_err(db_error)?;
+        let added = self
+            .suppress(
+                &txn,
+                tenant,
+                ch,
+                &normalized,
+                &reason,
+                &s.customer_id,
+                s.marketing_only,
+            )
+            .await?;
+        // A spam complaint (from a feedback loop or support) is news for campaigns and
+        // profiles, not just a row here.
+        if added && reason == "complaint" {
+            self.outbox
+                .append(
+                    &txn,
+                    tenant,
+                    self.clock.now(),
+                    Payload::ComplaintReceived(ComplaintReceived {
+                        customer_id: s.customer_id.clone(),
+                        channel: ch as i32,
+                        message_id: String::new(),
+                    }),
+                )
+                .await
+                .map_err(db_error)?;
+        }
+        txn.commit().await.map_err(db_error)?;
+        drop(guard);
+        self.outbox.notify_committed();
         Ok(Suppression {
             contact: normalized,
             reason,
@@ -40,7 +64,8 @@ impl Delivery {
         })
     }
 
-    /// Records a suppression (keeps the first reason if the contact is already suppressed).
+    /// Records a suppression (keeps the first reason if the contact is already suppressed);
+    /// true when it is new.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn suppress<C: sea_orm::ConnectionTrait>(
         &self,
@@ -51,8 +76,8 @@ impl Delivery {
         reason: &str,
         customer_id: &str,
         marketing_only: bool,
-    ) -> Result<(), ServiceError> {
-        execute(
+    ) -> Result<bool, ServiceError> {
+        let added = execute(
             db,
             "INSERT INTO suppressions (tenant_id, channel, contact, reason, customer_id, marketing_only, created_at_us)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, channel, contact) DO NOTHING",
@@ -68,7 +93,7 @@ impl Delivery {
         )
         .await
         .map_err(db_error)?;
-        Ok(())
+        Ok(added == 1)
     }
 
     pub(crate) async fn remove_suppression(

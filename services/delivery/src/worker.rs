@@ -14,7 +14,7 @@ use winback_platform::ServiceError;
 use winback_proto::common::{Channel, MessagePurpose};
 use winback_proto::delivery::MessageStatus;
 
-use crate::channels::{Failure, Outgoing, Transport};
+use crate::channels::{Failure, Outgoing, Route};
 use crate::context::{Delivery, db_error};
 use crate::domain::retry;
 use crate::messages::{COLUMNS, MessageRow, record_step};
@@ -26,7 +26,7 @@ use crate::store::{execute, query};
 pub(crate) struct Carriers(Arc<Mutex<CarrierMap>>);
 
 /// (tenant, channel) → (the settings it was built from, the carrier).
-type CarrierMap = HashMap<(String, i32), (Vec<u8>, Arc<Transport>)>;
+type CarrierMap = HashMap<(String, i32), (Vec<u8>, Arc<Route>)>;
 
 impl Delivery {
     /// Runs a worker until `shutdown`.
@@ -130,6 +130,8 @@ impl Delivery {
         let outgoing = Outgoing {
             message: &row,
             unsubscribe_url: self.link(&tenant, &row.message_id, "u", ""),
+            status_callback_url: self.public_url(&format!("/callbacks/twilio/{tenant}")),
+            now_unix: self.clock.now().timestamp(),
         };
         match carrier.send(&outgoing).await {
             Ok(provider_id) => {
@@ -243,7 +245,7 @@ impl Delivery {
     }
 
     /// The tenant's carrier for a channel, built once per settings version.
-    async fn carrier(&self, tenant: &str, channel: Channel) -> Result<Arc<Transport>, String> {
+    async fn carrier(&self, tenant: &str, channel: Channel) -> Result<Arc<Route>, String> {
         let settings = self
             .settings_for(tenant, channel)
             .await
@@ -256,7 +258,12 @@ impl Delivery {
         {
             return Ok(carrier.clone());
         }
-        let carrier = Arc::new(Transport::build(&settings, tenant, &self.default_sink_dir)?);
+        let carrier = Arc::new(Route::build(
+            &settings,
+            tenant,
+            &self.default_sink_dir,
+            Duration::from_millis(self.config.provider_timeout_ms),
+        )?);
         carriers.insert(key, (fingerprint, carrier.clone()));
         Ok(carrier)
     }

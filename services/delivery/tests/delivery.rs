@@ -6,8 +6,9 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Harness, SmtpSink};
+use harness::{DKIM_ED25519_KEY, Harness, SmtpSink, header_value, link_starting};
 use tonic::Code;
+use winback_platform::clock::Clock;
 use winback_platform::db_test;
 use winback_platform::error::field_violations;
 use winback_proto::common::{Channel, MessagePurpose};
@@ -127,6 +128,9 @@ db_test!(
                     security: "plain".into(),
                     from: "Bakery <news@bakery.example>".into(),
                     pool_size: 4,
+                    dkim_selector: "wb2026".into(),
+                    dkim_domain: "bakery.example".into(),
+                    dkim_private_key: DKIM_ED25519_KEY.into(),
                     ..Default::default()
                 })),
                 ..Default::default()
@@ -174,7 +178,7 @@ db_test!(
         );
         assert!(email.contains("Subject: We miss you, Anna"), "{email}");
         assert!(
-            email.contains("List-Unsubscribe: <http://127.0.0.1:9/track/u/"),
+            email.contains(&format!("List-Unsubscribe: <{}/u/", h.tracking)),
             "{email}"
         );
         assert!(
@@ -184,19 +188,43 @@ db_test!(
         assert!(email.contains("multipart/alternative"), "{email}");
         // Links go through the signed click redirect; the pixel is in.
         assert!(
-            email.contains("href=\"http://127.0.0.1:9/track/c/"),
+            email.contains(&format!("href=\"{}/c/", h.tracking)),
             "{email}"
         );
         assert!(
-            email.contains("href=\"http://127.0.0.1:9/track/u/"),
+            email.contains(&format!("href=\"{}/u/", h.tracking)),
             "{email}"
         );
         assert!(
-            email.contains("src=\"http://127.0.0.1:9/track/o/"),
+            email.contains(&format!("src=\"{}/o/", h.tracking)),
             "{email}"
         );
         assert!(!email.contains("shop.example"), "{email}");
         assert!(!email.contains("&#x2f;"), "{email}");
+        // DKIM signs the message, unsubscribe headers included.
+        let dkim = header_value(email, "DKIM-Signature");
+        assert!(
+            dkim.contains("d=bakery.example") && dkim.contains("s=wb2026"),
+            "{dkim}"
+        );
+        let signed: Vec<String> = dkim
+            .split(';')
+            .find_map(|tag| tag.trim().strip_prefix("h="))
+            .expect("h= tag")
+            .split(':')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
+        for wanted in [
+            "from",
+            "subject",
+            "list-unsubscribe",
+            "list-unsubscribe-post",
+        ] {
+            assert!(
+                signed.iter().any(|h| h == wanted),
+                "{wanted} not signed: {dkim}"
+            );
+        }
 
         // An unknown mailbox (550) bounces and suppresses the address; the next send is refused.
         let ghost =
@@ -334,6 +362,157 @@ db_test!(
                 .unwrap()
                 .contains("List-Unsubscribe-Post")
         );
+        h.stop();
+    }
+);
+
+/// The file sink's copy of a message, with quoted-printable soft breaks undone.
+fn outbox_copy(db: &winback_platform::testing::TestDatabase, message_id: &str) -> String {
+    std::fs::read_to_string(db.dir().join(format!("outbox/t-a/{message_id}.eml")))
+        .unwrap()
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=")
+}
+
+async fn send(h: &mut Harness, r: SendRequest) -> Message {
+    h.a.send(r).await.unwrap().into_inner().message.unwrap()
+}
+
+db_test!(
+    opens_clicks_and_one_click_unsubscribes_come_back_and_stop_the_next_send,
+    |db| async move {
+        let mut h = Harness::start(db).await;
+        h.a.upsert_template(UpsertTemplateRequest {
+            template: Some(welcome_back()),
+        })
+        .await
+        .unwrap();
+        // No channel settings: the file sink (the embedded default) carries the email.
+        let m = send(&mut h, email_to("t1", "anna@example.ru")).await;
+        wait_for_status(&mut h, &m.message_id, MessageStatus::Sent).await;
+        let eml = outbox_copy(db, &m.message_id);
+        let pixel = link_starting(&eml, &format!("{}/o/", h.tracking));
+        let click = link_starting(&eml, &format!("{}/c/", h.tracking));
+        let unsubscribe = link_starting(&eml, &format!("{}/u/", h.tracking));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+
+        // The pixel: a GIF, and the message is opened — once, however often it loads.
+        for _ in 0..2 {
+            let r = http.get(&pixel).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["content-type"], "image/gif");
+        }
+        let opened = wait_for_status(&mut h, &m.message_id, MessageStatus::Opened).await;
+        let opens = opened
+            .timeline
+            .iter()
+            .filter(|s| s.status == MessageStatus::Opened as i32)
+            .count();
+        assert_eq!(opens, 1);
+
+        // The click goes where the message pointed, and nowhere else.
+        let r = http.get(&click).send().await.unwrap();
+        assert_eq!(r.status(), 302);
+        assert_eq!(r.headers()["location"], "https://shop.example/sale?a=1&b=2");
+        wait_for_status(&mut h, &m.message_id, MessageStatus::Clicked).await;
+        let token = click.rsplit('/').next().unwrap();
+        let (payload, tag) = token.split_once('.').unwrap();
+        let forged_payload = {
+            use base64::Engine;
+            let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let text = String::from_utf8(engine.decode(payload).unwrap()).unwrap();
+            engine
+                .encode(text.replace("https://shop.example/sale?a=1&b=2", "https://evil.example/"))
+        };
+        for forged in [format!("{forged_payload}.{tag}"), "garbage".to_owned()] {
+            let r = http
+                .get(format!("{}/c/{forged}", h.tracking))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "a forged click link must not redirect");
+            assert!(r.headers().get("location").is_none());
+        }
+
+        // The page for people: a button, and nothing changes on GET.
+        let page = http.get(&unsubscribe).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        assert!(page.text().await.unwrap().contains("<form method=\"post\""));
+        let later = SendRequest {
+            send_after: Some(prost_types::Timestamp {
+                seconds: h.clock.now().timestamp() + 3_600,
+                nanos: 0,
+            }),
+            ..email_to("t2", "anna@example.ru")
+        };
+        let queued = send(&mut h, later).await;
+        assert_eq!(queued.status, MessageStatus::Queued as i32);
+
+        // RFC 8058 one-click: no cookie, no confirmation.
+        let r = http
+            .post(&unsubscribe)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // The next marketing send is refused at once, and the queued one never goes out.
+        let refused =
+            h.a.send(email_to("t3", "anna@example.ru"))
+                .await
+                .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        h.clock.advance(chrono::Duration::hours(2));
+        wait_for_status(&mut h, &queued.message_id, MessageStatus::Suppressed).await;
+        // A service message (an order receipt) still may go.
+        let receipt = send(
+            &mut h,
+            SendRequest {
+                purpose: MessagePurpose::Service as i32,
+                ..email_to("t4", "anna@example.ru")
+            },
+        )
+        .await;
+        wait_for_status(&mut h, &receipt.message_id, MessageStatus::Sent).await;
+
+        // Everything is on the feed, the unsubscribe once.
+        let events = h.events().await;
+        let statuses: Vec<String> = events
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Some(winback_proto::events::event::Payload::MessageStatusChanged(s))
+                    if s.message_id == m.message_id =>
+                {
+                    Some(s.status.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(statuses, ["queued", "sent", "opened", "clicked"]);
+        let unsubscribes: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Some(winback_proto::events::event::Payload::ContactUnsubscribed(u)) => Some(u),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(unsubscribes.len(), 1);
+        assert_eq!(unsubscribes[0].method, "one_click");
+        assert_eq!(unsubscribes[0].contact, "anna@example.ru");
+        assert_eq!(unsubscribes[0].customer_id, "c-t1");
+        // A second one-click changes nothing and says so politely.
+        let again = http
+            .post(&unsubscribe)
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 200);
         h.stop();
     }
 );

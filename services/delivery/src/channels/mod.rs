@@ -2,10 +2,17 @@
 //! accepted (with the provider's id), a transient failure (retry later, maybe after a
 //! `Retry-After`), or a permanent one (maybe suppressing the contact).
 
+pub(crate) mod fcm;
 pub(crate) mod file_sink;
+pub(crate) mod http;
+pub(crate) mod limits;
+pub(crate) mod sms_ru;
 pub(crate) mod smtp;
+pub(crate) mod twilio;
+pub(crate) mod webhook;
 
 use std::future::Future;
+use std::time::Duration;
 
 use winback_proto::delivery::ChannelSettings;
 use winback_proto::delivery::channel_settings::Provider;
@@ -18,6 +25,10 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) message: &'a MessageRow,
     /// The one-click unsubscribe URL (RFC 8058) for email headers.
     pub(crate) unsubscribe_url: String,
+    /// Where the provider reports delivery (Twilio's `StatusCallback`).
+    pub(crate) status_callback_url: String,
+    /// Now, Unix seconds, by the service clock (webhook signatures).
+    pub(crate) now_unix: i64,
 }
 
 /// What a provider said.
@@ -40,42 +51,98 @@ pub(crate) trait Carrier {
 
 /// A configured carrier of one tenant's channel.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per tenant channel, built once behind an Arc
 pub(crate) enum Transport {
     Smtp(smtp::Smtp),
+    Twilio(twilio::Twilio),
+    SmsRu(sms_ru::SmsRu),
+    Fcm(fcm::Fcm),
+    Webhook(webhook::Webhook),
     FileSink(file_sink::FileSink),
 }
 
-impl Transport {
+/// A carrier with its provider's limits.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) transport: Transport,
+    pub(crate) limits: limits::Limits,
+}
+
+/// Requests in flight per provider when the tenant set no concurrency.
+const DEFAULT_HTTP_CONCURRENCY: usize = 64;
+/// Pooled SMTP connections when the tenant set no pool size: lettre 0.11.23 waits ~45 ms
+/// per message on one connection, so throughput comes from many connections.
+pub(crate) const DEFAULT_SMTP_POOL: usize = 100;
+
+impl Route {
     /// Builds the carrier for `settings`; `default_dir` for a file sink without a folder.
     pub(crate) fn build(
         settings: &ChannelSettings,
         tenant: &str,
         default_dir: &std::path::Path,
+        timeout: Duration,
     ) -> Result<Self, String> {
-        match &settings.provider {
-            Some(Provider::Smtp(s)) => smtp::Smtp::new(s).map(Self::Smtp),
-            None => Ok(Self::FileSink(file_sink::FileSink::new(
-                default_dir.join(tenant),
-            ))),
+        let (transport, default_concurrency) = match &settings.provider {
+            Some(Provider::Smtp(s)) => {
+                let pool = usize::try_from(s.pool_size)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .unwrap_or(DEFAULT_SMTP_POOL);
+                (Transport::Smtp(smtp::Smtp::new(s, pool, timeout)?), pool)
+            }
+            Some(Provider::Twilio(s)) => (
+                Transport::Twilio(twilio::Twilio::new(s, timeout)?),
+                DEFAULT_HTTP_CONCURRENCY,
+            ),
+            Some(Provider::SmsRu(s)) => (
+                Transport::SmsRu(sms_ru::SmsRu::new(s, timeout)?),
+                DEFAULT_HTTP_CONCURRENCY,
+            ),
+            Some(Provider::Fcm(s)) => (
+                Transport::Fcm(fcm::Fcm::new(s, timeout)?),
+                DEFAULT_HTTP_CONCURRENCY,
+            ),
+            Some(Provider::Webhook(s)) => (
+                Transport::Webhook(webhook::Webhook::new(s, timeout)?),
+                DEFAULT_HTTP_CONCURRENCY,
+            ),
             Some(Provider::FileSink(f)) => {
                 let dir = if f.directory.is_empty() {
                     default_dir.to_path_buf()
                 } else {
                     f.directory.clone().into()
                 };
-                Ok(Self::FileSink(file_sink::FileSink::new(dir.join(tenant))))
+                (
+                    Transport::FileSink(file_sink::FileSink::new(dir.join(tenant))),
+                    DEFAULT_HTTP_CONCURRENCY,
+                )
             }
-            Some(other) => Err(format!(
-                "the {} provider is not available in this build yet",
-                provider_label(other)
-            )),
-        }
+            None => (
+                Transport::FileSink(file_sink::FileSink::new(default_dir.join(tenant))),
+                DEFAULT_HTTP_CONCURRENCY,
+            ),
+        };
+        let concurrency = usize::try_from(settings.concurrency)
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or(default_concurrency);
+        let rate = u32::try_from(settings.rate_limit_per_second).unwrap_or(0);
+        Ok(Self {
+            transport,
+            limits: limits::Limits::new(concurrency, rate),
+        })
     }
 
+    /// Sends within the provider's limits.
     pub(crate) async fn send(&self, m: &Outgoing<'_>) -> Result<String, Failure> {
-        match self {
-            Self::Smtp(c) => c.send(m).await,
-            Self::FileSink(c) => c.send(m).await,
+        let _permit = self.limits.admit().await;
+        match &self.transport {
+            Transport::Smtp(c) => c.send(m).await,
+            Transport::Twilio(c) => c.send(m).await,
+            Transport::SmsRu(c) => c.send(m).await,
+            Transport::Fcm(c) => c.send(m).await,
+            Transport::Webhook(c) => c.send(m).await,
+            Transport::FileSink(c) => c.send(m).await,
         }
     }
 }

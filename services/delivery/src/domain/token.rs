@@ -42,7 +42,6 @@ impl Signer {
     }
 
     /// The token's meaning, or None when it is malformed or the signature does not match.
-    #[allow(dead_code)] // read by the tracking server, which is the next step (docs/delivery.md)
     pub(crate) fn verify(&self, token: &str) -> Option<Tracked> {
         let (payload, tag) = token.split_once('.')?;
         let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;

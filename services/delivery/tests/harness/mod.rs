@@ -21,6 +21,8 @@ use winback_platform::host::ServiceContext;
 use winback_platform::testing::{TestDatabase, test_keys};
 use winback_proto::delivery::delivery_service_client::DeliveryServiceClient;
 
+pub mod providers;
+
 pub type Client = DeliveryServiceClient<InterceptedService<Channel, CallCredentials>>;
 
 pub struct Harness {
@@ -29,14 +31,22 @@ pub struct Harness {
     pub clock: ManualClock,
     pub channel: Channel,
     pub signer: TokenSigner,
+    /// The tracking server's base URL.
+    pub tracking: String,
     shutdown: CancellationToken,
 }
 
 impl Harness {
     pub async fn start(db: &TestDatabase) -> Self {
+        Self::start_with(db, |_| {}).await
+    }
+
+    /// Starts with the delivery settings changed by `tune`.
+    pub async fn start_with(db: &TestDatabase, tune: impl FnOnce(&mut DeliveryConfig)) -> Self {
         let (signer, verifier) = test_keys();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let tracking = free_port();
         let config = Config {
             listen: addr,
             data_dir: db.dir().to_path_buf(),
@@ -45,13 +55,18 @@ impl Harness {
                 max_connections: 8,
             },
             delivery: DeliveryConfig {
-                public_url: "http://127.0.0.1:9/track".into(),
+                tracking_listen: tracking,
+                public_url: format!("http://{tracking}"),
                 poll_interval_ms: 20,
                 retry_base_ms: 1_000,
+                provider_timeout_ms: 500,
                 ..DeliveryConfig::default()
             },
             ..Config::default()
         };
+        let mut config = config;
+        tune(&mut config.delivery);
+        let tracking_url = config.delivery.public_url.clone();
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap());
         let shutdown = CancellationToken::new();
         let ctx = ServiceContext {
@@ -80,6 +95,7 @@ impl Harness {
             clock,
             channel: channel.clone(),
             signer,
+            tracking: tracking_url,
             shutdown,
         }
     }
@@ -187,3 +203,73 @@ fn ensure_aiosmtpd() {
     }
     panic!("waited two minutes for another test to install aiosmtpd");
 }
+
+/// A port nobody listens on right now (for servers that bind their own address).
+pub fn free_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+impl Harness {
+    /// Tenant a's events on the delivery feed so far.
+    pub async fn events(&self) -> Vec<winback_proto::events::Event> {
+        use winback_proto::events::events_service_client::EventsServiceClient;
+        let token = self.signer.tenant_token("t-a", &["*"], 600).unwrap();
+        let mut client = EventsServiceClient::with_interceptor(
+            self.channel.clone(),
+            CallCredentials::bearer(&token).unwrap(),
+        );
+        let mut stream = client
+            .subscribe(winback_proto::events::SubscribeRequest {
+                source: winback_proto::events::EventSource::Delivery as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut events = Vec::new();
+        while let Ok(Ok(Some(reply))) =
+            tokio::time::timeout(std::time::Duration::from_millis(500), stream.message()).await
+        {
+            events.extend(reply.event);
+        }
+        events
+    }
+}
+
+/// A header's value with folded lines joined.
+pub fn header_value(email: &str, name: &str) -> String {
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    let mut lines = email.lines();
+    let mut value = String::new();
+    while let Some(line) = lines.next() {
+        if line.to_ascii_lowercase().starts_with(&prefix) {
+            value.push_str(line[prefix.len()..].trim());
+            for more in lines.by_ref() {
+                if more.starts_with(' ') || more.starts_with('\t') {
+                    value.push(' ');
+                    value.push_str(more.trim());
+                } else {
+                    break;
+                }
+            }
+            return value;
+        }
+    }
+    value
+}
+
+/// The first quoted attribute value that starts with `prefix`.
+pub fn link_starting(email: &str, prefix: &str) -> String {
+    let at = email
+        .find(prefix)
+        .unwrap_or_else(|| panic!("no link {prefix} in {email}"));
+    email[at..]
+        .split(['"', '>', '\r', '\n'])
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Test DKIM key: Ed25519, base64 of its 32 secret bytes.
+pub const DKIM_ED25519_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
