@@ -22,6 +22,7 @@ const SECTIONS: &[&str] = &[
     "telemetry",
     "events",
     "clients",
+    "delivery",
 ];
 
 /// An invalid or unreadable configuration.
@@ -537,6 +538,18 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("request_timeout"), "{err}");
+    }
+
+    #[test]
+    fn every_section_is_read_from_the_environment() {
+        let config = load_in_jail(|jail| {
+            jail.set_env("WINBACK_DELIVERY__LEASE_MS", "1500");
+            jail.set_env("WINBACK_EVENTS__BATCH_SIZE", "7");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(config.delivery.lease_ms, 1500);
+        assert_eq!(config.events.batch_size, 7);
     }
 
     #[test]
