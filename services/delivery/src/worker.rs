@@ -1,72 +1,143 @@
 //! The outbox workers: claim due messages (a lease, so a crashed worker's messages are
 //! taken over when it runs out), hand each to its carrier, and record what happened. A
 //! message is marked sent only after the provider accepted it.
+//!
+//! Sending and recording are separate: each claimed message is its own task (the
+//! provider's limits decide how many run at once), and what the tasks settle goes to one
+//! recorder that commits whatever has piled up in one transaction (group commit). A crash
+//! can lose only the few milliseconds of outcomes not yet committed; those messages are
+//! taken over after their lease and sent again — the one window where a provider without
+//! idempotency keys can see a repeat (docs/delivery.md).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use sea_orm::DbBackend;
-use tokio::sync::Mutex;
+use sea_orm::{ConnectionTrait, DbBackend, DbErr};
+use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use winback_platform::ServiceError;
+use winback_platform::db::multi_row_insert;
 use winback_proto::common::{Channel, MessagePurpose};
 use winback_proto::delivery::MessageStatus;
 
 use crate::channels::{Failure, Outgoing, Route};
 use crate::context::{Delivery, db_error};
 use crate::domain::retry;
-use crate::messages::{COLUMNS, MessageRow, record_step};
+use crate::messages::{COLUMNS, MessageRow};
 use crate::sending::status_event;
-use crate::store::{execute, query};
+use crate::store::query;
 
 /// Carriers by (tenant, channel), rebuilt when the settings change.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Carriers(Arc<Mutex<CarrierMap>>);
 
-/// (tenant, channel) → (the settings it was built from, the carrier).
-type CarrierMap = HashMap<(String, i32), (Vec<u8>, Arc<Route>)>;
+/// A carrier with the settings it was built from and when those were last read.
+#[derive(Debug)]
+struct CachedRoute {
+    fingerprint: Vec<u8>,
+    route: Arc<Route>,
+    read_at: Instant,
+}
+
+type CarrierMap = HashMap<(String, i32), CachedRoute>;
+
+/// How long a carrier is used before its settings are read again: a settings change takes
+/// effect within this, and the hot path does not read settings per message.
+const SETTINGS_TTL: Duration = Duration::from_secs(1);
+
+/// Outcomes waiting for the recorder, at most (back-pressure on the senders).
+const RECORDER_QUEUE: usize = 4_096;
+
+/// How one attempt ended.
+#[derive(Debug)]
+enum Ending {
+    /// A final status (sent, bounced, failed, suppressed).
+    Done {
+        status: MessageStatus,
+        detail: String,
+        provider_id: String,
+        suppress: bool,
+    },
+    /// Back to the queue, due at `at_us`; `counted` false when no attempt was made.
+    Retry {
+        at_us: i64,
+        reason: String,
+        counted: bool,
+    },
+}
+
+/// A claimed message and how its attempt ended.
+#[derive(Debug)]
+struct Settled {
+    row: MessageRow,
+    ending: Ending,
+}
 
 impl Delivery {
-    /// Runs a worker until `shutdown`.
+    /// Runs a worker until `shutdown`; then waits for the messages in flight and records them.
     pub(crate) async fn run_worker(self, shutdown: CancellationToken) {
         let idle = Duration::from_millis(self.config.poll_interval_ms);
+        let batch = self.config.claim_batch.max(1) as usize;
+        // Claimed messages in flight at most: a batch sending, a batch claimed ahead.
+        let in_flight = Arc::new(Semaphore::new(batch * 2));
+        let (settled, inbox) = mpsc::channel(RECORDER_QUEUE);
+        let recorder = tokio::spawn(self.clone().run_recorder(inbox));
         loop {
-            let worked = match self.work_once().await {
-                Ok(n) => n,
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let free = in_flight.available_permits().min(batch);
+            if free == 0 {
+                // Wait for one to finish before claiming more.
+                if let Ok(permit) = in_flight.acquire().await {
+                    drop(permit);
+                }
+                continue;
+            }
+            let claimed = match self.claim(free).await {
+                Ok(rows) => rows,
                 Err(e) => {
-                    tracing::warn!(error = %e, "delivery worker: a round failed");
-                    0
+                    tracing::warn!(error = %e, "delivery worker: claiming failed");
+                    Vec::new()
                 }
             };
-            if worked > 0 {
+            let n = claimed.len();
+            for (row, suppressed) in claimed {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
+                let worker = self.clone();
+                let settled = settled.clone();
+                tokio::spawn(async move {
+                    let claimed_at = Instant::now();
+                    let ending = worker.attempt(&row, suppressed, claimed_at).await;
+                    // The recorder outlives the senders; a closed queue means shutdown.
+                    let _ = settled.send(Settled { row, ending }).await;
+                    drop(permit);
+                });
+            }
+            if n > 0 {
                 continue;
             }
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(idle) => {}
             }
         }
-    }
-
-    /// Claims and delivers one batch of due messages; returns how many it handled.
-    pub(crate) async fn work_once(&self) -> Result<usize, ServiceError> {
-        let claimed = self.claim().await?;
-        let n = claimed.len();
-        futures::stream::iter(claimed)
-            .for_each_concurrent(64, |row| async move {
-                if let Err(e) = self.deliver(row).await {
-                    tracing::warn!(error = %e, "delivery worker: a message could not be recorded");
-                }
-            })
+        // Let the messages in flight finish and be recorded.
+        let _ = in_flight
+            .acquire_many(u32::try_from(batch * 2).unwrap_or(u32::MAX))
             .await;
-        Ok(n)
+        drop(settled);
+        let _ = recorder.await;
     }
 
-    /// Due queued messages and messages whose lease ran out (their worker died).
-    async fn claim(&self) -> Result<Vec<MessageRow>, ServiceError> {
+    /// Due queued messages and messages whose lease ran out (their worker died), each with
+    /// the reason its contact must not get it, if it must not (read right before sending,
+    /// so an unsubscribe since the message was queued wins).
+    async fn claim(&self, limit: usize) -> Result<Vec<(MessageRow, Option<String>)>, ServiceError> {
         let now = self.now_us();
         let lease_until = now + self.config.lease_ms as i64 * 1_000;
         let skip_locked = if self.db.get_database_backend() == DbBackend::Postgres {
@@ -77,194 +148,484 @@ impl Delivery {
         let _writer = self.writer_lock().await;
         let rows = query(
             &self.db,
+            // Two index range scans on (status, next_attempt_us), not one OR that sorts every
+            // due message on each claim (which made a claim O(queue length)).
             &format!(
-                "UPDATE messages SET status = 2, lease_until_us = $1, attempts = attempts + 1
-                 WHERE (tenant_id, message_id) IN (
+                "WITH due AS (
                    SELECT tenant_id, message_id FROM messages
-                   WHERE (status = 1 AND next_attempt_us <= $2) OR (status = 2 AND lease_until_us < $2)
-                   ORDER BY next_attempt_us LIMIT $3{skip_locked})
+                   WHERE status = 1 AND next_attempt_us <= $2
+                   ORDER BY next_attempt_us LIMIT $3{skip_locked}),
+                 expired AS (
+                   SELECT tenant_id, message_id FROM messages
+                   WHERE status = 2 AND lease_until_us < $2
+                   LIMIT $3{skip_locked})
+                 UPDATE messages SET status = 2, lease_until_us = $1, attempts = attempts + 1
+                 WHERE (tenant_id, message_id) IN (SELECT * FROM due UNION ALL SELECT * FROM expired)
                  RETURNING tenant_id, {COLUMNS}"
             ),
-            vec![
-                lease_until.into(),
-                now.into(),
-                i64::from(self.config.claim_batch).into(),
-            ],
+            vec![lease_until.into(), now.into(), (limit as i64).into()],
         )
         .await
         .map_err(db_error)?;
-        rows.iter()
+        let rows = rows
+            .iter()
             .map(|r| {
                 let tenant: String = r.try_get("", "tenant_id").map_err(db_error)?;
                 MessageRow::from_row(&tenant, r)
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with_suppressions(rows).await
     }
 
-    async fn deliver(&self, row: MessageRow) -> Result<(), ServiceError> {
-        let tenant = row.tenant_id.clone();
-        let channel = Channel::try_from(row.channel).unwrap_or(Channel::Unspecified);
-        let purpose = MessagePurpose::try_from(row.purpose).unwrap_or(MessagePurpose::Advertising);
-        // An unsubscribe since the message was queued wins over the send.
-        if let Some(reason) = self
-            .suppressed(&self.db, &tenant, channel, &row.contact, purpose)
-            .await?
-        {
-            return self
-                .finish(
-                    &row,
-                    MessageStatus::Suppressed,
-                    &format!("suppressed: {reason}"),
-                    None,
-                )
-                .await;
-        }
-        let carrier = match self.carrier(&tenant, channel).await {
-            Ok(c) => c,
-            Err(reason) => {
-                return self
-                    .finish(&row, MessageStatus::Failed, &reason, None)
-                    .await;
-            }
+    /// Pairs each message with its contact's suppression, read for the whole batch at once.
+    async fn with_suppressions(
+        &self,
+        rows: Vec<MessageRow>,
+    ) -> Result<Vec<(MessageRow, Option<String>)>, ServiceError> {
+        let purpose_of = |r: &MessageRow| {
+            MessagePurpose::try_from(r.purpose).unwrap_or(MessagePurpose::Advertising)
         };
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        const SELECT: &str = "SELECT s.tenant_id, s.channel, s.contact, s.reason, s.marketing_only FROM suppressions s";
+        let mut found = Vec::new();
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            found = query(
+                &self.db,
+                &format!(
+                    "{SELECT} JOIN UNNEST($1::text[], $2::bigint[], $3::text[]) AS w(tenant_id, channel, contact)
+                     ON s.tenant_id = w.tenant_id AND s.channel = w.channel AND s.contact = w.contact"
+                ),
+                vec![
+                    rows.iter().map(|r| r.tenant_id.clone()).collect::<Vec<_>>().into(),
+                    rows.iter().map(|r| i64::from(r.channel)).collect::<Vec<_>>().into(),
+                    rows.iter().map(|r| r.contact.clone()).collect::<Vec<_>>().into(),
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        } else {
+            // Row values, 300 keys (900 parameters) per statement.
+            for chunk in rows.chunks(300) {
+                let keys: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                    .collect();
+                let values = chunk
+                    .iter()
+                    .flat_map(|r| {
+                        [
+                            r.tenant_id.clone().into(),
+                            i64::from(r.channel).into(),
+                            r.contact.clone().into(),
+                        ]
+                    })
+                    .collect();
+                found.extend(
+                    query(
+                        &self.db,
+                        &format!(
+                            "{SELECT} WHERE (s.tenant_id, s.channel, s.contact) IN (VALUES {})",
+                            keys.join(", ")
+                        ),
+                        values,
+                    )
+                    .await
+                    .map_err(db_error)?,
+                );
+            }
+        }
+        let mut suppressed: HashMap<(String, i64, String), (String, bool)> = HashMap::new();
+        for r in &found {
+            suppressed.insert(
+                (
+                    r.try_get("", "tenant_id").map_err(db_error)?,
+                    r.try_get("", "channel").map_err(db_error)?,
+                    r.try_get("", "contact").map_err(db_error)?,
+                ),
+                (
+                    r.try_get("", "reason").map_err(db_error)?,
+                    r.try_get::<i64>("", "marketing_only").map_err(db_error)? == 1,
+                ),
+            );
+        }
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let key = (
+                    row.tenant_id.clone(),
+                    i64::from(row.channel),
+                    row.contact.clone(),
+                );
+                let reason = suppressed.get(&key).and_then(|(reason, marketing_only)| {
+                    (!(*marketing_only && purpose_of(&row) == MessagePurpose::Service))
+                        .then(|| reason.clone())
+                });
+                (row, reason)
+            })
+            .collect())
+    }
+
+    /// One attempt at one message.
+    async fn attempt(
+        &self,
+        row: &MessageRow,
+        suppressed: Option<String>,
+        claimed_at: Instant,
+    ) -> Ending {
+        if let Some(reason) = suppressed {
+            return done(MessageStatus::Suppressed, format!("suppressed: {reason}"));
+        }
+        match self.try_send(row, claimed_at).await {
+            Ok(ending) => ending,
+            Err(e) => Ending::Retry {
+                at_us: self.now_us() + self.config.retry_base_ms as i64 * 1_000,
+                reason: format!("could not prepare the send: {e}"),
+                counted: true,
+            },
+        }
+    }
+
+    async fn try_send(
+        &self,
+        row: &MessageRow,
+        claimed_at: Instant,
+    ) -> Result<Ending, ServiceError> {
+        let tenant = &row.tenant_id;
+        let channel = Channel::try_from(row.channel).unwrap_or(Channel::Unspecified);
+        let route = match self.carrier(tenant, channel).await {
+            Ok(c) => c,
+            Err(reason) => return Ok(done(MessageStatus::Failed, reason)),
+        };
+        let Some(_permit) = route.limits.admit().await else {
+            return Ok(done(MessageStatus::Failed, "the carrier is closed".into()));
+        };
+        // Waiting for the provider's limits must not outlast the lease: past half of it,
+        // the message goes back unsent rather than risk another worker taking it too.
+        if claimed_at.elapsed() > Duration::from_millis(self.config.lease_ms / 2) {
+            return Ok(Ending::Retry {
+                at_us: self.now_us(),
+                reason: "waited too long for the provider's rate limit".into(),
+                counted: false,
+            });
+        }
         let outgoing = Outgoing {
-            message: &row,
-            unsubscribe_url: self.link(&tenant, &row.message_id, "u", ""),
+            message: row,
+            unsubscribe_url: self.link(tenant, &row.message_id, "u", ""),
             status_callback_url: self.public_url(&format!("/callbacks/twilio/{tenant}")),
             now_unix: self.clock.now().timestamp(),
         };
-        match carrier.send(&outgoing).await {
-            Ok(provider_id) => {
-                self.finish(&row, MessageStatus::Sent, "", Some(provider_id))
-                    .await
-            }
-            Err(Failure::Permanent { reason, suppress }) => {
-                if suppress {
-                    self.suppress(
-                        &self.db,
-                        &tenant,
-                        channel,
-                        &row.contact,
-                        &reason,
-                        &row.customer_id,
-                        false,
-                    )
-                    .await?;
-                }
-                let status = if suppress {
+        Ok(match route.send(&outgoing).await {
+            Ok(provider_id) => Ending::Done {
+                status: MessageStatus::Sent,
+                detail: String::new(),
+                provider_id,
+                suppress: false,
+            },
+            Err(Failure::Permanent { reason, suppress }) => Ending::Done {
+                status: if suppress {
                     MessageStatus::Bounced
                 } else {
                     MessageStatus::Failed
-                };
-                self.finish(&row, status, &reason, None).await
-            }
+                },
+                detail: reason,
+                provider_id: String::new(),
+                suppress,
+            },
             Err(Failure::Transient {
                 reason,
                 retry_after_ms,
             }) => {
                 if row.attempts >= i64::from(self.config.max_attempts) {
-                    return self
-                        .finish(
-                            &row,
-                            MessageStatus::Failed,
-                            &format!("gave up after {} attempts: {reason}", row.attempts),
-                            None,
-                        )
-                        .await;
+                    done(
+                        MessageStatus::Failed,
+                        format!("gave up after {} attempts: {reason}", row.attempts),
+                    )
+                } else {
+                    let jitter =
+                        f64::from(uuid::Uuid::new_v4().as_u128() as u32) / f64::from(u32::MAX);
+                    let delay = retry::delay_ms(
+                        row.attempts as u32,
+                        self.config.retry_base_ms,
+                        self.config.retry_max_ms,
+                        retry_after_ms,
+                        jitter,
+                    );
+                    Ending::Retry {
+                        at_us: self.now_us() + delay as i64 * 1_000,
+                        reason,
+                        counted: true,
+                    }
                 }
-                let jitter = f64::from(uuid::Uuid::new_v4().as_u128() as u32) / f64::from(u32::MAX);
-                let delay = retry::delay_ms(
-                    row.attempts as u32,
-                    self.config.retry_base_ms,
-                    self.config.retry_max_ms,
-                    retry_after_ms,
-                    jitter,
-                );
-                let _writer = self.writer_lock().await;
-                execute(
-                    &self.db,
-                    "UPDATE messages SET status = 1, next_attempt_us = $3, lease_until_us = 0, last_error = $4
-                     WHERE tenant_id = $1 AND message_id = $2 AND status = 2",
-                    vec![
-                        tenant.clone().into(),
-                        row.message_id.clone().into(),
-                        (self.now_us() + delay as i64 * 1_000).into(),
-                        reason.into(),
-                    ],
-                )
-                .await
-                .map_err(db_error)?;
-                Ok(())
             }
+        })
+    }
+
+    /// Records settled messages, committing whatever piled up while the last commit ran.
+    async fn run_recorder(self, mut inbox: mpsc::Receiver<Settled>) {
+        let mut batch = Vec::with_capacity(512);
+        while inbox.recv_many(&mut batch, 512).await > 0 {
+            let mut tries = 0;
+            loop {
+                match self.record(&batch).await {
+                    Ok(()) => break,
+                    Err(e) if tries < 5 => {
+                        tries += 1;
+                        tracing::warn!(error = %e, tries, "delivery: recording outcomes failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                    }
+                    Err(e) => {
+                        // The messages stay leased and are retried when the lease runs out.
+                        tracing::error!(error = %e, messages = batch.len(), "delivery: outcomes not recorded");
+                        break;
+                    }
+                }
+            }
+            batch.clear();
         }
     }
 
-    /// Records the end of an attempt: the status, the timeline step and the event, at once.
-    async fn finish(
-        &self,
-        row: &MessageRow,
-        status: MessageStatus,
-        detail: &str,
-        provider_id: Option<String>,
-    ) -> Result<(), ServiceError> {
+    /// The status, the timeline step and the event of each settled message, at once.
+    async fn record(&self, batch: &[Settled]) -> Result<(), DbErr> {
         let now = self.now_us();
-        let (guard, txn) = self.begin_write().await.map_err(db_error)?;
-        let changed = execute(
-            &txn,
-            "UPDATE messages SET status = $3, lease_until_us = 0, last_error = $4,
-               provider_message_id = CASE WHEN $5 = '' THEN provider_message_id ELSE $5 END,
-               sent_at_us = CASE WHEN $3 = 3 THEN $6 ELSE sent_at_us END
-             WHERE tenant_id = $1 AND message_id = $2 AND status = 2",
-            vec![
-                row.tenant_id.clone().into(),
-                row.message_id.clone().into(),
-                (status as i32 as i64).into(),
-                detail.into(),
-                provider_id.unwrap_or_default().into(),
+        let at = self.clock.now();
+        let (guard, txn) = self.begin_write().await?;
+        let changed = self.update_settled(&txn, batch, now).await?;
+        let mut steps = Vec::new();
+        let mut events = Vec::new();
+        for s in batch {
+            let Ending::Done {
+                status,
+                detail,
+                suppress,
+                ..
+            } = &s.ending
+            else {
+                continue;
+            };
+            if !changed.contains(&(s.row.tenant_id.as_str(), s.row.message_id.as_str())) {
+                continue;
+            }
+            steps.push(vec![
+                s.row.tenant_id.clone().into(),
+                s.row.message_id.clone().into(),
+                (*status as i32 as i64).into(),
                 now.into(),
-            ],
-        )
-        .await
-        .map_err(db_error)?;
-        if changed == 1 {
-            record_step(&txn, &row.tenant_id, &row.message_id, status, now, detail).await?;
-            self.outbox
-                .append(
+                detail.clone().into(),
+            ]);
+            events.push((
+                s.row.tenant_id.clone(),
+                at,
+                status_event(&s.row, *status, detail),
+            ));
+            if *suppress {
+                let channel = Channel::try_from(s.row.channel).unwrap_or(Channel::Unspecified);
+                self.suppress(
                     &txn,
-                    &row.tenant_id,
-                    self.clock.now(),
-                    status_event(row, status, detail),
+                    &s.row.tenant_id,
+                    channel,
+                    &s.row.contact,
+                    detail,
+                    &s.row.customer_id,
+                    false,
                 )
                 .await
-                .map_err(db_error)?;
+                .map_err(|e| DbErr::Custom(e.to_string()))?;
+            }
         }
-        txn.commit().await.map_err(db_error)?;
+        let backend = txn.get_database_backend();
+        for chunk in steps.chunks(400) {
+            txn.execute_raw(multi_row_insert(
+                backend,
+                "INSERT INTO message_timeline (tenant_id, message_id, status, at_us, detail)",
+                chunk.iter().cloned(),
+            ))
+            .await?;
+        }
+        self.outbox.append_many(&txn, events).await?;
+        txn.commit().await?;
         drop(guard);
         self.outbox.notify_committed();
         Ok(())
     }
 
-    /// The tenant's carrier for a channel, built once per settings version.
+    /// Writes each outcome to its message if the message is still leased (status 2);
+    /// returns the (tenant, message) pairs that changed.
+    async fn update_settled<'a>(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        batch: &'a [Settled],
+        now: i64,
+    ) -> Result<std::collections::HashSet<(&'a str, &'a str)>, DbErr> {
+        // One row of new values per message: status, detail, provider id, next attempt,
+        // and whether the attempt counts.
+        let rows: Vec<NewValues<'_>> = batch
+            .iter()
+            .map(|s| match &s.ending {
+                Ending::Done {
+                    status,
+                    detail,
+                    provider_id,
+                    ..
+                } => (
+                    s.row.tenant_id.as_str(),
+                    s.row.message_id.as_str(),
+                    *status as i32 as i64,
+                    detail.as_str(),
+                    provider_id.as_str(),
+                    0,
+                    0,
+                ),
+                Ending::Retry {
+                    at_us,
+                    reason,
+                    counted,
+                } => (
+                    s.row.tenant_id.as_str(),
+                    s.row.message_id.as_str(),
+                    MessageStatus::Queued as i32 as i64,
+                    reason.as_str(),
+                    "",
+                    *at_us,
+                    i64::from(!counted),
+                ),
+            })
+            .collect();
+        const SET: &str = "status = u.status, lease_until_us = 0, last_error = u.detail,
+               provider_message_id = CASE WHEN u.pid = '' THEN m.provider_message_id ELSE u.pid END,
+               sent_at_us = CASE WHEN u.status = 3 THEN u.now ELSE m.sent_at_us END,
+               next_attempt_us = CASE WHEN u.status = 1 THEN u.next ELSE m.next_attempt_us END,
+               attempts = m.attempts - u.uncount";
+        let mut changed = std::collections::HashSet::new();
+        if txn.get_database_backend() == DbBackend::Postgres {
+            // Column arrays and UNNEST: one statement for the whole batch.
+            let col = |f: fn(&NewValues<'_>) -> String| {
+                rows.iter().map(f).collect::<Vec<String>>()
+            };
+            let int = |f: fn(&NewValues<'_>) -> i64| {
+                rows.iter().map(f).collect::<Vec<i64>>()
+            };
+            let done = query(
+                txn,
+                &format!(
+                    "UPDATE messages AS m SET {SET}
+                     FROM (SELECT *, $8::bigint AS now FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])
+                           AS x(tenant_id, message_id, status, detail, pid, next, uncount)) AS u
+                     WHERE m.tenant_id = u.tenant_id AND m.message_id = u.message_id AND m.status = 2
+                     RETURNING m.tenant_id, m.message_id"
+                ),
+                vec![
+                    col(|r| r.0.to_owned()).into(),
+                    col(|r| r.1.to_owned()).into(),
+                    int(|r| r.2).into(),
+                    col(|r| r.3.to_owned()).into(),
+                    col(|r| r.4.to_owned()).into(),
+                    int(|r| r.5).into(),
+                    int(|r| r.6).into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+            let done: std::collections::HashSet<(String, String)> = done
+                .iter()
+                .filter_map(|r| {
+                    Some((
+                        r.try_get::<String>("", "tenant_id").ok()?,
+                        r.try_get::<String>("", "message_id").ok()?,
+                    ))
+                })
+                .collect();
+            for r in &rows {
+                if done.contains(&(r.0.to_owned(), r.1.to_owned())) {
+                    changed.insert((r.0, r.1));
+                }
+            }
+            return Ok(changed);
+        }
+        // SQLite: one statement per message inside the transaction (no network between).
+        for r in &rows {
+            let n = winback_platform::db::execute(
+                txn,
+                &format!(
+                    "UPDATE messages AS m SET {}
+                     WHERE m.tenant_id = $1 AND m.message_id = $2 AND m.status = 2",
+                    SET.replace("u.status", "$3")
+                        .replace("u.detail", "$4")
+                        .replace("u.pid", "$5")
+                        .replace("u.now", "$6")
+                        .replace("u.next", "$7")
+                        .replace("u.uncount", "$8")
+                ),
+                vec![
+                    r.0.into(),
+                    r.1.into(),
+                    r.2.into(),
+                    r.3.into(),
+                    r.4.into(),
+                    now.into(),
+                    r.5.into(),
+                    r.6.into(),
+                ],
+            )
+            .await?;
+            if n == 1 {
+                changed.insert((r.0, r.1));
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The tenant's carrier for a channel, built once per settings version and re-read at
+    /// most once a second.
     async fn carrier(&self, tenant: &str, channel: Channel) -> Result<Arc<Route>, String> {
+        let key = (tenant.to_owned(), channel as i32);
+        {
+            let carriers = self.carriers.0.lock().await;
+            if let Some(cached) = carriers.get(&key)
+                && cached.read_at.elapsed() < SETTINGS_TTL
+            {
+                return Ok(cached.route.clone());
+            }
+        }
         let settings = self
             .settings_for(tenant, channel)
             .await
             .map_err(|e| e.to_string())?;
         let fingerprint = prost::Message::encode_to_vec(&settings);
         let mut carriers = self.carriers.0.lock().await;
-        let key = (tenant.to_owned(), channel as i32);
-        if let Some((seen, carrier)) = carriers.get(&key)
-            && *seen == fingerprint
+        if let Some(cached) = carriers.get_mut(&key)
+            && cached.fingerprint == fingerprint
         {
-            return Ok(carrier.clone());
+            cached.read_at = Instant::now();
+            return Ok(cached.route.clone());
         }
-        let carrier = Arc::new(Route::build(
+        let route = Arc::new(Route::build(
             &settings,
             tenant,
             &self.default_sink_dir,
             Duration::from_millis(self.config.provider_timeout_ms),
         )?);
-        carriers.insert(key, (fingerprint, carrier.clone()));
-        Ok(carrier)
+        carriers.insert(
+            key,
+            CachedRoute {
+                fingerprint,
+                route: route.clone(),
+                read_at: Instant::now(),
+            },
+        );
+        Ok(route)
+    }
+}
+
+/// A message's new values: tenant, message, status, detail, provider id, next attempt,
+/// and 1 when the attempt does not count.
+type NewValues<'a> = (&'a str, &'a str, i64, &'a str, &'a str, i64, i64);
+
+fn done(status: MessageStatus, detail: String) -> Ending {
+    Ending::Done {
+        status,
+        detail,
+        provider_id: String::new(),
+        suppress: false,
     }
 }

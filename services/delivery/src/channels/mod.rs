@@ -133,9 +133,8 @@ impl Route {
         })
     }
 
-    /// Sends within the provider's limits.
+    /// Hands the message to the provider. Hold a permit from `limits.admit()` meanwhile.
     pub(crate) async fn send(&self, m: &Outgoing<'_>) -> Result<String, Failure> {
-        let _permit = self.limits.admit().await;
         match &self.transport {
             Transport::Smtp(c) => c.send(m).await,
             Transport::Twilio(c) => c.send(m).await,
