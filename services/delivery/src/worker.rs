@@ -499,12 +499,8 @@ impl Delivery {
         let mut changed = std::collections::HashSet::new();
         if txn.get_database_backend() == DbBackend::Postgres {
             // Column arrays and UNNEST: one statement for the whole batch.
-            let col = |f: fn(&NewValues<'_>) -> String| {
-                rows.iter().map(f).collect::<Vec<String>>()
-            };
-            let int = |f: fn(&NewValues<'_>) -> i64| {
-                rows.iter().map(f).collect::<Vec<i64>>()
-            };
+            let col = |f: fn(&NewValues<'_>) -> String| rows.iter().map(f).collect::<Vec<String>>();
+            let int = |f: fn(&NewValues<'_>) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
             let done = query(
                 txn,
                 &format!(
