@@ -24,6 +24,8 @@ async fn import_keeps_every_good_row_and_reports_the_bad_ones_by_line() {
         .arg(dir.path())
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("WINBACK_TELEMETRY__LOG_FORMAT", "json")
+        // Stacks run side by side in tests: each its own tracking port.
+        .env("WINBACK_DELIVERY__TRACKING_LISTEN", "127.0.0.1:0")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

@@ -40,6 +40,8 @@ async fn up(data_dir: &std::path::Path, port: u16) -> Child {
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("WINBACK_TELEMETRY__LOG_FORMAT", "json")
+        // Stacks run side by side in tests: each its own tracking port.
+        .env("WINBACK_DELIVERY__TRACKING_LISTEN", "127.0.0.1:0")
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
