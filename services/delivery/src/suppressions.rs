@@ -134,11 +134,8 @@ impl Delivery {
         .map_err(db_error)?;
         Ok(rows.first().and_then(|r| {
             let marketing_only = r.try_get::<i64>("", "marketing_only").unwrap_or(0) == 1;
-            if marketing_only && purpose == MessagePurpose::Service {
-                None
-            } else {
-                Some(r.try_get::<String>("", "reason").unwrap_or_default())
-            }
+            applies(marketing_only, purpose)
+                .then(|| r.try_get::<String>("", "reason").unwrap_or_default())
         }))
     }
 
@@ -187,4 +184,10 @@ impl Delivery {
             page: Some(PageResponse { next_page_token }),
         })
     }
+}
+
+/// Whether a suppression stops a message of `purpose`: a marketing-only one (an
+/// unsubscribe) still lets service messages through.
+pub(crate) fn applies(marketing_only: bool, purpose: MessagePurpose) -> bool {
+    !(marketing_only && purpose == MessagePurpose::Service)
 }

@@ -258,7 +258,7 @@ impl Delivery {
                     row.contact.clone(),
                 );
                 let reason = suppressed.get(&key).and_then(|(reason, marketing_only)| {
-                    (!(*marketing_only && purpose_of(&row) == MessagePurpose::Service))
+                    crate::suppressions::applies(*marketing_only, purpose_of(&row))
                         .then(|| reason.clone())
                 });
                 (row, reason)
@@ -276,38 +276,27 @@ impl Delivery {
         if let Some(reason) = suppressed {
             return done(MessageStatus::Suppressed, format!("suppressed: {reason}"));
         }
-        match self.try_send(row, claimed_at).await {
-            Ok(ending) => ending,
-            Err(e) => Ending::Retry {
-                at_us: self.now_us() + self.config.retry_base_ms as i64 * 1_000,
-                reason: format!("could not prepare the send: {e}"),
-                counted: true,
-            },
-        }
+        self.try_send(row, claimed_at).await
     }
 
-    async fn try_send(
-        &self,
-        row: &MessageRow,
-        claimed_at: Instant,
-    ) -> Result<Ending, ServiceError> {
+    async fn try_send(&self, row: &MessageRow, claimed_at: Instant) -> Ending {
         let tenant = &row.tenant_id;
         let channel = Channel::try_from(row.channel).unwrap_or(Channel::Unspecified);
         let route = match self.carrier(tenant, channel).await {
             Ok(c) => c,
-            Err(reason) => return Ok(done(MessageStatus::Failed, reason)),
+            Err(reason) => return done(MessageStatus::Failed, reason),
         };
         let Some(_permit) = route.limits.admit().await else {
-            return Ok(done(MessageStatus::Failed, "the carrier is closed".into()));
+            return done(MessageStatus::Failed, "the carrier is closed".into());
         };
         // Waiting for the provider's limits must not outlast the lease: past half of it,
         // the message goes back unsent rather than risk another worker taking it too.
         if claimed_at.elapsed() > Duration::from_millis(self.config.lease_ms / 2) {
-            return Ok(Ending::Retry {
+            return Ending::Retry {
                 at_us: self.now_us(),
                 reason: "waited too long for the provider's rate limit".into(),
                 counted: false,
-            });
+            };
         }
         let outgoing = Outgoing {
             message: row,
@@ -315,7 +304,7 @@ impl Delivery {
             status_callback_url: self.public_url(&format!("/callbacks/twilio/{tenant}")),
             now_unix: self.clock.now().timestamp(),
         };
-        Ok(match route.send(&outgoing).await {
+        match route.send(&outgoing).await {
             Ok(provider_id) => Ending::Done {
                 status: MessageStatus::Sent,
                 detail: String::new(),
@@ -358,7 +347,7 @@ impl Delivery {
                     }
                 }
             }
-        })
+        }
     }
 
     /// Records settled messages, committing whatever piled up while the last commit ran.
