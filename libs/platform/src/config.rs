@@ -23,6 +23,7 @@ const SECTIONS: &[&str] = &[
     "events",
     "clients",
     "delivery",
+    "campaigns",
 ];
 
 /// An invalid or unreadable configuration.
@@ -78,6 +79,8 @@ pub struct Config {
     pub clients: ClientsConfig,
     /// Delivery's workers and its tracking server.
     pub delivery: DeliveryConfig,
+    /// Campaigns' step workers and event consumers.
+    pub campaigns: CampaignsConfig,
 }
 
 impl Default for Config {
@@ -92,6 +95,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             clients: ClientsConfig::default(),
             delivery: DeliveryConfig::default(),
+            campaigns: CampaignsConfig::default(),
         }
     }
 }
@@ -307,6 +311,41 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// Campaigns settings: the step workers that run due chain steps, and the event consumers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CampaignsConfig {
+    /// How often an idle step worker looks for due steps, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Due steps a worker claims at once (executed together: one coupon batch per offer,
+    /// one send batch, one commit).
+    pub claim_batch: u32,
+    /// Step workers in this process (each claims its own batches; 0 for an API-only replica).
+    pub workers: u32,
+    /// How long a claimed step is reserved for its worker, in milliseconds; after that another
+    /// worker takes it over (the first one crashed) and repeats it with the same keys.
+    pub lease_ms: u64,
+    /// Whether this process consumes the other services' events (purchases, consent,
+    /// segment changes, message statuses, redemptions).
+    pub consume_events: bool,
+    /// Fault injection for crash tests only: `"after_coupon"` aborts the process right after
+    /// a step's coupons are issued and before its messages are sent. Empty in production.
+    pub crash_point: String,
+}
+
+impl Default for CampaignsConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 200,
+            claim_batch: 500,
+            workers: 1,
+            lease_ms: 60_000,
+            consume_events: true,
+            crash_point: String::new(),
+        }
+    }
+}
+
 /// Addresses of the other services (`http://host:port`). Empty means this process's own
 /// listen address: the embedded mode, where services still talk through gRPC.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -434,6 +473,15 @@ impl Config {
         }
         if self.server.concurrency_per_connection == 0 {
             return invalid("server.concurrency_per_connection", "must be at least 1");
+        }
+        if self.campaigns.poll_interval_ms == 0 {
+            return invalid("campaigns.poll_interval_ms", "must be greater than 0");
+        }
+        if self.campaigns.claim_batch == 0 || self.campaigns.claim_batch > 5_000 {
+            return invalid("campaigns.claim_batch", "must be between 1 and 5000");
+        }
+        if !matches!(self.campaigns.crash_point.as_str(), "" | "after_coupon") {
+            return invalid("campaigns.crash_point", "must be empty or \"after_coupon\"");
         }
         if self.delivery.poll_interval_ms == 0 {
             return invalid("delivery.poll_interval_ms", "must be greater than 0");

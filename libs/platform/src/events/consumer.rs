@@ -113,6 +113,7 @@ pub struct EventConsumer {
     transport: Arc<dyn EventTransport>,
     handler: Arc<dyn EventHandler>,
     retry_delay: Duration,
+    writer: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl std::fmt::Debug for EventConsumer {
@@ -156,7 +157,15 @@ impl EventConsumer {
             transport,
             handler,
             retry_delay: Duration::from_millis(500),
+            writer: None,
         }
+    }
+
+    /// Takes `lock` around each event's transaction: on SQLite, the consuming service's
+    /// writers queue on one lock instead of failing to upgrade a read transaction.
+    pub fn with_writer_lock(mut self, lock: Arc<tokio::sync::Mutex<()>>) -> Self {
+        self.writer = Some(lock);
+        self
     }
 
     /// Sets the wait before reconnecting or retrying a failed event.
@@ -184,6 +193,10 @@ impl EventConsumer {
     /// Handles one event: effect, inbox and cursor in one transaction. Returns false when the
     /// event was handled before (a redelivery), in which case only the cursor moves.
     pub async fn handle(&self, event: &Event) -> Result<bool, ConsumerError> {
+        let _writer = match &self.writer {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
         let txn = self.db.begin().await?;
         let backend = txn.get_database_backend();
         let seen = txn

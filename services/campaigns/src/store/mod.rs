@@ -1,4 +1,6 @@
-//! Storage of the campaigns service: its migrations (its tables arrive with issue #7).
+//! Storage of the campaigns service: migrations and the SQL helpers.
+
+mod migration;
 
 use sea_orm_migration::prelude::*;
 
@@ -8,6 +10,8 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        Vec::new()
+        vec![Box::new(migration::CreateCampaigns)]
     }
 }
+
+pub(crate) use winback_platform::db::{execute, query};

@@ -1,0 +1,480 @@
+//! What campaigns does with the other services' events, each inside the consumer's
+//! transaction (effect, inbox and cursor commit together):
+//! * profiles: a purchase is a return (the chain stops, the return is attributed, the
+//!   holdout's too); consent changes update the reach, a refusal or unsubscribe stops the
+//!   chain; an erasure stops it and forgets the contacts; cart and product-view engagement
+//!   are triggers.
+//! * segmentation: entering a target segment or lifecycle state queues an enrolment.
+//! * delivery: message statuses feed conditions and reports; unsubscribes and complaints
+//!   stop chains at once.
+//! * offers: redemptions are the offer cost.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use sea_orm::DatabaseTransaction;
+use winback_platform::events::{EventConsumer, EventHandler, GrpcEventTransport, HandlerError};
+use winback_platform::time::from_timestamp;
+use winback_proto::campaigns::{CampaignState, EnrolmentState, Trigger};
+use winback_proto::common::{Channel, LifecycleState, MessagePurpose};
+use winback_proto::events::event::Payload;
+use winback_proto::events::{EnrolmentEnded, Event, EventSource};
+
+use crate::campaigns::audience;
+use crate::context::Campaigns;
+use crate::domain::plan::consent_bit;
+use crate::store::{execute, query};
+
+/// The handler of every feed campaigns reads.
+#[derive(Debug, Clone)]
+pub(crate) struct Reactions {
+    pub(crate) campaigns: Campaigns,
+}
+
+fn other(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Other(e.to_string())
+}
+
+impl EventHandler for Reactions {
+    fn handle<'a>(
+        &'a self,
+        txn: &'a DatabaseTransaction,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let tenant = event.tenant_id.as_str();
+            let at = event
+                .occurred_at
+                .as_ref()
+                .and_then(from_timestamp)
+                .unwrap_or_else(|| self.campaigns.now());
+            match &event.payload {
+                Some(Payload::PurchaseRecorded(p)) => {
+                    let placed = p.placed_at.as_ref().and_then(from_timestamp).unwrap_or(at);
+                    let (value, currency) = p
+                        .total
+                        .as_ref()
+                        .map_or((0, String::new()), |m| (m.amount_minor, m.currency.clone()));
+                    self.purchase(
+                        txn,
+                        tenant,
+                        &p.customer_id,
+                        &p.order_id,
+                        placed,
+                        value,
+                        &currency,
+                        at,
+                    )
+                    .await
+                }
+                Some(Payload::OrderAdjusted(a)) if a.cancelled => {
+                    execute(
+                        txn,
+                        "DELETE FROM conversions WHERE tenant_id = $1 AND order_id = $2",
+                        vec![tenant.into(), a.order_id.clone().into()],
+                    )
+                    .await?;
+                    Ok(())
+                }
+                Some(Payload::ConsentChanged(c)) => {
+                    let channel = Channel::try_from(c.channel).unwrap_or_default();
+                    let purpose = MessagePurpose::try_from(c.purpose).unwrap_or_default();
+                    if c.do_not_contact
+                        || matches!(c.source.as_str(), "unsubscribe_link" | "complaint")
+                            && !c.granted
+                    {
+                        return self
+                            .stop(txn, tenant, &c.customer_id, "refused_contact", at)
+                            .await;
+                    }
+                    let bit = consent_bit(channel, purpose);
+                    let sql = if c.granted {
+                        "UPDATE enrolments SET consent_bits = (consent_bits | $3)
+                         WHERE tenant_id = $1 AND customer_id = $2 AND state = 1"
+                    } else {
+                        "UPDATE enrolments SET consent_bits = (consent_bits & ~$3)
+                         WHERE tenant_id = $1 AND customer_id = $2 AND state = 1"
+                    };
+                    execute(
+                        txn,
+                        sql,
+                        vec![tenant.into(), c.customer_id.clone().into(), bit.into()],
+                    )
+                    .await?;
+                    Ok(())
+                }
+                Some(Payload::CustomerErased(e)) => {
+                    self.stop(txn, tenant, &e.customer_id, "erased", at).await?;
+                    execute(
+                        txn,
+                        "UPDATE enrolments SET name = '', email = '', phone = '', push_token = ''
+                         WHERE tenant_id = $1 AND customer_id = $2",
+                        vec![tenant.into(), e.customer_id.clone().into()],
+                    )
+                    .await?;
+                    Ok(())
+                }
+                Some(Payload::EngagementRecorded(e)) => {
+                    let trigger = match e.kind.as_str() {
+                        "cart_abandoned" => Trigger::CartAbandoned,
+                        "product_viewed" => Trigger::ProductViewed,
+                        _ => return Ok(()),
+                    };
+                    self.queue(txn, tenant, &e.customer_id, "", trigger, None, at, |_| true)
+                        .await
+                }
+                Some(Payload::SegmentChanged(s)) if s.segment != s.previous_segment => {
+                    let segment = s.segment.clone();
+                    self.queue(
+                        txn,
+                        tenant,
+                        &s.customer_id,
+                        &s.segment,
+                        Trigger::SegmentEntered,
+                        None,
+                        at,
+                        move |c| audience(c).segments.contains(&segment),
+                    )
+                    .await
+                }
+                Some(Payload::LifecycleChanged(l)) if l.state != l.previous_state => {
+                    let score = Some((l.p_alive, l.clv.as_ref().map_or(0, |m| m.amount_minor)));
+                    let state = l.state;
+                    self.queue(
+                        txn,
+                        tenant,
+                        &l.customer_id,
+                        "",
+                        Trigger::SegmentEntered,
+                        score,
+                        at,
+                        move |c| audience(c).lifecycle_states.contains(&state),
+                    )
+                    .await?;
+                    // Missing one's own cycle: active → hot inactive.
+                    if l.previous_state == LifecycleState::Active as i32
+                        && l.state == LifecycleState::HotInactive as i32
+                    {
+                        self.queue(
+                            txn,
+                            tenant,
+                            &l.customer_id,
+                            "",
+                            Trigger::MissedCycle,
+                            score,
+                            at,
+                            |_| true,
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                }
+                Some(Payload::MessageStatusChanged(m)) => self.message_status(txn, tenant, m).await,
+                Some(Payload::ContactUnsubscribed(u)) => {
+                    self.stop(txn, tenant, &u.customer_id, "unsubscribed", at)
+                        .await
+                }
+                Some(Payload::ComplaintReceived(c)) => {
+                    self.stop(txn, tenant, &c.customer_id, "complained", at)
+                        .await
+                }
+                Some(Payload::CouponRedeemed(r)) if !r.campaign_id.is_empty() => {
+                    execute(
+                        txn,
+                        "INSERT INTO redemptions (tenant_id, code, campaign_id, customer_id, order_id, discount_minor)
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, code) DO UPDATE SET
+                         order_id = excluded.order_id, discount_minor = excluded.discount_minor",
+                        vec![
+                            tenant.into(),
+                            r.code.clone().into(),
+                            r.campaign_id.clone().into(),
+                            r.customer_id.clone().into(),
+                            r.order_id.clone().into(),
+                            r.discount.as_ref().map_or(0, |m| m.amount_minor).into(),
+                        ],
+                    )
+                    .await?;
+                    Ok(())
+                }
+                Some(Payload::CouponReleased(r)) => {
+                    execute(
+                        txn,
+                        "DELETE FROM redemptions WHERE tenant_id = $1 AND code = $2",
+                        vec![tenant.into(), r.code.clone().into()],
+                    )
+                    .await?;
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        })
+    }
+}
+
+impl Reactions {
+    /// A purchase: the first one inside an enrolment's measurement window is its return;
+    /// a running chain stops there.
+    #[allow(clippy::too_many_arguments)]
+    async fn purchase(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        customer: &str,
+        order_id: &str,
+        placed: DateTime<Utc>,
+        value: i64,
+        currency: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), HandlerError> {
+        let policy = self.campaigns.policy(tenant).await.map_err(other)?;
+        let since = (placed - policy.measurement_window()).timestamp_micros();
+        let rows = query(
+            txn,
+            "SELECT e.enrolment_id, e.campaign_id, e.state FROM enrolments e
+             WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.state IN (1, 2, 3, 4, 5)
+               AND e.enrolled_at_us <= $3 AND e.enrolled_at_us >= $4
+               AND NOT EXISTS (SELECT 1 FROM conversions v WHERE v.tenant_id = e.tenant_id
+                               AND v.enrolment_id = e.enrolment_id)",
+            vec![
+                tenant.into(),
+                customer.into(),
+                placed.timestamp_micros().into(),
+                since.into(),
+            ],
+        )
+        .await?;
+        let mut events = Vec::new();
+        for row in &rows {
+            let id: String = row.try_get("", "enrolment_id")?;
+            let campaign: String = row.try_get("", "campaign_id")?;
+            let state: i64 = row.try_get("", "state")?;
+            execute(
+                txn,
+                "INSERT INTO conversions (tenant_id, enrolment_id, customer_id, order_id, placed_at_us, value_minor, currency)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                vec![
+                    tenant.into(),
+                    id.clone().into(),
+                    customer.into(),
+                    order_id.into(),
+                    placed.timestamp_micros().into(),
+                    value.into(),
+                    currency.into(),
+                ],
+            )
+            .await?;
+            if state == i64::from(EnrolmentState::Running as i32) {
+                execute(
+                    txn,
+                    "UPDATE enrolments SET state = $3, ended_at_us = $4, end_reason = 'purchase',
+                        next_state = 'active', due_at_us = 0
+                     WHERE tenant_id = $1 AND enrolment_id = $2",
+                    vec![
+                        tenant.into(),
+                        id.clone().into(),
+                        i64::from(EnrolmentState::Returned as i32).into(),
+                        at.timestamp_micros().into(),
+                    ],
+                )
+                .await?;
+                events.push((
+                    tenant.to_owned(),
+                    at,
+                    Payload::EnrolmentEnded(EnrolmentEnded {
+                        enrolment_id: id,
+                        campaign_id: campaign,
+                        customer_id: customer.to_owned(),
+                        reason: "purchase".into(),
+                        next_state: "active".into(),
+                    }),
+                ));
+            } else if state == i64::from(EnrolmentState::Completed as i32) {
+                // Came back after the chain, inside the window: woke up after all.
+                execute(
+                    txn,
+                    "UPDATE enrolments SET next_state = 'active' WHERE tenant_id = $1 AND enrolment_id = $2",
+                    vec![tenant.into(), id.into()],
+                )
+                .await?;
+            }
+        }
+        self.campaigns.outbox.append_many(txn, events).await?;
+        Ok(())
+    }
+
+    /// Stops every running chain of `customer` at once.
+    async fn stop(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        customer: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), HandlerError> {
+        let rows = query(
+            txn,
+            "UPDATE enrolments SET state = $3, ended_at_us = $4, end_reason = $5, due_at_us = 0,
+                 next_state = 'sleeping'
+             WHERE tenant_id = $1 AND customer_id = $2 AND state = 1
+             RETURNING enrolment_id, campaign_id",
+            vec![
+                tenant.into(),
+                customer.into(),
+                i64::from(EnrolmentState::Stopped as i32).into(),
+                at.timestamp_micros().into(),
+                reason.into(),
+            ],
+        )
+        .await?;
+        let mut events = Vec::new();
+        for row in &rows {
+            events.push((
+                tenant.to_owned(),
+                at,
+                Payload::EnrolmentEnded(EnrolmentEnded {
+                    enrolment_id: row.try_get("", "enrolment_id")?,
+                    campaign_id: row.try_get("", "campaign_id")?,
+                    customer_id: customer.to_owned(),
+                    reason: reason.to_owned(),
+                    next_state: "sleeping".into(),
+                }),
+            ));
+        }
+        self.campaigns.outbox.append_many(txn, events).await?;
+        Ok(())
+    }
+
+    /// Queues `customer` for every active campaign that listens to `trigger` and whose
+    /// audience `matches`.
+    #[allow(clippy::too_many_arguments)]
+    async fn queue(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        customer: &str,
+        segment: &str,
+        trigger: Trigger,
+        score: Option<(f64, i64)>,
+        at: DateTime<Utc>,
+        matches: impl Fn(&winback_proto::campaigns::Campaign) -> bool,
+    ) -> Result<(), HandlerError> {
+        let active = self
+            .campaigns
+            .campaigns_in(tenant, &[CampaignState::Active])
+            .await
+            .map_err(other)?;
+        for c in active {
+            if !audience(&c).triggers.contains(&(trigger as i32)) || !matches(&c) {
+                continue;
+            }
+            let (p_alive, clv) = score.unwrap_or((-1.0, 0));
+            execute(
+                txn,
+                "INSERT INTO enrolment_requests (tenant_id, campaign_id, customer_id, segment,
+                    trigger_kind, p_alive, clv_minor, requested_at_us)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                vec![
+                    tenant.into(),
+                    c.campaign_id.into(),
+                    customer.into(),
+                    segment.into(),
+                    i64::from(trigger as i32).into(),
+                    p_alive.into(),
+                    clv.into(),
+                    at.timestamp_micros().into(),
+                ],
+            )
+            .await?;
+        }
+        self.campaigns.wake.notify_waiters();
+        Ok(())
+    }
+
+    /// A message status: sent (with its cost), delivered, opened, clicked.
+    async fn message_status(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        m: &winback_proto::events::MessageStatusChanged,
+    ) -> Result<(), HandlerError> {
+        let (Some(enrolment), Some(step)) = (
+            m.metadata.get("enrolment_id"),
+            m.metadata.get("step").and_then(|s| s.parse::<i64>().ok()),
+        ) else {
+            return Ok(());
+        };
+        let (column, cost) = match m.status.as_str() {
+            "sent" => ("sent", m.cost.as_ref().map_or(0, |c| c.amount_minor)),
+            "delivered" => ("delivered", 0),
+            "opened" => ("opened", 0),
+            "clicked" => ("clicked", 0),
+            _ => return Ok(()),
+        };
+        execute(
+            txn,
+            &format!(
+                "INSERT INTO step_reactions (tenant_id, enrolment_id, step, {column}, cost_minor)
+                 VALUES ($1, $2, $3, 1, $4)
+                 ON CONFLICT (tenant_id, enrolment_id, step) DO UPDATE SET {column} = 1,
+                   cost_minor = step_reactions.cost_minor + excluded.cost_minor"
+            ),
+            vec![
+                tenant.into(),
+                enrolment.clone().into(),
+                step.into(),
+                cost.into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Starts one consumer per feed campaigns reads, each resuming from its stored cursor.
+pub(crate) fn start_consumers(campaigns: &Campaigns) -> Result<(), winback_platform::ServiceError> {
+    let host = &campaigns.host;
+    let Some(credentials) = host.service_credentials.clone() else {
+        tracing::warn!(
+            "no service credential (auth.service_token_file): campaigns reads no events"
+        );
+        return Ok(());
+    };
+    let handler = Arc::new(Reactions {
+        campaigns: campaigns.clone(),
+    });
+    for (source, peer) in [
+        (
+            EventSource::Profiles,
+            winback_platform::config::Peer::Profiles,
+        ),
+        (
+            EventSource::Segmentation,
+            winback_platform::config::Peer::Segmentation,
+        ),
+        (
+            EventSource::Delivery,
+            winback_platform::config::Peer::Delivery,
+        ),
+        (EventSource::Offers, winback_platform::config::Peer::Offers),
+    ] {
+        let channel = winback_platform::grpc::lazy_channel(&host.config.peer_url(peer))
+            .map_err(winback_platform::ServiceError::internal)?;
+        let transport = Arc::new(GrpcEventTransport::new(channel, credentials.clone(), None));
+        let mut consumer = EventConsumer::new(
+            "campaigns",
+            source,
+            campaigns.db.clone(),
+            transport,
+            handler.clone(),
+        )
+        .with_retry_delay(std::time::Duration::from_millis(200));
+        if sea_orm::ConnectionTrait::get_database_backend(&campaigns.db)
+            == sea_orm::DbBackend::Sqlite
+        {
+            consumer = consumer.with_writer_lock(campaigns.sqlite_writer.clone());
+        }
+        tokio::spawn(consumer.run(host.shutdown.clone()));
+    }
+    Ok(())
+}
