@@ -136,7 +136,7 @@ impl Campaigns {
         // One row per (variant, segment, holdout) group.
         let rows = query(
             &self.db,
-            "SELECT e.variant, e.segment, CASE WHEN e.state = 2 THEN 1 ELSE 0 END AS held,
+            "SELECT e.variant, e.segment, CAST(CASE WHEN e.state = 2 THEN 1 ELSE 0 END AS BIGINT) AS held,
                COUNT(*) AS customers,
                CAST(SUM(CASE WHEN o.sent > 0 THEN 1 ELSE 0 END) AS BIGINT) AS touched,
                CAST(SUM(COALESCE(r.delivered, 0)) AS BIGINT) AS delivered,

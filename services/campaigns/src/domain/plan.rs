@@ -261,19 +261,17 @@ mod tests {
     #[test]
     fn the_weekly_cap_defers_to_the_moment_the_window_frees_or_skips_when_too_late() {
         let (s, r) = (step(), reach());
+        let policy = Policy {
+            weekly_touch_cap: 2,
+            ..Policy::default()
+        };
         let touches = [utc("2026-03-04T10:00:00Z"), utc("2026-03-09T10:00:00Z")];
         // Two touches within the week: the oldest turns a week old on 03-11 10:00, 25 h
         // after the due time — beyond the 24 h lateness: skipped.
-        let d = decide(
-            &view(&s, &r, "2026-03-10T09:00:00Z", &touches),
-            &Policy::default(),
-        );
+        let d = decide(&view(&s, &r, "2026-03-10T09:00:00Z", &touches), &policy);
         assert_eq!(d, Decision::Skip("skipped_cap"));
         // At 11:00 the window frees 23 h later: deferred.
-        let d = decide(
-            &view(&s, &r, "2026-03-10T11:00:00Z", &touches),
-            &Policy::default(),
-        );
+        let d = decide(&view(&s, &r, "2026-03-10T11:00:00Z", &touches), &policy);
         assert_eq!(
             d,
             Decision::Defer {
@@ -282,10 +280,7 @@ mod tests {
             }
         );
         // Exactly a week after the oldest touch it no longer counts.
-        let d = decide(
-            &view(&s, &r, "2026-03-11T10:00:00Z", &touches),
-            &Policy::default(),
-        );
+        let d = decide(&view(&s, &r, "2026-03-11T10:00:00Z", &touches), &policy);
         assert!(matches!(d, Decision::Send(_)), "{d:?}");
     }
 

@@ -28,7 +28,7 @@ impl Default for Policy {
             max_chains_per_window: 2,
             chain_window: Duration::days(365),
             cooldown_after_return: Duration::days(90),
-            weekly_touch_cap: 2,
+            weekly_touch_cap: 3,
             quiet_start: NaiveTime::from_hms_opt(21, 0, 0).unwrap_or_default(),
             quiet_end: NaiveTime::from_hms_opt(9, 0, 0).unwrap_or_default(),
             default_time_zone: chrono_tz::UTC,

@@ -1,0 +1,768 @@
+//! Win-back chains end to end on the embedded stack, driven by a manual clock: profiles,
+//! offers and delivery are the real services; a 9-day chain runs in seconds.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tonic::Code;
+use winback_e2e::{Authed, TestStack};
+use winback_platform::clock::Clock;
+use winback_platform::db_test;
+use winback_platform::testing::TestDatabase;
+use winback_platform::time::{to_duration, to_timestamp};
+use winback_proto::campaigns::campaigns_service_client::CampaignsServiceClient;
+use winback_proto::campaigns::*;
+use winback_proto::common::{Channel, LifecycleState, MessagePurpose, Money, PageRequest};
+use winback_proto::delivery::delivery_service_client::DeliveryServiceClient;
+use winback_proto::delivery::{ListMessagesRequest, MessageTemplate, UpsertTemplateRequest};
+use winback_proto::offers::offers_service_client::OffersServiceClient;
+use winback_proto::offers::{
+    CreateOfferTemplateRequest, ListCouponsRequest, OfferKind, OfferTemplate,
+};
+use winback_proto::profiles::profiles_service_client::ProfilesServiceClient;
+use winback_proto::profiles::{
+    ConsentRecord, Customer, Order, RecordConsentRequest, RecordOrdersRequest,
+    UpsertCustomersRequest,
+};
+
+/// A shop on the stack: its clients, templates, an offer and a three-step chain.
+struct Shop {
+    stack: TestStack,
+    tenant_id: String,
+    campaigns: CampaignsServiceClient<Authed>,
+    delivery: DeliveryServiceClient<Authed>,
+    profiles: ProfilesServiceClient<Authed>,
+    offers: OffersServiceClient<Authed>,
+    offer_template_id: String,
+}
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+}
+
+fn email(template: &str) -> ChannelChoice {
+    ChannelChoice {
+        channel: Channel::Email as i32,
+        template_id: template.into(),
+    }
+}
+
+impl Shop {
+    async fn open(db: &TestDatabase) -> Self {
+        // Warnings of the services show with the failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let stack = TestStack::start(db).await;
+        let tenant = stack.tenant("shop").await;
+        let channel = stack.authed(&tenant.token);
+        let mut shop = Self {
+            campaigns: CampaignsServiceClient::new(channel.clone()),
+            delivery: DeliveryServiceClient::new(channel.clone()),
+            profiles: ProfilesServiceClient::new(channel.clone()),
+            offers: OffersServiceClient::new(channel),
+            tenant_id: tenant.tenant_id,
+            stack,
+            offer_template_id: String::new(),
+        };
+        // Noon in Moscow on a Monday.
+        shop.set_clock("2026-03-02T09:00:00Z");
+        for (id, text) in [
+            ("reminder", "We missed you, {{ customer.name }}"),
+            (
+                "offer",
+                "Your code {{ coupon.code }}, {{ coupon.hours_left }} h",
+            ),
+            ("last_chance", "24 hours left for {{ coupon.code }}"),
+        ] {
+            for channel in [Channel::Email, Channel::Sms] {
+                shop.delivery
+                    .upsert_template(UpsertTemplateRequest {
+                        template: Some(MessageTemplate {
+                            template_id: id.into(),
+                            channel: channel as i32,
+                            subject: "Hello".into(),
+                            text: text.into(),
+                            ..MessageTemplate::default()
+                        }),
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        shop.offer_template_id = shop
+            .offers
+            .create_offer_template(CreateOfferTemplateRequest {
+                template: Some(OfferTemplate {
+                    name: "10 % off".into(),
+                    kind: OfferKind::PercentOff as i32,
+                    percent_off: 10,
+                    valid_for: Some(to_duration(chrono::Duration::hours(72))),
+                    estimated_cost: Some(Money {
+                        amount_minor: 20_000,
+                        currency: "RUB".into(),
+                    }),
+                    ..OfferTemplate::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .template
+            .unwrap()
+            .template_id;
+        shop
+    }
+
+    fn set_clock(&self, at: &str) {
+        let now = self.stack.clock.now();
+        self.stack.clock.advance(utc(at) - now);
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.stack.clock.now()
+    }
+
+    /// Customers with an email and advertising consent for email, in `zone`.
+    async fn customers(&mut self, ids: &[String], zone: &str) {
+        self.profiles
+            .upsert_customers(UpsertCustomersRequest {
+                customers: ids
+                    .iter()
+                    .map(|id| Customer {
+                        customer_id: id.clone(),
+                        name: format!("Customer {id}"),
+                        email: format!("{id}@example.com"),
+                        time_zone: zone.into(),
+                        ..Customer::default()
+                    })
+                    .collect(),
+            })
+            .await
+            .unwrap();
+        for id in ids {
+            self.profiles
+                .record_consent(RecordConsentRequest {
+                    customer_id: id.clone(),
+                    consent: Some(ConsentRecord {
+                        channel: Channel::Email as i32,
+                        purpose: MessagePurpose::Advertising as i32,
+                        granted: true,
+                        source: "signup_form".into(),
+                        recorded_at: Some(to_timestamp(self.now())),
+                    }),
+                    do_not_contact: false,
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Reminder now, 10 % off 3 days later, "24 hours left" 2 days after that.
+    fn classic_chain(&self) -> Chain {
+        let step = |name: &str, days: i64, template: &str| Step {
+            name: name.into(),
+            delay: Some(to_duration(chrono::Duration::days(days))),
+            channels: vec![email(template)],
+            ..Step::default()
+        };
+        Chain {
+            name: "classic".into(),
+            steps: vec![
+                step("reminder", 0, "reminder"),
+                Step {
+                    offer_template_id: self.offer_template_id.clone(),
+                    ..step("offer", 3, "offer")
+                },
+                step("last_chance", 2, "last_chance"),
+            ],
+            ..Chain::default()
+        }
+    }
+
+    /// Creates and activates a win-back campaign for sleeping customers.
+    async fn campaign(&mut self, chain: Chain, holdout_percent: i32) -> String {
+        let chain = self
+            .campaigns
+            .create_chain(CreateChainRequest { chain: Some(chain) })
+            .await
+            .unwrap()
+            .into_inner()
+            .chain
+            .unwrap();
+        let campaign = self
+            .campaigns
+            .create_campaign(CreateCampaignRequest {
+                campaign: Some(Campaign {
+                    name: "win back".into(),
+                    chain_id: chain.chain_id,
+                    audience: Some(Audience {
+                        lifecycle_states: vec![LifecycleState::Sleeping as i32],
+                        ..Audience::default()
+                    }),
+                    holdout_percent,
+                    winback: true,
+                    ..Campaign::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .campaign
+            .unwrap();
+        self.campaigns
+            .activate_campaign(ActivateCampaignRequest {
+                campaign_id: campaign.campaign_id.clone(),
+            })
+            .await
+            .unwrap();
+        campaign.campaign_id
+    }
+
+    async fn enrol(&mut self, campaign_id: &str, ids: &[String]) -> Vec<EnrolmentDecision> {
+        self.campaigns
+            .enrol_customers(EnrolCustomersRequest {
+                campaign_id: campaign_id.into(),
+                customer_ids: ids.to_vec(),
+                trigger: Trigger::SegmentEntered as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .decisions
+    }
+
+    async fn enrolment(&mut self, id: &str) -> Enrolment {
+        self.campaigns
+            .get_enrolment(GetEnrolmentRequest {
+                enrolment_id: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .enrolment
+            .unwrap()
+    }
+
+    /// Waits until every enrolment in `ids` has recorded `steps` outcomes that are final.
+    async fn settle(&mut self, ids: &[String], steps: usize) {
+        for _ in 0..200 {
+            let mut done = true;
+            for id in ids {
+                let e = self.enrolment(id).await;
+                let finals = e.steps.iter().filter(|s| s.executed_at.is_some()).count();
+                let ended = e.state != EnrolmentState::Running as i32;
+                if finals < steps && !ended {
+                    done = false;
+                }
+            }
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("steps did not run");
+    }
+
+    async fn messages_of(&mut self, customer: &str) -> Vec<winback_proto::delivery::Message> {
+        self.delivery
+            .list_messages(ListMessagesRequest {
+                customer_id: customer.into(),
+                page: Some(PageRequest {
+                    page_size: 100,
+                    page_token: String::new(),
+                }),
+                ..ListMessagesRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages
+    }
+
+    /// The email as the file sink wrote it (the embedded default carrier).
+    fn sent_email(&self, message_id: &str) -> Option<String> {
+        let name = format!("{message_id}.eml");
+        let mut dirs = vec![self.stack.config.data_dir.join("outbox")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.file_name().is_some_and(|n| n == name.as_str()) {
+                    return std::fs::read_to_string(path).ok();
+                }
+            }
+        }
+        None
+    }
+
+    async fn report(&mut self, campaign_id: &str) -> GetCampaignReportResponse {
+        self.campaigns
+            .get_campaign_report(GetCampaignReportRequest {
+                campaign_id: campaign_id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits until `check` holds on the enrolment (events travel between services).
+    async fn wait_for(&mut self, id: &str, check: impl Fn(&Enrolment) -> bool) -> Enrolment {
+        for _ in 0..200 {
+            let e = self.enrolment(id).await;
+            if check(&e) {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("enrolment {id} never reached the expected state");
+    }
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+db_test!(
+    a_chain_runs_to_its_end_and_the_holdout_gets_nothing,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        let customers = ids("c", 12);
+        shop.customers(&customers, "Europe/Moscow").await;
+        let chain = shop.classic_chain();
+        let campaign = shop.campaign(chain, 50).await;
+        let decisions = shop.enrol(&campaign, &customers).await;
+        let treated: Vec<&EnrolmentDecision> = decisions.iter().filter(|d| !d.holdout).collect();
+        let held: Vec<&EnrolmentDecision> = decisions.iter().filter(|d| d.holdout).collect();
+        assert_eq!(treated.len() + held.len(), 12);
+        assert!(!treated.is_empty() && !held.is_empty(), "{decisions:?}");
+        // The split is stable: enrolling again assigns nobody anew (they are in a chain now).
+        let again = shop.enrol(&campaign, &customers).await;
+        for d in &again {
+            let first = decisions
+                .iter()
+                .find(|x| x.customer_id == d.customer_id)
+                .unwrap();
+            if first.holdout {
+                continue;
+            }
+            assert_eq!(d.skip_reason, SkipReason::AlreadyInChain as i32);
+        }
+        let running: Vec<String> = treated.iter().map(|d| d.enrolment_id.clone()).collect();
+        shop.settle(&running, 1).await;
+        // Day 3 (noon Moscow): the offer with a coupon; day 5: the last chance.
+        shop.set_clock("2026-03-05T09:00:00Z");
+        shop.settle(&running, 2).await;
+        shop.set_clock("2026-03-07T09:00:00Z");
+        shop.settle(&running, 3).await;
+        for d in &treated {
+            let e = shop.enrolment(&d.enrolment_id).await;
+            let outcomes: Vec<&str> = e.steps.iter().map(|s| s.outcome.as_str()).collect();
+            assert_eq!(outcomes, ["sent", "sent", "sent"], "{e:?}");
+            assert!(e.steps[0].coupon_code.is_empty());
+            assert!(!e.steps[1].coupon_code.is_empty());
+            let messages = shop.messages_of(&d.customer_id).await;
+            assert_eq!(messages.len(), 3, "one message per step");
+            // The reminder names the coupon the offer gave.
+            assert!(
+                messages
+                    .iter()
+                    .filter_map(|m| shop.sent_email(&m.message_id))
+                    .any(|body| body.contains(&e.steps[1].coupon_code)
+                        && body.contains("24 hours left")),
+                "{messages:?}"
+            );
+        }
+        for d in &held {
+            assert!(
+                shop.messages_of(&d.customer_id).await.is_empty(),
+                "the holdout receives nothing"
+            );
+            let coupons = shop
+                .offers
+                .list_coupons(ListCouponsRequest {
+                    customer_id: d.customer_id.clone(),
+                    ..ListCouponsRequest::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(coupons.coupons.is_empty());
+        }
+        // After the grace the chain ends; nobody reacted: deep sleep.
+        shop.set_clock("2026-03-10T10:00:00Z");
+        for d in &treated {
+            shop.wait_for(&d.enrolment_id, |e| {
+                e.state == EnrolmentState::Completed as i32
+            })
+            .await;
+        }
+        let report = shop.report(&campaign).await;
+        let total = report.total.unwrap();
+        assert_eq!(total.enrolled as usize, treated.len());
+        assert_eq!(total.held_out as usize, held.len());
+        assert_eq!(total.touched as usize, treated.len());
+        assert_eq!(report.deep_sleep as usize, treated.len());
+        assert_eq!(report.steps.len(), 3);
+        shop.stack.stop().await;
+    }
+);
+
+db_test!(
+    a_purchase_mid_chain_stops_it_and_counts_as_a_return,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        let customers = ids("p", 1);
+        shop.customers(&customers, "Europe/Moscow").await;
+        let chain = shop.classic_chain();
+        let campaign = shop.campaign(chain, 0).await;
+        let d = shop.enrol(&campaign, &customers).await.remove(0);
+        assert!(!d.holdout);
+        shop.settle(&[d.enrolment_id.clone()], 1).await;
+        shop.set_clock("2026-03-03T09:00:00Z");
+        shop.profiles
+            .record_orders(RecordOrdersRequest {
+                orders: vec![Order {
+                    order_id: "o-1".into(),
+                    customer_id: "p-0".into(),
+                    placed_at: Some(to_timestamp(shop.now())),
+                    total: Some(Money {
+                        amount_minor: 250_000,
+                        currency: "RUB".into(),
+                    }),
+                    ..Order::default()
+                }],
+            })
+            .await
+            .unwrap();
+        let e = shop
+            .wait_for(&d.enrolment_id, |e| {
+                e.state == EnrolmentState::Returned as i32
+            })
+            .await;
+        assert_eq!(e.steps.len(), 1);
+        // The rest of the chain's time passes: nothing more is sent.
+        shop.set_clock("2026-03-12T09:00:00Z");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(shop.messages_of("p-0").await.len(), 1);
+        let report = shop.report(&campaign).await;
+        let total = report.total.unwrap();
+        assert_eq!(total.returned, 1);
+        assert_eq!(total.revenue.unwrap().amount_minor, 250_000);
+        assert_eq!(report.woke_up, 1);
+        assert_eq!(
+            report.steps[0].returned, 1,
+            "the return belongs to the reminder"
+        );
+        shop.stack.stop().await;
+    }
+);
+
+db_test!(
+    quiet_hours_hold_in_the_customers_own_zone,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        // 22:00 in Vladivostok (UTC+10) while it is noon in Moscow.
+        shop.set_clock("2026-03-02T12:00:00Z");
+        let customers = ids("q", 1);
+        shop.customers(&customers, "Asia/Vladivostok").await;
+        let chain = shop.classic_chain();
+        let campaign = shop.campaign(chain, 0).await;
+        let d = shop.enrol(&campaign, &customers).await.remove(0);
+        let e = shop
+            .wait_for(&d.enrolment_id, |e| {
+                e.steps
+                    .first()
+                    .is_some_and(|s| s.outcome == "deferred_quiet_hours")
+            })
+            .await;
+        assert!(e.steps[0].executed_at.is_none());
+        // One second before 09:00 local: still waiting.
+        shop.set_clock("2026-03-02T22:59:59Z");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(shop.messages_of("q-0").await.is_empty());
+        // 09:00 local: sent.
+        shop.set_clock("2026-03-02T23:00:00Z");
+        let e = shop
+            .wait_for(&d.enrolment_id, |e| {
+                e.steps.first().is_some_and(|s| s.outcome == "sent")
+            })
+            .await;
+        assert_eq!(
+            e.steps[0].executed_at.as_ref().unwrap().seconds,
+            utc("2026-03-02T23:00:00Z").timestamp()
+        );
+        shop.stack.stop().await;
+    }
+);
+
+db_test!(
+    a_refusal_of_contact_stops_the_chain_at_once,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        let customers = ids("u", 1);
+        shop.customers(&customers, "Europe/Moscow").await;
+        let chain = shop.classic_chain();
+        let campaign = shop.campaign(chain, 0).await;
+        let d = shop.enrol(&campaign, &customers).await.remove(0);
+        shop.settle(&[d.enrolment_id.clone()], 1).await;
+        shop.profiles
+            .record_consent(RecordConsentRequest {
+                customer_id: "u-0".into(),
+                consent: Some(ConsentRecord {
+                    channel: Channel::Email as i32,
+                    purpose: MessagePurpose::Advertising as i32,
+                    granted: false,
+                    source: "survey".into(),
+                    recorded_at: Some(to_timestamp(shop.now())),
+                }),
+                do_not_contact: true,
+            })
+            .await
+            .unwrap();
+        shop.wait_for(&d.enrolment_id, |e| {
+            e.state == EnrolmentState::Stopped as i32
+        })
+        .await;
+        shop.set_clock("2026-03-12T09:00:00Z");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(shop.messages_of("u-0").await.len(), 1);
+        // A new campaign skips the customer with the reason recorded.
+        let mut other = shop.classic_chain();
+        other.name = "other".into();
+        let chain = shop
+            .campaigns
+            .create_chain(CreateChainRequest { chain: Some(other) })
+            .await
+            .unwrap()
+            .into_inner()
+            .chain
+            .unwrap();
+        let second = shop
+            .campaigns
+            .create_campaign(CreateCampaignRequest {
+                campaign: Some(Campaign {
+                    name: "service flow".into(),
+                    chain_id: chain.chain_id,
+                    audience: Some(Audience {
+                        triggers: vec![Trigger::BonusExpiring as i32],
+                        ..Audience::default()
+                    }),
+                    ..Campaign::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .campaign
+            .unwrap();
+        shop.campaigns
+            .activate_campaign(ActivateCampaignRequest {
+                campaign_id: second.campaign_id.clone(),
+            })
+            .await
+            .unwrap();
+        let d = shop.enrol(&second.campaign_id, &customers).await.remove(0);
+        assert_eq!(d.skip_reason, SkipReason::RefusedContact as i32);
+        shop.stack.stop().await;
+    }
+);
+
+db_test!(
+    bad_input_is_refused_naming_the_field_and_nothing_is_stored,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        // Six touches.
+        let mut chain = shop.classic_chain();
+        let extra = chain.steps[0].clone();
+        chain.steps.extend([extra.clone(), extra.clone(), extra]);
+        let err = shop
+            .campaigns
+            .create_chain(CreateChainRequest { chain: Some(chain) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("chain.steps"), "{}", err.message());
+        // A reminder after its coupon expired.
+        let mut chain = shop.classic_chain();
+        chain.steps[2].delay = Some(to_duration(chrono::Duration::days(4)));
+        let err = shop
+            .campaigns
+            .create_chain(CreateChainRequest { chain: Some(chain) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("chain.steps[2].delay"),
+            "{}",
+            err.message()
+        );
+        // An unknown template.
+        let mut chain = shop.classic_chain();
+        chain.steps[1].channels[0].template_id = "nope".into();
+        let err = shop
+            .campaigns
+            .create_chain(CreateChainRequest { chain: Some(chain) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        assert!(
+            err.message()
+                .contains("chain.steps[1].channels[0].template_id"),
+            "{}",
+            err.message()
+        );
+        let listed = shop
+            .campaigns
+            .list_chains(ListChainsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.chains.is_empty(), "nothing stored");
+        // An unknown chain, then an unknown segment.
+        let err = shop
+            .campaigns
+            .create_campaign(CreateCampaignRequest {
+                campaign: Some(Campaign {
+                    name: "x".into(),
+                    chain_id: "missing".into(),
+                    audience: Some(Audience {
+                        segments: vec!["champions".into()],
+                        ..Audience::default()
+                    }),
+                    winback: true,
+                    ..Campaign::default()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        assert!(
+            err.message().contains("campaign.chain_id"),
+            "{}",
+            err.message()
+        );
+        let chain = shop.classic_chain();
+        let campaign = shop.campaign(chain, 10).await;
+        let chain_id = shop
+            .campaigns
+            .get_campaign(GetCampaignRequest {
+                campaign_id: campaign.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .campaign
+            .unwrap()
+            .chain_id;
+        let err = shop
+            .campaigns
+            .create_campaign(CreateCampaignRequest {
+                campaign: Some(Campaign {
+                    name: "x".into(),
+                    chain_id: chain_id.clone(),
+                    audience: Some(Audience {
+                        segments: vec!["no_such_segment".into()],
+                        ..Audience::default()
+                    }),
+                    winback: true,
+                    ..Campaign::default()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        assert!(
+            err.message().contains("campaign.audience.segments[0]"),
+            "{}",
+            err.message()
+        );
+        // A second win-back campaign for the same lifecycle state cannot run beside the first.
+        let overlapping = shop
+            .campaigns
+            .create_campaign(CreateCampaignRequest {
+                campaign: Some(Campaign {
+                    name: "overlap".into(),
+                    chain_id,
+                    audience: Some(Audience {
+                        lifecycle_states: vec![LifecycleState::Sleeping as i32],
+                        ..Audience::default()
+                    }),
+                    winback: true,
+                    ..Campaign::default()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(overlapping.code(), Code::FailedPrecondition);
+        assert!(
+            overlapping
+                .message()
+                .contains("campaign.audience.lifecycle_states[0]"),
+            "{}",
+            overlapping.message()
+        );
+        // An unknown customer: NOT_FOUND naming it, and nobody else is enrolled.
+        shop.customers(&ids("b", 1), "Europe/Moscow").await;
+        let err = shop
+            .campaigns
+            .enrol_customers(EnrolCustomersRequest {
+                campaign_id: campaign.clone(),
+                customer_ids: vec!["b-0".into(), "ghost".into()],
+                trigger: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        assert!(
+            err.message().contains("customer_ids[1]"),
+            "{}",
+            err.message()
+        );
+        let listed = shop
+            .campaigns
+            .list_enrolments(ListEnrolmentsRequest {
+                campaign_id: campaign.clone(),
+                ..ListEnrolmentsRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.enrolments.is_empty(), "nothing stored");
+        // A bad policy names its field.
+        let err = shop
+            .campaigns
+            .update_policy(UpdatePolicyRequest {
+                policy: Some(ContactPolicy {
+                    quiet_hours_end: "9 am".into(),
+                    ..ContactPolicy::default()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("policy.quiet_hours_end"));
+        // No token; a token without the campaigns scopes.
+        let mut anonymous = CampaignsServiceClient::new(shop.stack.channel.clone());
+        let err = anonymous.get_policy(GetPolicyRequest {}).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let narrow = shop
+            .stack
+            .token_with_scopes(&shop.tenant_id, &["profiles:read"]);
+        let mut narrow = CampaignsServiceClient::new(shop.stack.authed(&narrow));
+        let err = narrow
+            .create_chain(CreateChainRequest {
+                chain: Some(shop.classic_chain()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        shop.stack.stop().await;
+    }
+);
