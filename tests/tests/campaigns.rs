@@ -424,7 +424,7 @@ db_test!(
         let campaign = shop.campaign(chain, 0).await;
         let d = shop.enrol(&campaign, &customers).await.remove(0);
         assert!(!d.holdout);
-        shop.settle(&[d.enrolment_id.clone()], 1).await;
+        shop.settle(std::slice::from_ref(&d.enrolment_id), 1).await;
         shop.set_clock("2026-03-03T09:00:00Z");
         shop.profiles
             .record_orders(RecordOrdersRequest {
@@ -511,7 +511,7 @@ db_test!(
         let chain = shop.classic_chain();
         let campaign = shop.campaign(chain, 0).await;
         let d = shop.enrol(&campaign, &customers).await.remove(0);
-        shop.settle(&[d.enrolment_id.clone()], 1).await;
+        shop.settle(std::slice::from_ref(&d.enrolment_id), 1).await;
         shop.profiles
             .record_consent(RecordConsentRequest {
                 customer_id: "u-0".into(),

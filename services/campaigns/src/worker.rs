@@ -122,6 +122,10 @@ impl Ending {
     }
 }
 
+/// How an enrolment row changes after its step: id, next step, due, anchor, state, end
+/// reason, ended at, next state, coupon code, coupon expiry.
+type Advance = (String, i64, i64, i64, i64, String, i64, String, String, i64);
+
 /// A step on its way to delivery.
 #[derive(Debug)]
 struct Sending {
@@ -825,8 +829,7 @@ impl Campaigns {
         let backend = txn.get_database_backend();
         let mut outcomes = Vec::new();
         let mut touches = Vec::new();
-        let mut updates: Vec<(String, i64, i64, i64, i64, String, i64, String, String, i64)> =
-            Vec::new();
+        let mut updates: Vec<Advance> = Vec::new();
         let mut events = Vec::new();
         for (d, ending) in due.iter().zip(endings) {
             let Some(e) = ending else { continue };
@@ -953,13 +956,8 @@ impl Campaigns {
             next_state = u.next_state, coupon_code = u.coupon_code,
             coupon_expires_at_us = u.coupon_expires_at_us, lease_until_us = 0";
         if backend == DbBackend::Postgres {
-            let text = |f: fn(
-                &(String, i64, i64, i64, i64, String, i64, String, String, i64),
-            ) -> String| { updates.iter().map(f).collect::<Vec<String>>() };
-            let int =
-                |f: fn(&(String, i64, i64, i64, i64, String, i64, String, String, i64)) -> i64| {
-                    updates.iter().map(f).collect::<Vec<i64>>()
-                };
+            let text = |f: fn(&Advance) -> String| updates.iter().map(f).collect::<Vec<String>>();
+            let int = |f: fn(&Advance) -> i64| updates.iter().map(f).collect::<Vec<i64>>();
             execute(
                 &txn,
                 &format!(
