@@ -17,9 +17,6 @@ use crate::context::{Campaigns, db_error, page_size};
 use crate::peers::upstream;
 use crate::store::{execute, query};
 
-/// The holdout of a win-back campaign that does not say: 10 %.
-const DEFAULT_HOLDOUT_PERCENT: i32 = 10;
-
 fn state_of(c: &Campaign) -> CampaignState {
     CampaignState::try_from(c.state).unwrap_or(CampaignState::Unspecified)
 }
@@ -32,9 +29,6 @@ impl Campaigns {
         campaign: Option<Campaign>,
     ) -> Result<Campaign, ServiceError> {
         let mut c = campaign.ok_or_else(|| ServiceError::invalid("campaign", "required"))?;
-        if c.holdout_percent == 0 && c.winback {
-            c.holdout_percent = DEFAULT_HOLDOUT_PERCENT;
-        }
         self.check_campaign(tenant, &c).await?;
         c.campaign_id = uuid::Uuid::now_v7().to_string();
         c.state = CampaignState::Draft as i32;

@@ -2,6 +2,7 @@
 //! operator commands behind the `winback` binary.
 
 pub mod admin;
+pub mod campaign_report;
 pub mod embedded;
 pub mod import;
 pub mod segments;

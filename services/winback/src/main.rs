@@ -77,6 +77,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Win-back campaigns.
+    Campaign {
+        #[command(subcommand)]
+        command: CampaignCommand,
+    },
     /// Customer-base models.
     Models {
         #[command(subcommand)]
@@ -100,6 +105,21 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+}
+
+/// `winback campaign …`.
+#[derive(Debug, Subcommand)]
+enum CampaignCommand {
+    /// Prints a campaign's report: per variant, step and segment, with uplift and ROI.
+    Report {
+        #[command(flatten)]
+        target: Target,
+        /// Campaign id.
+        campaign_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -268,6 +288,31 @@ async fn main() -> anyhow::Result<()> {
                 for rejected in reports.iter().flat_map(|r| &r.rejected) {
                     println!("  {}:{}: {}", rejected.file, rejected.line, rejected.reason);
                 }
+            }
+        }
+        Command::Campaign {
+            command:
+                CampaignCommand::Report {
+                    target,
+                    campaign_id,
+                    json,
+                },
+        } => {
+            let token = target.token(cli.config.as_ref(), &["campaigns:read"])?;
+            let mut client = winback::campaign_report::client(&target.addr, &token)?;
+            let report = client
+                .get_campaign_report(winback_proto::campaigns::GetCampaignReportRequest {
+                    campaign_id,
+                })
+                .await?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&winback::campaign_report::to_json(&report))?
+                );
+            } else {
+                print!("{}", winback::campaign_report::render(&report));
             }
         }
         Command::Segments {
