@@ -32,7 +32,12 @@ pub struct TestStack {
 impl TestStack {
     /// Starts the stack on `db`, on a manual clock standing at 2026-01-01.
     pub async fn start(db: &TestDatabase) -> Self {
-        let config = Config {
+        Self::start_with(db, |_| {}).await
+    }
+
+    /// Starts the stack with `adjust` applied to the test configuration.
+    pub async fn start_with(db: &TestDatabase, adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: db.dir().to_path_buf(),
             database: DatabaseConfig {
@@ -50,6 +55,7 @@ impl TestStack {
             },
             ..Config::default()
         };
+        adjust(&mut config);
         let start = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
             .to_utc();

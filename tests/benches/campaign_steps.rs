@@ -1,0 +1,223 @@
+//! Campaign steps executed end to end on the embedded stack: timer → coupon (offers) →
+//! send into the delivery outbox → outcome recorded. N running enrolments are seeded due
+//! at once (straight into the campaigns tables, as enrolment would leave them); the bench
+//! times until every step has its outcome. Delivery's own workers are off, so the figure is
+//! campaigns' path, not the carriers'.
+//!
+//! `cargo bench -p winback-e2e --bench campaign_steps -- --steps 20000 [--sqlite]`
+//! (PostgreSQL at 127.0.0.1:5432 unless `--sqlite`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use winback_e2e::TestStack;
+use winback_platform::clock::Clock;
+use winback_platform::db::multi_row_insert;
+use winback_platform::testing::TestDatabase;
+use winback_platform::time::to_duration;
+use winback_proto::campaigns::campaigns_service_client::CampaignsServiceClient;
+use winback_proto::campaigns::*;
+use winback_proto::common::{Channel, MessagePurpose, Money};
+use winback_proto::delivery::delivery_service_client::DeliveryServiceClient;
+use winback_proto::delivery::{MessageTemplate, UpsertTemplateRequest};
+use winback_proto::offers::offers_service_client::OffersServiceClient;
+use winback_proto::offers::{CreateOfferTemplateRequest, OfferKind, OfferTemplate};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let steps: usize = arg("--steps")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let sqlite = std::env::args().any(|a| a == "--sqlite");
+    let db = if sqlite {
+        TestDatabase::sqlite().await
+    } else {
+        TestDatabase::postgres()
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432 (or pass --sqlite)")
+    };
+    let stack = TestStack::start_with(&db, |c| {
+        c.delivery.workers = false;
+        c.database.max_connections = 10;
+        c.campaigns.poll_interval_ms = 20;
+        c.campaigns.workers = arg("--workers").and_then(|s| s.parse().ok()).unwrap_or(2);
+        c.campaigns.claim_batch = arg("--batch").and_then(|s| s.parse().ok()).unwrap_or(500);
+    })
+    .await;
+    // Noon UTC: no quiet hours for customers in UTC.
+    stack.clock.advance(chrono::Duration::hours(12));
+    let tenant = stack.tenant("bench").await;
+    let channel = stack.authed(&tenant.token);
+    let mut delivery = DeliveryServiceClient::new(channel.clone());
+    delivery
+        .upsert_template(UpsertTemplateRequest {
+            template: Some(MessageTemplate {
+                template_id: "offer".into(),
+                channel: Channel::Email as i32,
+                subject: "For you".into(),
+                text: "Code {{ coupon.code }}".into(),
+                ..MessageTemplate::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let offer = OffersServiceClient::new(channel.clone())
+        .create_offer_template(CreateOfferTemplateRequest {
+            template: Some(OfferTemplate {
+                name: "10 %".into(),
+                kind: OfferKind::PercentOff as i32,
+                percent_off: 10,
+                valid_for: Some(to_duration(chrono::Duration::hours(72))),
+                estimated_cost: Some(Money {
+                    amount_minor: 10_000,
+                    currency: "RUB".into(),
+                }),
+                ..OfferTemplate::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .template
+        .unwrap()
+        .template_id;
+    let mut campaigns = CampaignsServiceClient::new(channel);
+    let chain = campaigns
+        .create_chain(CreateChainRequest {
+            chain: Some(Chain {
+                name: "one offer".into(),
+                steps: vec![Step {
+                    name: "offer".into(),
+                    channels: vec![ChannelChoice {
+                        channel: Channel::Email as i32,
+                        template_id: "offer".into(),
+                    }],
+                    offer_template_id: offer,
+                    ..Step::default()
+                }],
+                ..Chain::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .chain
+        .unwrap();
+    // Created paused-equivalent (draft), seeded, then activated: the clock starts there.
+    let campaign = campaigns
+        .create_campaign(CreateCampaignRequest {
+            campaign: Some(Campaign {
+                name: "bench".into(),
+                chain_id: chain.chain_id.clone(),
+                audience: Some(Audience {
+                    triggers: vec![Trigger::CartAbandoned as i32],
+                    ..Audience::default()
+                }),
+                winback: true,
+                ..Campaign::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .campaign
+        .unwrap();
+    let url = stack
+        .config
+        .database
+        .url_for("campaigns", &stack.config.data_dir);
+    let cdb = winback_platform::db::connect(&url, "campaigns", 2)
+        .await
+        .unwrap();
+    let backend = sea_orm::ConnectionTrait::get_database_backend(&cdb);
+    let now_us = stack.clock.now().timestamp_micros();
+    let consent = 1i64 << (Channel::Email as i64 * 2 + i64::from(false));
+    let _ = MessagePurpose::Advertising;
+    let seeding = Instant::now();
+    for start in (0..steps).step_by(1000) {
+        let rows = (start..(start + 1000).min(steps)).map(|i| {
+            vec![
+                tenant.tenant_id.clone().into(),
+                format!("e-{i:08}").into(),
+                campaign.campaign_id.clone().into(),
+                format!("c-{i:08}").into(),
+                "A".into(),
+                chain.chain_id.clone().into(),
+                1i64.into(),
+                0i64.into(),
+                1i64.into(),
+                "".into(),
+                2i64.into(),
+                now_us.into(),
+                now_us.into(),
+                now_us.into(),
+                format!("c{i}@example.com").into(),
+                "UTC".into(),
+                consent.into(),
+            ]
+        });
+        sea_orm::ConnectionTrait::execute_raw(
+            &cdb,
+            multi_row_insert(
+                backend,
+                "INSERT INTO enrolments (tenant_id, enrolment_id, campaign_id, customer_id, variant,
+                   chain_id, state, skip_reason, winback, segment, trigger_kind, enrolled_at_us,
+                   due_at_us, anchor_us, email, time_zone, consent_bits)",
+                rows,
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    eprintln!(
+        "seeded {steps} due steps in {:.1} s",
+        seeding.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    campaigns
+        .activate_campaign(ActivateCampaignRequest {
+            campaign_id: campaign.campaign_id.clone(),
+        })
+        .await
+        .unwrap();
+    let count_sql = winback_platform::db::statement(
+        backend,
+        "SELECT COUNT(*) AS n FROM step_outcomes WHERE outcome = 'sent'",
+        vec![],
+    );
+    let mut last = 0i64;
+    loop {
+        let row = sea_orm::ConnectionTrait::query_one_raw(&cdb, count_sql.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        let n: i64 = row.try_get("", "n").unwrap();
+        if n as usize >= steps {
+            break;
+        }
+        if n != last {
+            last = n;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            panic!("only {n} of {steps} steps ran in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{} campaign steps (coupon + send into the delivery outbox) on {}: {:.2} s, {:.0} steps/s",
+        steps,
+        if sqlite { "SQLite" } else { "PostgreSQL" },
+        secs,
+        steps as f64 / secs
+    );
+    stack.stop().await;
+    db.cleanup().await;
+}
