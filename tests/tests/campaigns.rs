@@ -766,3 +766,325 @@ db_test!(
         shop.stack.stop().await;
     }
 );
+
+impl Shop {
+    /// A one-step chain on email, optionally with the dead-customer suppression.
+    async fn one_step_campaign(&mut self, name: &str, suppress_after_days: Option<i64>) -> String {
+        let chain = Chain {
+            name: name.into(),
+            steps: vec![Step {
+                name: "touch".into(),
+                channels: vec![email("reminder")],
+                suppress_if_no_click_within: suppress_after_days
+                    .map(|d| to_duration(chrono::Duration::days(d))),
+                ..Step::default()
+            }],
+            ..Chain::default()
+        };
+        self.campaign(chain, 0).await
+    }
+
+    async fn complete(&mut self, campaign_id: &str) {
+        self.campaigns
+            .complete_campaign(CompleteCampaignRequest {
+                campaign_id: campaign_id.into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    fn advance(&self, by: chrono::Duration) {
+        self.stack.clock.advance(by);
+    }
+}
+
+db_test!(
+    the_chain_cap_and_the_cool_down_hold_at_their_exact_boundaries,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        shop.customers(&ids("k", 2), "Europe/Moscow").await;
+        let t0 = shop.now();
+        // Two win-back chains for k-0 (each campaign completed before the next runs).
+        let first = shop.one_step_campaign("first", None).await;
+        assert_eq!(shop.enrol(&first, &["k-0".into()]).await[0].skip_reason, 0);
+        shop.complete(&first).await;
+        shop.advance(chrono::Duration::days(10));
+        let second = shop.one_step_campaign("second", None).await;
+        assert_eq!(shop.enrol(&second, &["k-0".into()]).await[0].skip_reason, 0);
+        shop.complete(&second).await;
+        // A third within 365 days of the first: capped, up to the last second.
+        let third = shop.one_step_campaign("third", None).await;
+        shop.advance(
+            (t0 + chrono::Duration::days(365) - chrono::Duration::seconds(1)) - shop.now(),
+        );
+        let d = shop.enrol(&third, &["k-0".into()]).await.remove(0);
+        assert_eq!(d.skip_reason, SkipReason::Capped as i32);
+        assert!(d.enrolment_id.is_empty());
+        // Exactly 365 days after the first, it has left the window.
+        shop.advance(chrono::Duration::seconds(1));
+        let d = shop.enrol(&third, &["k-0".into()]).await.remove(0);
+        assert_eq!(d.skip_reason, 0, "{d:?}");
+        // k-1 comes back through the chain: 90 days of cool-down from the purchase.
+        let d = shop.enrol(&third, &["k-1".into()]).await.remove(0);
+        shop.settle(std::slice::from_ref(&d.enrolment_id), 1).await;
+        let placed = shop.now();
+        shop.profiles
+            .record_orders(RecordOrdersRequest {
+                orders: vec![Order {
+                    order_id: "k-1-order".into(),
+                    customer_id: "k-1".into(),
+                    placed_at: Some(to_timestamp(placed)),
+                    total: Some(Money {
+                        amount_minor: 100_000,
+                        currency: "RUB".into(),
+                    }),
+                    ..Order::default()
+                }],
+            })
+            .await
+            .unwrap();
+        shop.wait_for(&d.enrolment_id, |e| {
+            e.state == EnrolmentState::Returned as i32
+        })
+        .await;
+        shop.complete(&third).await;
+        let fourth = shop.one_step_campaign("fourth", None).await;
+        shop.advance(
+            (placed + chrono::Duration::days(90) - chrono::Duration::seconds(1)) - shop.now(),
+        );
+        let d = shop.enrol(&fourth, &["k-1".into()]).await.remove(0);
+        assert_eq!(d.skip_reason, SkipReason::Cooldown as i32);
+        shop.advance(chrono::Duration::seconds(1));
+        let d = shop.enrol(&fourth, &["k-1".into()]).await.remove(0);
+        assert_eq!(d.skip_reason, 0, "{d:?}");
+        shop.stack.stop().await;
+    }
+);
+
+db_test!(
+    a_pause_never_repeats_a_touch_and_late_steps_turn_stale,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        shop.customers(&ids("s", 1), "Europe/Moscow").await;
+        let step = |name: &str, days: i64| Step {
+            name: name.into(),
+            delay: Some(to_duration(chrono::Duration::days(days))),
+            channels: vec![email("reminder")],
+            ..Step::default()
+        };
+        let chain = Chain {
+            name: "three".into(),
+            steps: vec![step("a", 0), step("b", 2), step("c", 1)],
+            ..Chain::default()
+        };
+        // The default weekly cap (3) leaves room for all three.
+        let campaign = shop.campaign(chain, 0).await;
+        let d = shop.enrol(&campaign, &["s-0".into()]).await.remove(0);
+        shop.settle(std::slice::from_ref(&d.enrolment_id), 1).await;
+        shop.campaigns
+            .pause_campaign(PauseCampaignRequest {
+                campaign_id: campaign.clone(),
+            })
+            .await
+            .unwrap();
+        // Step b falls due during the pause: nothing is sent.
+        shop.advance(chrono::Duration::days(2) + chrono::Duration::hours(1));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(shop.messages_of("s-0").await.len(), 1);
+        // Resumed an hour late (within the 24 h lateness): b runs once.
+        shop.campaigns
+            .activate_campaign(ActivateCampaignRequest {
+                campaign_id: campaign.clone(),
+            })
+            .await
+            .unwrap();
+        shop.settle(std::slice::from_ref(&d.enrolment_id), 2).await;
+        assert_eq!(shop.messages_of("s-0").await.len(), 2);
+        // Step c falls due during a longer pause: on resume it is stale, not sent.
+        shop.campaigns
+            .pause_campaign(PauseCampaignRequest {
+                campaign_id: campaign.clone(),
+            })
+            .await
+            .unwrap();
+        shop.advance(chrono::Duration::days(3));
+        shop.campaigns
+            .activate_campaign(ActivateCampaignRequest {
+                campaign_id: campaign.clone(),
+            })
+            .await
+            .unwrap();
+        shop.settle(std::slice::from_ref(&d.enrolment_id), 3).await;
+        let e = shop.enrolment(&d.enrolment_id).await;
+        let outcomes: Vec<&str> = e.steps.iter().map(|s| s.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["sent", "sent", "skipped_stale"]);
+        assert_eq!(shop.messages_of("s-0").await.len(), 2);
+        shop.stack.stop().await;
+    }
+);
+
+db_test!(
+    a_dead_customer_who_does_not_click_in_7_days_is_suppressed,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        shop.customers(&ids("x", 1), "Europe/Moscow").await;
+        let campaign = shop.one_step_campaign("breaking up", Some(7)).await;
+        let d = shop.enrol(&campaign, &["x-0".into()]).await.remove(0);
+        shop.settle(std::slice::from_ref(&d.enrolment_id), 1).await;
+        shop.advance(chrono::Duration::days(7) + chrono::Duration::minutes(1));
+        shop.wait_for(&d.enrolment_id, |e| {
+            e.state == EnrolmentState::Completed as i32
+        })
+        .await;
+        let suppressions = shop
+            .delivery
+            .list_suppressions(winback_proto::delivery::ListSuppressionsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .suppressions;
+        assert!(
+            suppressions.iter().any(|s| s.contact == "x-0@example.com"
+                && s.reason == "dead_cleanup"
+                && s.marketing_only),
+            "{suppressions:?}"
+        );
+        shop.stack.stop().await;
+    }
+);
+
+db_test!(
+    an_abandoned_cart_enrols_through_the_trigger_and_the_report_matches_the_events,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        shop.customers(&ids("t", 1), "Europe/Moscow").await;
+        let chain = shop
+            .campaigns
+            .create_chain(CreateChainRequest {
+                chain: Some(Chain {
+                    name: "cart".into(),
+                    steps: vec![Step {
+                        name: "cart".into(),
+                        delay: Some(to_duration(chrono::Duration::hours(1))),
+                        channels: vec![email("reminder")],
+                        ..Step::default()
+                    }],
+                    ..Chain::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .chain
+            .unwrap();
+        let campaign = shop
+            .campaigns
+            .create_campaign(CreateCampaignRequest {
+                campaign: Some(Campaign {
+                    name: "cart".into(),
+                    chain_id: chain.chain_id,
+                    audience: Some(Audience {
+                        triggers: vec![Trigger::CartAbandoned as i32],
+                        ..Audience::default()
+                    }),
+                    ..Campaign::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .campaign
+            .unwrap()
+            .campaign_id;
+        shop.campaigns
+            .activate_campaign(ActivateCampaignRequest {
+                campaign_id: campaign.clone(),
+            })
+            .await
+            .unwrap();
+        shop.profiles
+            .record_engagement(winback_proto::profiles::RecordEngagementRequest {
+                events: vec![winback_proto::profiles::EngagementEvent {
+                    event_id: "cart-1".into(),
+                    customer_id: "t-0".into(),
+                    occurred_at: Some(to_timestamp(shop.now())),
+                    kind: Some(
+                        winback_proto::profiles::engagement_event::Kind::CartAbandoned(
+                            winback_proto::profiles::CartAbandoned {
+                                value: Some(Money {
+                                    amount_minor: 500_000,
+                                    currency: "RUB".into(),
+                                }),
+                                lines: vec![],
+                            },
+                        ),
+                    ),
+                }],
+            })
+            .await
+            .unwrap();
+        let mut enrolment = None;
+        for _ in 0..200 {
+            let listed = shop
+                .campaigns
+                .list_enrolments(ListEnrolmentsRequest {
+                    campaign_id: campaign.clone(),
+                    ..ListEnrolmentsRequest::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .enrolments;
+            if let Some(e) = listed.into_iter().next() {
+                enrolment = Some(e);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let e = enrolment.expect("the abandoned cart enrols the customer");
+        assert_eq!(e.trigger, Trigger::CartAbandoned as i32);
+        assert_eq!(e.state, EnrolmentState::Running as i32);
+        shop.advance(chrono::Duration::hours(1));
+        shop.settle(std::slice::from_ref(&e.enrolment_id), 1).await;
+        // The campaigns feed, read as any consumer would: the report agrees with it.
+        let mut feed = winback_proto::events::events_service_client::EventsServiceClient::new(
+            shop.stack.authed(
+                &shop
+                    .stack
+                    .token_with_scopes(&shop.tenant_id, &["events:read"]),
+            ),
+        );
+        let mut stream = feed
+            .subscribe(winback_proto::events::SubscribeRequest {
+                source: winback_proto::events::EventSource::Campaigns as i32,
+                after_cursor: String::new(),
+                types: vec![],
+                tenant_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut started, mut sent) = (0, 0);
+        while let Ok(Ok(Some(reply))) =
+            tokio::time::timeout(Duration::from_millis(700), stream.message()).await
+        {
+            match reply.event.and_then(|e| e.payload) {
+                Some(winback_proto::events::event::Payload::EnrolmentStarted(s))
+                    if s.campaign_id == campaign && !s.holdout =>
+                {
+                    started += 1
+                }
+                Some(winback_proto::events::event::Payload::StepExecuted(s))
+                    if s.campaign_id == campaign && s.outcome == "sent" =>
+                {
+                    sent += 1
+                }
+                _ => {}
+            }
+        }
+        let total = shop.report(&campaign).await.total.unwrap();
+        assert_eq!((total.enrolled, total.touched), (started, sent));
+        assert_eq!((started, sent), (1, 1));
+        shop.stack.stop().await;
+    }
+);
