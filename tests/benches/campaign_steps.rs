@@ -46,7 +46,7 @@ async fn main() {
     let stack = TestStack::start_with(&db, |c| {
         c.delivery.workers = false;
         c.database.max_connections = 10;
-        c.campaigns.poll_interval_ms = 20;
+        c.campaigns.poll_interval_ms = arg("--poll-ms").and_then(|s| s.parse().ok()).unwrap_or(50);
         c.campaigns.workers = arg("--workers").and_then(|s| s.parse().ok()).unwrap_or(2);
         c.campaigns.claim_batch = arg("--batch").and_then(|s| s.parse().ok()).unwrap_or(500);
     })
@@ -218,6 +218,85 @@ async fn main() {
         secs,
         steps as f64 / secs
     );
+    // Steady load: `--rate` steps fall due per second for `--seconds`, 1/10 of them every
+    // 100 ms; each tick's lag is from falling due to its last step's outcome committed
+    // (an upper bound of "due → started").
+    let rate: usize = arg("--rate").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let seconds: usize = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(10);
+    if rate > 0 {
+        let per_tick = (rate / 10).max(1);
+        let mut pending: std::collections::VecDeque<(usize, Instant)> = Default::default();
+        let mut lags: Vec<f64> = Vec::new();
+        let steady = Instant::now();
+        let mut tick = 0usize;
+        while tick < seconds * 10 || !pending.is_empty() {
+            if tick < seconds * 10 && steady.elapsed() >= Duration::from_millis(100 * tick as u64) {
+                let rows = (0..per_tick).map(|i| {
+                    vec![
+                        tenant.tenant_id.clone().into(),
+                        format!("r{tick:05}-{i:05}").into(),
+                        campaign.campaign_id.clone().into(),
+                        format!("r{tick:05}-{i:05}").into(),
+                        "A".into(),
+                        chain.chain_id.clone().into(),
+                        1i64.into(),
+                        0i64.into(),
+                        1i64.into(),
+                        "".into(),
+                        2i64.into(),
+                        now_us.into(),
+                        now_us.into(),
+                        now_us.into(),
+                        format!("r{tick}-{i}@example.com").into(),
+                        "UTC".into(),
+                        consent.into(),
+                    ]
+                });
+                sea_orm::ConnectionTrait::execute_raw(
+                    &cdb,
+                    multi_row_insert(
+                        backend,
+                        "INSERT INTO enrolments (tenant_id, enrolment_id, campaign_id, customer_id, variant,
+                           chain_id, state, skip_reason, winback, segment, trigger_kind, enrolled_at_us,
+                           due_at_us, anchor_us, email, time_zone, consent_bits)",
+                        rows,
+                    ),
+                )
+                .await
+                .unwrap();
+                pending.push_back((tick, Instant::now()));
+                tick += 1;
+            }
+            while let Some((t, at)) = pending.front().copied() {
+                let row = sea_orm::ConnectionTrait::query_one_raw(
+                    &cdb,
+                    winback_platform::db::statement(
+                        backend,
+                        "SELECT COUNT(*) AS n FROM step_outcomes WHERE outcome = 'sent' AND enrolment_id >= $1 AND enrolment_id < $2",
+                        vec![format!("r{t:05}-").into(), format!("r{t:05}.").into()],
+                    ),
+                )
+                .await
+                .unwrap()
+                .unwrap();
+                let n: i64 = row.try_get("", "n").unwrap();
+                if (n as usize) < per_tick {
+                    break;
+                }
+                lags.push(at.elapsed().as_secs_f64());
+                pending.pop_front();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        lags.sort_by(f64::total_cmp);
+        let pick = |q: f64| lags[((lags.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "steady {rate} steps/s for {seconds} s: due → outcome committed p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            pick(0.5) * 1000.0,
+            pick(0.99) * 1000.0,
+            pick(1.0) * 1000.0
+        );
+    }
     stack.stop().await;
     db.cleanup().await;
 }

@@ -336,9 +336,11 @@ pub struct CampaignsConfig {
 impl Default for CampaignsConfig {
     fn default() -> Self {
         Self {
-            poll_interval_ms: 200,
+            poll_interval_ms: 50,
             claim_batch: 500,
-            workers: 1,
+            // Two claim batches in flight: one executes while the other waits on offers and
+            // delivery (1,600 → 2,300 steps/s on PostgreSQL, 2 cores).
+            workers: 2,
             lease_ms: 60_000,
             consume_events: true,
             crash_point: String::new(),
