@@ -1088,3 +1088,220 @@ db_test!(
         shop.stack.stop().await;
     }
 );
+
+db_test!(
+    the_audience_is_enrolled_on_demand_with_a_reason_for_everyone_left_out,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        // a, b: reachable; c: no consent; d: asked not to be contacted.
+        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        shop.customers(&all[..2], "Europe/Moscow").await;
+        shop.profiles
+            .upsert_customers(UpsertCustomersRequest {
+                customers: all[2..]
+                    .iter()
+                    .map(|id| Customer {
+                        customer_id: id.clone(),
+                        email: format!("{id}@example.com"),
+                        ..Customer::default()
+                    })
+                    .collect(),
+            })
+            .await
+            .unwrap();
+        shop.profiles
+            .record_consent(RecordConsentRequest {
+                customer_id: "d".into(),
+                consent: Some(ConsentRecord {
+                    channel: Channel::Email as i32,
+                    purpose: MessagePurpose::Advertising as i32,
+                    granted: false,
+                    source: "survey".into(),
+                    recorded_at: Some(to_timestamp(shop.now())),
+                }),
+                do_not_contact: true,
+            })
+            .await
+            .unwrap();
+        // Two purchases a year ago: nobody is active any more.
+        let orders = all
+            .iter()
+            .flat_map(|id| {
+                ["2025-01-10T10:00:00Z", "2025-03-10T10:00:00Z"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, at)| Order {
+                        order_id: format!("{id}-{i}"),
+                        customer_id: id.clone(),
+                        placed_at: Some(to_timestamp(utc(at))),
+                        total: Some(Money {
+                            amount_minor: 300_000,
+                            currency: "RUB".into(),
+                        }),
+                        ..Order::default()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        shop.profiles
+            .record_orders(RecordOrdersRequest { orders })
+            .await
+            .unwrap();
+        let mut segmentation =
+            winback_proto::segmentation::segmentation_service_client::SegmentationServiceClient::new(
+                shop.stack.authed(&shop.stack.token_with_scopes(
+                    &shop.tenant_id,
+                    &["segmentation:read", "segmentation:write"],
+                )),
+            );
+        let run = segmentation
+            .recompute(winback_proto::segmentation::RecomputeRequest {
+                as_of: Some(to_timestamp(shop.now())),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(run.customers_scored, 4);
+        let asleep = vec![
+            LifecycleState::HotInactive as i32,
+            LifecycleState::Sleeping as i32,
+            LifecycleState::NearlyLost as i32,
+            LifecycleState::Dead as i32,
+        ];
+        let chain_a = shop
+            .campaigns
+            .create_chain(CreateChainRequest {
+                chain: Some(shop.classic_chain()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .chain
+            .unwrap()
+            .chain_id;
+        let mut second = shop.classic_chain();
+        second.name = "classic B".into();
+        second.steps.truncate(2);
+        let chain_b = shop
+            .campaigns
+            .create_chain(CreateChainRequest {
+                chain: Some(second),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .chain
+            .unwrap()
+            .chain_id;
+        let campaign = |name: &str, min_clv_minor: i64| Campaign {
+            name: name.into(),
+            chain_id: chain_a.clone(),
+            audience: Some(Audience {
+                lifecycle_states: asleep.clone(),
+                min_clv_minor,
+                ..Audience::default()
+            }),
+            variants: vec![
+                Variant {
+                    name: "A".into(),
+                    weight: 1,
+                    chain_id: String::new(),
+                },
+                Variant {
+                    name: "B".into(),
+                    weight: 1,
+                    chain_id: chain_b.clone(),
+                },
+            ],
+            winback: true,
+            ..Campaign::default()
+        };
+        // A CLV floor nobody reaches: everyone reachable is "LTV too low".
+        let rich = shop
+            .campaigns
+            .create_campaign(CreateCampaignRequest {
+                campaign: Some(campaign("rich only", 1_000_000_000_000)),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .campaign
+            .unwrap()
+            .campaign_id;
+        let enrol_all = |id: String| EnrolAudienceRequest { campaign_id: id };
+        let err = shop
+            .campaigns
+            .enrol_audience(enrol_all(rich.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::FailedPrecondition,
+            "a draft does not enrol"
+        );
+        shop.campaigns
+            .activate_campaign(ActivateCampaignRequest {
+                campaign_id: rich.clone(),
+            })
+            .await
+            .unwrap();
+        let r = shop
+            .campaigns
+            .enrol_audience(enrol_all(rich.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((r.enrolled, r.held_out), (0, 0));
+        assert_eq!(r.skipped.get("ltv_too_low"), Some(&3), "{r:?}");
+        assert_eq!(r.skipped.get("refused_contact"), Some(&1), "{r:?}");
+        shop.complete(&rich).await;
+        let open = shop
+            .campaigns
+            .create_campaign(CreateCampaignRequest {
+                campaign: Some(campaign("everyone", 0)),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .campaign
+            .unwrap()
+            .campaign_id;
+        shop.campaigns
+            .activate_campaign(ActivateCampaignRequest {
+                campaign_id: open.clone(),
+            })
+            .await
+            .unwrap();
+        let r = shop
+            .campaigns
+            .enrol_audience(enrol_all(open.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.enrolled, 2, "{r:?}");
+        assert_eq!(r.skipped.get("no_consent"), Some(&1), "{r:?}");
+        assert_eq!(r.skipped.get("refused_contact"), Some(&1), "{r:?}");
+        let listed = shop
+            .campaigns
+            .list_enrolments(ListEnrolmentsRequest {
+                campaign_id: open.clone(),
+                ..ListEnrolmentsRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .enrolments;
+        assert_eq!(listed.len(), 4, "every decision is recorded");
+        for e in listed
+            .iter()
+            .filter(|e| e.state == EnrolmentState::Running as i32)
+        {
+            assert!(["A", "B"].contains(&e.variant.as_str()), "{e:?}");
+            assert!(!e.segment.is_empty(), "the segment at enrolment is kept");
+        }
+        let c = listed.iter().find(|e| e.customer_id == "c").unwrap();
+        assert_eq!(c.state, EnrolmentState::Skipped as i32);
+        assert_eq!(c.skip_reason, SkipReason::NoConsent as i32);
+        shop.stack.stop().await;
+    }
+);
