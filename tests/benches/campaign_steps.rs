@@ -23,6 +23,19 @@ use winback_proto::delivery::{MessageTemplate, UpsertTemplateRequest};
 use winback_proto::offers::offers_service_client::OffersServiceClient;
 use winback_proto::offers::{CreateOfferTemplateRequest, OfferKind, OfferTemplate};
 
+/// Resident memory of this process (the whole stack runs in it), in MiB.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -180,6 +193,52 @@ async fn main() {
         "seeded {steps} due steps in {:.1} s",
         seeding.elapsed().as_secs_f64()
     );
+    // Enrolments waiting far in the future: the workers must not hold them in memory.
+    let idle: usize = arg("--idle").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let far = now_us + 365 * 86_400 * 1_000_000;
+    for start in (0..idle).step_by(1000) {
+        let rows = (start..(start + 1000).min(idle)).map(|i| {
+            vec![
+                tenant.tenant_id.clone().into(),
+                format!("i-{i:08}").into(),
+                campaign.campaign_id.clone().into(),
+                format!("i-{i:08}").into(),
+                "A".into(),
+                chain.chain_id.clone().into(),
+                1i64.into(),
+                0i64.into(),
+                1i64.into(),
+                "".into(),
+                2i64.into(),
+                now_us.into(),
+                far.into(),
+                now_us.into(),
+                format!("i{i}@example.com").into(),
+                "UTC".into(),
+                consent.into(),
+            ]
+        });
+        sea_orm::ConnectionTrait::execute_raw(
+            &cdb,
+            multi_row_insert(
+                backend,
+                "INSERT INTO enrolments (tenant_id, enrolment_id, campaign_id, customer_id, variant,
+                   chain_id, state, skip_reason, winback, segment, trigger_kind, enrolled_at_us,
+                   due_at_us, anchor_us, email, time_zone, consent_bits)",
+                rows,
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    if idle > 0 && !sqlite {
+        // What autovacuum does after a bulk load; without it the planner works from the
+        // statistics of an empty table.
+        sea_orm::ConnectionTrait::execute_unprepared(&cdb, "ANALYZE enrolments")
+            .await
+            .unwrap();
+    }
+    let rss_before = rss_mib();
     let started = Instant::now();
     campaigns
         .activate_campaign(ActivateCampaignRequest {
@@ -211,6 +270,13 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = started.elapsed().as_secs_f64();
+    if idle > 0 {
+        println!(
+            "{idle} waiting enrolments held: process RSS {:.0} MiB before the run, {:.0} MiB after",
+            rss_before,
+            rss_mib()
+        );
+    }
     println!(
         "{} campaign steps (coupon + send into the delivery outbox) on {}: {:.2} s, {:.0} steps/s",
         steps,

@@ -200,13 +200,14 @@ impl Campaigns {
         let rows = query(
             &txn,
             &format!(
-                "UPDATE enrolments SET lease_until_us = $1
-                 WHERE (tenant_id, enrolment_id) IN (
-                   SELECT e.tenant_id, e.enrolment_id FROM enrolments e
+                "WITH due AS (
+                   SELECT e.tenant_id AS due_tenant, e.enrolment_id AS due_id FROM enrolments e
                    WHERE e.state = $2 AND e.due_at_us <= $3 AND e.lease_until_us < $4
                      AND EXISTS (SELECT 1 FROM campaigns c WHERE c.tenant_id = e.tenant_id
                                  AND c.campaign_id = e.campaign_id AND c.state = 2)
                    ORDER BY e.due_at_us LIMIT $5 {lock})
+                 UPDATE enrolments SET lease_until_us = $1 FROM due
+                 WHERE enrolments.tenant_id = due.due_tenant AND enrolments.enrolment_id = due.due_id
                  RETURNING {COLUMNS}"
             ),
             vec![
