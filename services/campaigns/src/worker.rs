@@ -365,7 +365,7 @@ impl Campaigns {
                 if contact.is_empty() {
                     continue;
                 }
-                delivery
+                let added = delivery
                     .add_suppression(AddSuppressionRequest {
                         suppression: Some(Suppression {
                             channel: channel as i32,
@@ -376,8 +376,21 @@ impl Campaigns {
                             marketing_only: true,
                         }),
                     })
-                    .await
-                    .map_err(|s| upstream("delivery.AddSuppression", &s))?;
+                    .await;
+                match added {
+                    Ok(_) => {}
+                    // A contact delivery will not take (already suppressed, malformed) must not
+                    // hold the chain's end back; an unavailable delivery retries the batch.
+                    Err(s)
+                        if !matches!(
+                            s.code(),
+                            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                        ) =>
+                    {
+                        tracing::warn!(customer = %d.customer_id, error = %s.message(), "dead-customer suppression refused");
+                    }
+                    Err(s) => return Err(upstream("delivery.AddSuppression", &s)),
+                }
             }
             ("no_click_suppressed", "dead_suppressed")
         } else if opened || clicked {
@@ -448,7 +461,6 @@ impl Campaigns {
                 Some(c) => c,
                 None => offers.insert(self.offers(tenant)?),
             };
-            let campaign_id = due[sendings[ks[0]].index].campaign_id.clone();
             // One campaign per call keeps budgets and attribution right.
             let mut by_campaign: BTreeMap<String, Vec<usize>> = BTreeMap::new();
             for k in ks {
@@ -457,7 +469,6 @@ impl Campaigns {
                     .or_default()
                     .push(k);
             }
-            let _ = campaign_id;
             for (campaign_id, ks) in by_campaign {
                 let recipients = ks
                     .iter()
