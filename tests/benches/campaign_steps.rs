@@ -17,11 +17,65 @@ use winback_platform::testing::TestDatabase;
 use winback_platform::time::to_duration;
 use winback_proto::campaigns::campaigns_service_client::CampaignsServiceClient;
 use winback_proto::campaigns::*;
-use winback_proto::common::{Channel, MessagePurpose, Money};
+use winback_proto::common::{Channel, Money};
 use winback_proto::delivery::delivery_service_client::DeliveryServiceClient;
 use winback_proto::delivery::{MessageTemplate, UpsertTemplateRequest};
 use winback_proto::offers::offers_service_client::OffersServiceClient;
 use winback_proto::offers::{CreateOfferTemplateRequest, OfferKind, OfferTemplate};
+
+/// Writes running enrolments straight into the campaigns tables, as enrolment leaves them:
+/// variant A of the bench chain, email with advertising consent, in UTC.
+struct Seeder<'a> {
+    db: &'a sea_orm::DatabaseConnection,
+    tenant: &'a str,
+    campaign: &'a str,
+    chain: &'a str,
+    now_us: i64,
+    consent: i64,
+}
+
+impl Seeder<'_> {
+    /// Enrolments with these ids (also their customers' ids), due at `due_us`.
+    async fn seed(&self, ids: impl Iterator<Item = String>, due_us: i64) {
+        let ids: Vec<String> = ids.collect();
+        let backend = sea_orm::ConnectionTrait::get_database_backend(self.db);
+        for chunk in ids.chunks(1000) {
+            let rows = chunk.iter().map(|id| {
+                vec![
+                    self.tenant.into(),
+                    id.clone().into(),
+                    self.campaign.into(),
+                    id.clone().into(),
+                    "A".into(),
+                    self.chain.into(),
+                    1i64.into(),
+                    0i64.into(),
+                    1i64.into(),
+                    "".into(),
+                    2i64.into(),
+                    self.now_us.into(),
+                    due_us.into(),
+                    self.now_us.into(),
+                    format!("{id}@example.com").into(),
+                    "UTC".into(),
+                    self.consent.into(),
+                ]
+            });
+            sea_orm::ConnectionTrait::execute_raw(
+                self.db,
+                multi_row_insert(
+                    backend,
+                    "INSERT INTO enrolments (tenant_id, enrolment_id, campaign_id, customer_id, variant,
+                       chain_id, state, skip_reason, winback, segment, trigger_kind, enrolled_at_us,
+                       due_at_us, anchor_us, email, time_zone, consent_bits)",
+                    rows,
+                ),
+            )
+            .await
+            .unwrap();
+        }
+    }
+}
 
 /// Resident memory of this process (the whole stack runs in it), in MiB.
 fn rss_mib() -> f64 {
@@ -151,44 +205,18 @@ async fn main() {
         .unwrap();
     let backend = sea_orm::ConnectionTrait::get_database_backend(&cdb);
     let now_us = stack.clock.now().timestamp_micros();
-    let consent = 1i64 << (Channel::Email as i64 * 2 + i64::from(false));
-    let _ = MessagePurpose::Advertising;
+    let seeder = Seeder {
+        db: &cdb,
+        tenant: &tenant.tenant_id,
+        campaign: &campaign.campaign_id,
+        chain: &chain.chain_id,
+        now_us,
+        consent: 1i64 << (Channel::Email as i64 * 2 + i64::from(false)),
+    };
     let seeding = Instant::now();
-    for start in (0..steps).step_by(1000) {
-        let rows = (start..(start + 1000).min(steps)).map(|i| {
-            vec![
-                tenant.tenant_id.clone().into(),
-                format!("e-{i:08}").into(),
-                campaign.campaign_id.clone().into(),
-                format!("c-{i:08}").into(),
-                "A".into(),
-                chain.chain_id.clone().into(),
-                1i64.into(),
-                0i64.into(),
-                1i64.into(),
-                "".into(),
-                2i64.into(),
-                now_us.into(),
-                now_us.into(),
-                now_us.into(),
-                format!("c{i}@example.com").into(),
-                "UTC".into(),
-                consent.into(),
-            ]
-        });
-        sea_orm::ConnectionTrait::execute_raw(
-            &cdb,
-            multi_row_insert(
-                backend,
-                "INSERT INTO enrolments (tenant_id, enrolment_id, campaign_id, customer_id, variant,
-                   chain_id, state, skip_reason, winback, segment, trigger_kind, enrolled_at_us,
-                   due_at_us, anchor_us, email, time_zone, consent_bits)",
-                rows,
-            ),
-        )
-        .await
-        .unwrap();
-    }
+    seeder
+        .seed((0..steps).map(|i| format!("e-{i:08}")), now_us)
+        .await;
     eprintln!(
         "seeded {steps} due steps in {:.1} s",
         seeding.elapsed().as_secs_f64()
@@ -196,41 +224,9 @@ async fn main() {
     // Enrolments waiting far in the future: the workers must not hold them in memory.
     let idle: usize = arg("--idle").and_then(|s| s.parse().ok()).unwrap_or(0);
     let far = now_us + 365 * 86_400 * 1_000_000;
-    for start in (0..idle).step_by(1000) {
-        let rows = (start..(start + 1000).min(idle)).map(|i| {
-            vec![
-                tenant.tenant_id.clone().into(),
-                format!("i-{i:08}").into(),
-                campaign.campaign_id.clone().into(),
-                format!("i-{i:08}").into(),
-                "A".into(),
-                chain.chain_id.clone().into(),
-                1i64.into(),
-                0i64.into(),
-                1i64.into(),
-                "".into(),
-                2i64.into(),
-                now_us.into(),
-                far.into(),
-                now_us.into(),
-                format!("i{i}@example.com").into(),
-                "UTC".into(),
-                consent.into(),
-            ]
-        });
-        sea_orm::ConnectionTrait::execute_raw(
-            &cdb,
-            multi_row_insert(
-                backend,
-                "INSERT INTO enrolments (tenant_id, enrolment_id, campaign_id, customer_id, variant,
-                   chain_id, state, skip_reason, winback, segment, trigger_kind, enrolled_at_us,
-                   due_at_us, anchor_us, email, time_zone, consent_bits)",
-                rows,
-            ),
-        )
-        .await
-        .unwrap();
-    }
+    seeder
+        .seed((0..idle).map(|i| format!("i-{i:08}")), far)
+        .await;
     if idle > 0 && !sqlite {
         // What autovacuum does after a bulk load; without it the planner works from the
         // statistics of an empty table.
@@ -297,39 +293,9 @@ async fn main() {
         let mut tick = 0usize;
         while tick < seconds * 10 || !pending.is_empty() {
             if tick < seconds * 10 && steady.elapsed() >= Duration::from_millis(100 * tick as u64) {
-                let rows = (0..per_tick).map(|i| {
-                    vec![
-                        tenant.tenant_id.clone().into(),
-                        format!("r{tick:05}-{i:05}").into(),
-                        campaign.campaign_id.clone().into(),
-                        format!("r{tick:05}-{i:05}").into(),
-                        "A".into(),
-                        chain.chain_id.clone().into(),
-                        1i64.into(),
-                        0i64.into(),
-                        1i64.into(),
-                        "".into(),
-                        2i64.into(),
-                        now_us.into(),
-                        now_us.into(),
-                        now_us.into(),
-                        format!("r{tick}-{i}@example.com").into(),
-                        "UTC".into(),
-                        consent.into(),
-                    ]
-                });
-                sea_orm::ConnectionTrait::execute_raw(
-                    &cdb,
-                    multi_row_insert(
-                        backend,
-                        "INSERT INTO enrolments (tenant_id, enrolment_id, campaign_id, customer_id, variant,
-                           chain_id, state, skip_reason, winback, segment, trigger_kind, enrolled_at_us,
-                           due_at_us, anchor_us, email, time_zone, consent_bits)",
-                        rows,
-                    ),
-                )
-                .await
-                .unwrap();
+                seeder
+                    .seed((0..per_tick).map(|i| format!("r{tick:05}-{i:05}")), now_us)
+                    .await;
                 pending.push_back((tick, Instant::now()));
                 tick += 1;
             }

@@ -27,7 +27,7 @@ use crate::domain::chain::offsets;
 use crate::domain::plan::{Reach, consent_bit};
 use crate::domain::policy::Policy;
 use crate::peers::upstream;
-use crate::store::query;
+use crate::store::query_in;
 
 /// Someone who might join a campaign.
 #[derive(Debug, Clone)]
@@ -528,68 +528,58 @@ impl History {
         let holdout_until = (now - policy.max_chain_span).timestamp_micros();
         let window_start = (now - policy.chain_window).timestamp_micros();
         let cooldown_start = (now - policy.cooldown_after_return).timestamp_micros();
-        for chunk in ids.chunks(500) {
-            let list = winback_platform::db::placeholders(6, chunk.len());
-            let mut values: Vec<sea_orm::Value> = vec![
+        let rows = query_in(
+            txn,
+            "SELECT customer_id, state, winback, enrolled_at_us FROM enrolments
+             WHERE tenant_id = $1 AND customer_id IN ({list})
+               AND (state = $2 OR (state = $3 AND enrolled_at_us > $4) OR enrolled_at_us > $5)",
+            vec![
                 tenant.into(),
                 i64::from(EnrolmentState::Running as i32).into(),
                 i64::from(EnrolmentState::Holdout as i32).into(),
                 holdout_until.into(),
                 window_start.into(),
-            ];
-            values.extend(chunk.iter().map(|c| sea_orm::Value::from(c.clone())));
-            let rows = query(
-                txn,
-                &format!(
-                    "SELECT customer_id, state, winback, enrolled_at_us FROM enrolments
-                     WHERE tenant_id = $1 AND customer_id IN ({list})
-                       AND (state = $2 OR (state = $3 AND enrolled_at_us > $4) OR enrolled_at_us > $5)"
-                ),
-                values,
-            )
-            .await
-            .map_err(db_error)?;
-            for row in &rows {
-                let customer: String = row.try_get("", "customer_id").map_err(db_error)?;
-                let state: i64 = row.try_get("", "state").map_err(db_error)?;
-                let winback: i64 = row.try_get("", "winback").map_err(db_error)?;
-                let at: i64 = row.try_get("", "enrolled_at_us").map_err(db_error)?;
-                let state = i32::try_from(state).unwrap_or_default();
-                if state == EnrolmentState::Running as i32
-                    || (state == EnrolmentState::Holdout as i32 && at > holdout_until)
-                {
-                    h.in_chain.insert(customer.clone());
-                }
-                // Held-out customers got nothing: they do not use up the chain cap.
-                let touched = ![
-                    EnrolmentState::Holdout as i32,
-                    EnrolmentState::Skipped as i32,
-                ]
-                .contains(&state);
-                if winback != 0 && touched && at > window_start {
-                    *h.chains_in_window.entry(customer).or_default() += 1;
-                }
+            ],
+            &ids,
+        )
+        .await
+        .map_err(db_error)?;
+        for row in &rows {
+            let customer: String = row.try_get("", "customer_id").map_err(db_error)?;
+            let state: i64 = row.try_get("", "state").map_err(db_error)?;
+            let winback: i64 = row.try_get("", "winback").map_err(db_error)?;
+            let at: i64 = row.try_get("", "enrolled_at_us").map_err(db_error)?;
+            let state = i32::try_from(state).unwrap_or_default();
+            if state == EnrolmentState::Running as i32
+                || (state == EnrolmentState::Holdout as i32 && at > holdout_until)
+            {
+                h.in_chain.insert(customer.clone());
             }
-            let list = winback_platform::db::placeholders(3, chunk.len());
-            let mut values: Vec<sea_orm::Value> = vec![tenant.into(), cooldown_start.into()];
-            values.extend(chunk.iter().map(|c| sea_orm::Value::from(c.clone())));
-            // A return through a win-back: a treated enrolment's conversion.
-            let rows = query(
-                txn,
-                &format!(
-                    "SELECT DISTINCT v.customer_id FROM conversions v
-                     JOIN enrolments e ON e.tenant_id = v.tenant_id AND e.enrolment_id = v.enrolment_id
-                     WHERE v.tenant_id = $1 AND v.placed_at_us > $2 AND v.customer_id IN ({list})
-                       AND e.winback = 1 AND e.variant <> ''"
-                ),
-                values,
-            )
-            .await
-            .map_err(db_error)?;
-            for row in &rows {
-                h.cooling_down
-                    .insert(row.try_get("", "customer_id").map_err(db_error)?);
+            // Held-out customers got nothing: they do not use up the chain cap.
+            let touched = ![
+                EnrolmentState::Holdout as i32,
+                EnrolmentState::Skipped as i32,
+            ]
+            .contains(&state);
+            if winback != 0 && touched && at > window_start {
+                *h.chains_in_window.entry(customer).or_default() += 1;
             }
+        }
+        // A return through a win-back: a treated enrolment's conversion.
+        let rows = query_in(
+            txn,
+            "SELECT DISTINCT v.customer_id FROM conversions v
+             JOIN enrolments e ON e.tenant_id = v.tenant_id AND e.enrolment_id = v.enrolment_id
+             WHERE v.tenant_id = $1 AND v.placed_at_us > $2 AND v.customer_id IN ({list})
+               AND e.winback = 1 AND e.variant <> ''",
+            vec![tenant.into(), cooldown_start.into()],
+            &ids,
+        )
+        .await
+        .map_err(db_error)?;
+        for row in &rows {
+            h.cooling_down
+                .insert(row.try_get("", "customer_id").map_err(db_error)?);
         }
         Ok(h)
     }

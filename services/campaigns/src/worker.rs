@@ -28,7 +28,7 @@ use crate::context::{Campaigns, db_error, time};
 use crate::domain::chain::{is_marketing, offsets};
 use crate::domain::plan::{Decision, Reach, StepView, decide};
 use crate::peers::upstream;
-use crate::store::{execute, query};
+use crate::store::{execute, query, query_in};
 
 const COLUMNS: &str = "tenant_id, enrolment_id, campaign_id, customer_id, variant, chain_id,
     segment, enrolled_at_us, next_step, due_at_us, anchor_us, name, email, phone, push_token,
@@ -716,33 +716,24 @@ impl Campaigns {
         tenant: &str,
         due: &[Due],
     ) -> Result<HashMap<String, (bool, bool)>, ServiceError> {
+        let ids: Vec<String> = due.iter().map(|d| d.enrolment_id.clone()).collect();
+        let rows = query_in(
+            &self.db,
+            "SELECT enrolment_id, MAX(opened) AS opened, MAX(clicked) AS clicked
+             FROM step_reactions WHERE tenant_id = $1 AND enrolment_id IN ({list})
+             GROUP BY enrolment_id",
+            vec![tenant.into()],
+            &ids,
+        )
+        .await
+        .map_err(db_error)?;
         let mut out = HashMap::new();
-        for chunk in due.chunks(500) {
-            let list = winback_platform::db::placeholders(2, chunk.len());
-            let mut values: Vec<sea_orm::Value> = vec![tenant.into()];
-            values.extend(
-                chunk
-                    .iter()
-                    .map(|d| sea_orm::Value::from(d.enrolment_id.clone())),
-            );
-            let rows = query(
-                &self.db,
-                &format!(
-                    "SELECT enrolment_id, MAX(opened) AS opened, MAX(clicked) AS clicked
-                     FROM step_reactions WHERE tenant_id = $1 AND enrolment_id IN ({list})
-                     GROUP BY enrolment_id"
-                ),
-                values,
-            )
-            .await
-            .map_err(db_error)?;
-            for r in &rows {
-                let id: String = r.try_get("", "enrolment_id").map_err(db_error)?;
-                let opened: i64 = r.try_get("", "opened").map_err(db_error)?;
-                let clicked: i64 = r.try_get("", "clicked").map_err(db_error)?;
-                // A click implies the message was seen.
-                out.insert(id, (opened != 0 || clicked != 0, clicked != 0));
-            }
+        for r in &rows {
+            let id: String = r.try_get("", "enrolment_id").map_err(db_error)?;
+            let opened: i64 = r.try_get("", "opened").map_err(db_error)?;
+            let clicked: i64 = r.try_get("", "clicked").map_err(db_error)?;
+            // A click implies the message was seen.
+            out.insert(id, (opened != 0 || clicked != 0, clicked != 0));
         }
         Ok(out)
     }
@@ -754,32 +745,23 @@ impl Campaigns {
         due: &[Due],
         now: DateTime<Utc>,
     ) -> Result<HashMap<String, Vec<DateTime<Utc>>>, ServiceError> {
-        let mut out: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
         let since = (now - Duration::days(7)).timestamp_micros();
-        for chunk in due.chunks(500) {
-            let list = winback_platform::db::placeholders(3, chunk.len());
-            let mut values: Vec<sea_orm::Value> = vec![tenant.into(), since.into()];
-            values.extend(
-                chunk
-                    .iter()
-                    .map(|d| sea_orm::Value::from(d.customer_id.clone())),
-            );
-            let rows = query(
-                &self.db,
-                &format!(
-                    "SELECT customer_id, at_us FROM touches
-                     WHERE tenant_id = $1 AND at_us > $2 AND customer_id IN ({list})
-                     ORDER BY at_us"
-                ),
-                values,
-            )
-            .await
-            .map_err(db_error)?;
-            for r in &rows {
-                let id: String = r.try_get("", "customer_id").map_err(db_error)?;
-                let at: i64 = r.try_get("", "at_us").map_err(db_error)?;
-                out.entry(id).or_default().push(time(at));
-            }
+        let customers: Vec<String> = due.iter().map(|d| d.customer_id.clone()).collect();
+        let rows = query_in(
+            &self.db,
+            "SELECT customer_id, at_us FROM touches
+             WHERE tenant_id = $1 AND at_us > $2 AND customer_id IN ({list})
+             ORDER BY at_us",
+            vec![tenant.into(), since.into()],
+            &customers,
+        )
+        .await
+        .map_err(db_error)?;
+        let mut out: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
+        for r in &rows {
+            let id: String = r.try_get("", "customer_id").map_err(db_error)?;
+            let at: i64 = r.try_get("", "at_us").map_err(db_error)?;
+            out.entry(id).or_default().push(time(at));
         }
         Ok(out)
     }
@@ -790,39 +772,30 @@ impl Campaigns {
         tenant: &str,
         due: &[Due],
     ) -> Result<HashMap<String, (DateTime<Utc>, String)>, ServiceError> {
+        let ids: Vec<String> = due.iter().map(|d| d.enrolment_id.clone()).collect();
+        let rows = query_in(
+            &self.db,
+            "SELECT enrolment_id, step, due_at_us, offer_template_id FROM step_outcomes
+             WHERE tenant_id = $1 AND enrolment_id IN ({list}) AND executed_at_us = 0",
+            vec![tenant.into()],
+            &ids,
+        )
+        .await
+        .map_err(db_error)?;
+        let steps: HashMap<&str, usize> = due
+            .iter()
+            .map(|d| (d.enrolment_id.as_str(), d.step))
+            .collect();
         let mut out = HashMap::new();
-        for chunk in due.chunks(500) {
-            let list = winback_platform::db::placeholders(2, chunk.len());
-            let mut values: Vec<sea_orm::Value> = vec![tenant.into()];
-            values.extend(
-                chunk
-                    .iter()
-                    .map(|d| sea_orm::Value::from(d.enrolment_id.clone())),
-            );
-            let rows = query(
-                &self.db,
-                &format!(
-                    "SELECT enrolment_id, step, due_at_us, offer_template_id FROM step_outcomes
-                     WHERE tenant_id = $1 AND enrolment_id IN ({list}) AND executed_at_us = 0"
-                ),
-                values,
-            )
-            .await
-            .map_err(db_error)?;
-            let steps: HashMap<&str, usize> = chunk
-                .iter()
-                .map(|d| (d.enrolment_id.as_str(), d.step))
-                .collect();
-            for r in &rows {
-                let id: String = r.try_get("", "enrolment_id").map_err(db_error)?;
-                let step: i64 = r.try_get("", "step").map_err(db_error)?;
-                if steps.get(id.as_str()).copied() != usize::try_from(step).ok() {
-                    continue;
-                }
-                let at: i64 = r.try_get("", "due_at_us").map_err(db_error)?;
-                let template: String = r.try_get("", "offer_template_id").map_err(db_error)?;
-                out.insert(id, (time(at), template));
+        for r in &rows {
+            let id: String = r.try_get("", "enrolment_id").map_err(db_error)?;
+            let step: i64 = r.try_get("", "step").map_err(db_error)?;
+            if steps.get(id.as_str()).copied() != usize::try_from(step).ok() {
+                continue;
             }
+            let at: i64 = r.try_get("", "due_at_us").map_err(db_error)?;
+            let template: String = r.try_get("", "offer_template_id").map_err(db_error)?;
+            out.insert(id, (time(at), template));
         }
         Ok(out)
     }
