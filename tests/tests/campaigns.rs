@@ -1305,3 +1305,153 @@ db_test!(
         shop.stack.stop().await;
     }
 );
+
+/// Writes delivery events into the running stack's delivery outbox, as delivery does.
+async fn delivery_events(shop: &Shop, payloads: Vec<winback_proto::events::event::Payload>) {
+    use sea_orm::TransactionTrait;
+    let url = shop
+        .stack
+        .config
+        .database
+        .url_for("delivery", &shop.stack.config.data_dir);
+    let db = winback_platform::db::connect(&url, "delivery", 2)
+        .await
+        .unwrap();
+    let outbox =
+        winback_platform::events::Outbox::new(winback_proto::events::EventSource::Delivery);
+    let txn = db.begin().await.unwrap();
+    for payload in payloads {
+        outbox
+            .append(&txn, &shop.tenant_id, shop.now(), payload)
+            .await
+            .unwrap();
+    }
+    txn.commit().await.unwrap();
+}
+
+db_test!(
+    profiles_learns_opens_unsubscribes_and_suppressed_contacts_from_delivery,
+    |db| async move {
+        use winback_proto::events::event::Payload;
+        use winback_proto::events::{ContactUnsubscribed, MessageStatusChanged};
+        let mut shop = Shop::open(db).await;
+        shop.profiles
+            .upsert_customers(UpsertCustomersRequest {
+                customers: vec![Customer {
+                    customer_id: "m-0".into(),
+                    email: "m0@example.com".into(),
+                    phone: "+79161234567".into(),
+                    ..Customer::default()
+                }],
+            })
+            .await
+            .unwrap();
+        for channel in [Channel::Email, Channel::Sms] {
+            shop.profiles
+                .record_consent(RecordConsentRequest {
+                    customer_id: "m-0".into(),
+                    consent: Some(ConsentRecord {
+                        channel: channel as i32,
+                        purpose: MessagePurpose::Advertising as i32,
+                        granted: true,
+                        source: "signup_form".into(),
+                        recorded_at: Some(to_timestamp(shop.now())),
+                    }),
+                    do_not_contact: false,
+                })
+                .await
+                .unwrap();
+        }
+        delivery_events(
+            &shop,
+            vec![
+                Payload::MessageStatusChanged(MessageStatusChanged {
+                    message_id: "msg-1".into(),
+                    customer_id: "m-0".into(),
+                    channel: Channel::Email as i32,
+                    status: "opened".into(),
+                    ..MessageStatusChanged::default()
+                }),
+                Payload::MessageStatusChanged(MessageStatusChanged {
+                    message_id: "msg-2".into(),
+                    customer_id: "m-0".into(),
+                    channel: Channel::Sms as i32,
+                    status: "suppressed".into(),
+                    reason: "21610 unsubscribed number".into(),
+                    ..MessageStatusChanged::default()
+                }),
+                Payload::ContactUnsubscribed(ContactUnsubscribed {
+                    customer_id: "m-0".into(),
+                    channel: Channel::Email as i32,
+                    contact: "m0@example.com".into(),
+                    method: "one_click".into(),
+                    message_id: "msg-1".into(),
+                }),
+            ],
+        )
+        .await;
+        let mut facts = None;
+        for _ in 0..200 {
+            let f = shop
+                .profiles
+                .get_facts(winback_proto::profiles::GetFactsRequest {
+                    customer_id: "m-0".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .facts
+                .unwrap();
+            let email = f
+                .channels
+                .iter()
+                .find(|c| c.channel == Channel::Email as i32)
+                .unwrap();
+            if f.last_open_at.is_some() && !email.advertising {
+                facts = Some(f);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let facts = facts.expect("profiles applies delivery's events");
+        let sms = facts
+            .channels
+            .iter()
+            .find(|c| c.channel == Channel::Sms as i32)
+            .unwrap();
+        assert!(sms.suppressed && sms.advertising, "{sms:?}");
+        let history = shop
+            .profiles
+            .list_consent_history(winback_proto::profiles::ListConsentHistoryRequest {
+                customer_id: "m-0".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            history
+                .records
+                .iter()
+                .any(|c| c.source == "unsubscribe_link" && !c.granted),
+            "{history:?}"
+        );
+        // An SMS-only chain cannot reach the customer: suppressed, with the reason recorded.
+        let chain = Chain {
+            name: "sms only".into(),
+            steps: vec![Step {
+                name: "sms".into(),
+                channels: vec![ChannelChoice {
+                    channel: Channel::Sms as i32,
+                    template_id: "reminder".into(),
+                }],
+                ..Step::default()
+            }],
+            ..Chain::default()
+        };
+        let campaign = shop.campaign(chain, 0).await;
+        let d = shop.enrol(&campaign, &["m-0".into()]).await.remove(0);
+        assert_eq!(d.skip_reason, SkipReason::Suppressed as i32);
+        shop.stack.stop().await;
+    }
+);

@@ -7,6 +7,7 @@ mod bonus;
 mod consent;
 mod context;
 mod customers;
+mod delivery_feed;
 mod domain;
 mod engagement;
 mod facts_route;
@@ -28,12 +29,14 @@ pub const SERVICE: &str = "profiles";
 /// Opens the database, runs the migrations, and adds the service to `server`.
 pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Mounted, StartError> {
     let clock = ctx.clock.clone();
+    let host = ctx.clone();
     ctx.mount::<store::Migrator, _>(
         server,
         SERVICE,
         EventSource::Profiles,
         |db, outbox, limit| {
             let profiles = context::Profiles::new(db, outbox, clock);
+            delivery_feed::start(&profiles, &host);
             let generated = ProfilesServiceServer::new(grpc::ProfilesGrpc {
                 profiles: profiles.clone(),
             })

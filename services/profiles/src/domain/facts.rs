@@ -120,6 +120,9 @@ pub(crate) struct FactsState {
     pub(crate) erased: bool,
     #[prost(int64, tag = "28")]
     pub(crate) updated_at_us: i64,
+    /// Channels whose contact delivery suppressed (hard bounce, STOP, unregistered token).
+    #[prost(int32, repeated, tag = "29")]
+    pub(crate) suppressed_channels: Vec<i32>,
 }
 
 fn max_opt(a: Option<i64>, b: i64) -> Option<i64> {
@@ -244,7 +247,7 @@ impl FactsState {
                     advertising: reachable && flags.advertising,
                     service: reachable && !flags.service_refused,
                     has_contact: has_contact && !self.erased,
-                    suppressed: false,
+                    suppressed: self.suppressed_channels.contains(&(channel as i32)),
                 }
             })
             .collect();

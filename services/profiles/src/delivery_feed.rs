@@ -1,0 +1,166 @@
+//! What profiles learns from delivery's events (ARCHITECTURE.md: delivery → profiles): a
+//! sent message counts towards "unopened in a row", an open or a click is engagement, a
+//! contact delivery suppressed (hard bounce, STOP, unregistered token) is marked on the
+//! channel, and an unsubscribe or complaint is a refusal of advertising on that channel,
+//! kept in the consent history like any other. Each event is handled in the consumer's
+//! transaction, so the change, the inbox row and the cursor commit together.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use sea_orm::DatabaseTransaction;
+use winback_platform::config::Peer;
+use winback_platform::events::{EventConsumer, EventHandler, GrpcEventTransport, HandlerError};
+use winback_platform::host::ServiceContext;
+use winback_platform::time::from_timestamp;
+use winback_proto::common::MessagePurpose;
+use winback_proto::events::event::Payload;
+use winback_proto::events::{Event, EventSource};
+
+use crate::consent::{ConsentChange, store_changes};
+use crate::context::Profiles;
+use crate::store::rows;
+
+/// The handler of delivery's feed.
+#[derive(Debug, Clone)]
+struct DeliveryReactions {
+    profiles: Profiles,
+}
+
+/// What one event changes.
+enum Change {
+    Sent,
+    Opened,
+    Clicked,
+    Suppressed(i32),
+    Refused { channel: i32, source: &'static str },
+}
+
+fn other(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Other(e.to_string())
+}
+
+impl EventHandler for DeliveryReactions {
+    fn handle<'a>(
+        &'a self,
+        txn: &'a DatabaseTransaction,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let (customer, change) = match &event.payload {
+                Some(Payload::MessageStatusChanged(m)) => {
+                    let change = match m.status.as_str() {
+                        "sent" => Change::Sent,
+                        "opened" => Change::Opened,
+                        "clicked" => Change::Clicked,
+                        "bounced" | "suppressed" => Change::Suppressed(m.channel),
+                        _ => return Ok(()),
+                    };
+                    (&m.customer_id, change)
+                }
+                Some(Payload::ContactUnsubscribed(u)) => (
+                    &u.customer_id,
+                    Change::Refused {
+                        channel: u.channel,
+                        source: "unsubscribe_link",
+                    },
+                ),
+                Some(Payload::ComplaintReceived(c)) => (
+                    &c.customer_id,
+                    Change::Refused {
+                        channel: c.channel,
+                        source: "complaint",
+                    },
+                ),
+                _ => return Ok(()),
+            };
+            if customer.is_empty() {
+                return Ok(());
+            }
+            let tenant = event.tenant_id.as_str();
+            let at_us = event
+                .occurred_at
+                .as_ref()
+                .and_then(from_timestamp)
+                .unwrap_or_else(|| self.profiles.clock.now())
+                .timestamp_micros();
+            let ids = [customer.clone()];
+            // A customer profiles does not know (or erased) has nothing to update.
+            let Some((erased, mut state)) = rows::customers_with_states(txn, tenant, &ids)
+                .await?
+                .remove(customer.as_str())
+            else {
+                return Ok(());
+            };
+            if erased {
+                return Ok(());
+            }
+            match change {
+                Change::Sent => state.apply_sent(at_us),
+                Change::Opened => state.apply_open(at_us),
+                Change::Clicked => {
+                    state.apply_open(at_us);
+                    state.last_click_us = Some(state.last_click_us.map_or(at_us, |c| c.max(at_us)));
+                }
+                Change::Suppressed(channel) => {
+                    if !state.suppressed_channels.contains(&channel) {
+                        state.suppressed_channels.push(channel);
+                    }
+                }
+                Change::Refused { channel, source } => {
+                    store_changes(
+                        &self.profiles,
+                        txn,
+                        tenant,
+                        customer,
+                        &mut state,
+                        &[ConsentChange {
+                            channel,
+                            purpose: MessagePurpose::Advertising as i32,
+                            granted: false,
+                            source: source.to_owned(),
+                            at_us,
+                        }],
+                        false,
+                    )
+                    .await
+                    .map_err(other)?;
+                }
+            }
+            state.updated_at_us = self.profiles.clock.now().timestamp_micros();
+            rows::save_facts(txn, tenant, vec![(customer.clone(), state)]).await?;
+            Ok(())
+        })
+    }
+}
+
+/// Starts the consumer of delivery's feed (it resumes from its stored cursor).
+pub(crate) fn start(profiles: &Profiles, ctx: &ServiceContext) {
+    let Some(credentials) = ctx.service_credentials.clone() else {
+        tracing::warn!(
+            "no service credential (auth.service_token_file): profiles reads no delivery events"
+        );
+        return;
+    };
+    let channel = match winback_platform::grpc::lazy_channel(&ctx.config.peer_url(Peer::Delivery)) {
+        Ok(channel) => channel,
+        Err(e) => {
+            tracing::error!(error = %e, "profiles cannot reach delivery's event feed");
+            return;
+        }
+    };
+    let mut consumer = EventConsumer::new(
+        "profiles",
+        EventSource::Delivery,
+        profiles.db.clone(),
+        Arc::new(GrpcEventTransport::new(channel, credentials, None)),
+        Arc::new(DeliveryReactions {
+            profiles: profiles.clone(),
+        }),
+    )
+    .with_retry_delay(std::time::Duration::from_millis(200));
+    if sea_orm::ConnectionTrait::get_database_backend(&profiles.db) == sea_orm::DbBackend::Sqlite {
+        consumer = consumer.with_writer_lock(profiles.sqlite_writer.clone());
+    }
+    tokio::spawn(consumer.run(ctx.shutdown.clone()));
+}
