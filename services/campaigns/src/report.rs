@@ -157,9 +157,10 @@ impl Campaigns {
                         FROM step_reactions WHERE tenant_id = $1 GROUP BY enrolment_id) r
                     ON r.enrolment_id = e.enrolment_id
              LEFT JOIN conversions v ON v.tenant_id = e.tenant_id AND v.enrolment_id = e.enrolment_id
+             -- Offers reports a redeemed code without the dashes it prints.
              LEFT JOIN (SELECT so.enrolment_id, SUM(x.discount_minor) AS discount
                         FROM step_outcomes so JOIN redemptions x
-                          ON x.tenant_id = so.tenant_id AND x.code = so.coupon_code
+                          ON x.tenant_id = so.tenant_id AND x.code = REPLACE(so.coupon_code, '-', '')
                         WHERE so.tenant_id = $1 AND so.coupon_code <> '' GROUP BY so.enrolment_id) d
                     ON d.enrolment_id = e.enrolment_id
              WHERE e.tenant_id = $1 AND e.campaign_id = $2 AND e.state <> 6
@@ -270,7 +271,7 @@ impl Campaigns {
              JOIN enrolments e ON e.tenant_id = o.tenant_id AND e.enrolment_id = o.enrolment_id
              LEFT JOIN step_reactions r ON r.tenant_id = o.tenant_id
                   AND r.enrolment_id = o.enrolment_id AND r.step = o.step
-             LEFT JOIN redemptions x ON x.tenant_id = o.tenant_id AND x.code = o.coupon_code
+             LEFT JOIN redemptions x ON x.tenant_id = o.tenant_id AND x.code = REPLACE(o.coupon_code, '-', '')
                   AND o.coupon_code <> ''
              WHERE o.tenant_id = $1 AND e.campaign_id = $2 AND o.executed_at_us <> 0
              GROUP BY o.step",

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod campaign_report;
+pub mod demo;
 pub mod embedded;
 pub mod import;
 pub mod segments;

@@ -1,0 +1,911 @@
+//! `winback demo`: the whole job on a generated shop. The embedded stack starts on a manual
+//! clock in a fresh folder; a seeded shop is loaded through the profiles API; segmentation
+//! finds who is asleep; campaigns run the classic four-touch chain with an offer ladder
+//! (10 % holdout), the dead-customer cleanup and the abandoned-cart trigger; the clock
+//! moves through 45 days while a seeded response model opens (through delivery's tracking
+//! links), clicks, redeems and buys; the report is printed and written as JSON and HTML.
+
+pub mod html;
+pub mod respond;
+pub mod shop;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Duration, Utc};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use winback_platform::clock::{Clock, ManualClock};
+use winback_platform::config::{Config, DeliveryConfig};
+use winback_platform::grpc::CallCredentials;
+use winback_platform::time::{to_duration, to_timestamp};
+use winback_proto::campaigns::campaigns_service_client::CampaignsServiceClient;
+use winback_proto::campaigns::*;
+use winback_proto::common::{
+    Channel as Medium, LifecycleState, MessagePurpose, Money, PageRequest,
+};
+use winback_proto::delivery::delivery_service_client::DeliveryServiceClient;
+use winback_proto::delivery::{
+    ChannelSettings, FileSinkSettings, MessageTemplate, SetChannelSettingsRequest,
+    UpsertTemplateRequest, channel_settings,
+};
+use winback_proto::events::event::Payload;
+use winback_proto::events::events_service_client::EventsServiceClient;
+use winback_proto::events::{EventSource, SubscribeRequest};
+use winback_proto::offers::offers_service_client::OffersServiceClient;
+use winback_proto::offers::*;
+use winback_proto::profiles::profiles_service_client::ProfilesServiceClient;
+use winback_proto::profiles::*;
+use winback_proto::segmentation::segmentation_service_client::SegmentationServiceClient;
+use winback_proto::segmentation::{GetSegmentSummaryRequest, RecomputeRequest};
+
+use self::shop::{Kind, Shop};
+
+type Authed = InterceptedService<Channel, CallCredentials>;
+
+/// What `winback demo` is asked for.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Customers to generate.
+    pub customers: usize,
+    /// Seed of the shop and of the response model.
+    pub seed: u64,
+    /// Output folder (replaced).
+    pub out: PathBuf,
+    /// Days the clock moves through.
+    pub days: i64,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+/// What a demo run produced.
+#[derive(Debug)]
+pub struct DemoOutcome {
+    /// The win-back campaign's report.
+    pub report: GetCampaignReportResponse,
+    /// Segment summary after the first recompute.
+    pub summary: winback_proto::segmentation::GetSegmentSummaryResponse,
+    /// Seconds the run took.
+    pub seconds: f64,
+    /// Files written.
+    pub written: Vec<PathBuf>,
+    /// The data folder (SQLite files, outbox).
+    pub data_dir: PathBuf,
+    /// The tenant the shop runs under.
+    pub tenant_id: String,
+    /// The win-back campaign.
+    pub campaign_id: String,
+}
+
+/// The clock the demo starts at: a Monday morning in Moscow.
+pub fn start_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_780_300_800, 0).unwrap_or_default() // 2026-06-01T08:00:00Z
+}
+
+struct Clients {
+    profiles: ProfilesServiceClient<Authed>,
+    segmentation: SegmentationServiceClient<Authed>,
+    campaigns: CampaignsServiceClient<Authed>,
+    offers: OffersServiceClient<Authed>,
+    delivery: DeliveryServiceClient<Authed>,
+    events: EventsServiceClient<Authed>,
+}
+
+fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
+    if !progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>22} [{bar:40}] {pos}/{len} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs the demo.
+pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
+    let began = Instant::now();
+    if opts.out.exists() {
+        std::fs::remove_dir_all(&opts.out)
+            .with_context(|| format!("remove the old {}", opts.out.display()))?;
+    }
+    std::fs::create_dir_all(&opts.out)?;
+    let tracking = free_port()?;
+    let config = Config {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: opts.out.clone(),
+        delivery: DeliveryConfig {
+            tracking_listen: format!("127.0.0.1:{tracking}").parse()?,
+            public_url: format!("http://127.0.0.1:{tracking}"),
+            poll_interval_ms: 20,
+            ..DeliveryConfig::default()
+        },
+        ..Config::default()
+    };
+    let clock = ManualClock::new(start_time());
+    let stack =
+        crate::embedded::EmbeddedStack::start(config.clone(), Arc::new(clock.clone())).await?;
+    let config = Config {
+        listen: stack.addr,
+        ..config
+    };
+    let tenant = crate::admin::create_tenant(&config, "Demo home goods").await?;
+    let channel = winback_platform::grpc::lazy_channel(&stack.url())?;
+    let authed = InterceptedService::new(channel, CallCredentials::bearer(&tenant.token)?);
+    let limit = 64 * 1024 * 1024;
+    let mut c = Clients {
+        profiles: ProfilesServiceClient::new(authed.clone()).max_decoding_message_size(limit),
+        segmentation: SegmentationServiceClient::new(authed.clone())
+            .max_decoding_message_size(limit),
+        campaigns: CampaignsServiceClient::new(authed.clone()).max_decoding_message_size(limit),
+        offers: OffersServiceClient::new(authed.clone()),
+        delivery: DeliveryServiceClient::new(authed.clone()),
+        events: EventsServiceClient::new(authed),
+    };
+
+    let shop = shop::generate(opts.customers, opts.seed, clock.now());
+    load(&mut c, &shop, &clock, opts.progress).await?;
+
+    let run = c
+        .segmentation
+        .recompute(RecomputeRequest {
+            as_of: Some(to_timestamp(clock.now())),
+        })
+        .await?
+        .into_inner();
+    let summary = c
+        .segmentation
+        .get_segment_summary(GetSegmentSummaryRequest {
+            locale: "en".into(),
+            history_limit: 0,
+        })
+        .await?
+        .into_inner();
+    println!(
+        "\nSegments of {} customers (recomputed in {:.1} s):\n",
+        run.customers_scored,
+        run.took
+            .map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+    );
+    print!("{}", crate::segments::render_summary(&summary));
+
+    let campaign_id = set_up_campaigns(&mut c).await?;
+    // Abandoned carts arrive as engagement: the trigger enrols them.
+    let carts: Vec<EngagementEvent> = shop
+        .abandoned_carts
+        .iter()
+        .map(|&i| EngagementEvent {
+            event_id: format!("cart-{i}"),
+            customer_id: shop.customers[i].id.clone(),
+            occurred_at: Some(to_timestamp(clock.now())),
+            kind: Some(engagement_event::Kind::CartAbandoned(CartAbandoned {
+                value: Some(rub(shop.customers[i].mean_check_minor)),
+                lines: vec![],
+            })),
+        })
+        .collect();
+    if !carts.is_empty() {
+        c.profiles
+            .record_engagement(RecordEngagementRequest { events: carts })
+            .await?;
+    }
+
+    let mut sim = Simulation::new(&shop, opts.seed, &opts.out, &tenant.tenant_id);
+    sim.members = members(&mut c, &campaign_id).await?;
+    let ticks = opts.days * 4;
+    let progress = bar(opts.progress, ticks as u64, "45 days of chains");
+    for _ in 0..ticks {
+        clock.advance(Duration::hours(6));
+        settle(&config, clock.now()).await?;
+        sim.react(&mut c, clock.now()).await?;
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    // Let the last events travel, then report.
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    let report = c
+        .campaigns
+        .get_campaign_report(GetCampaignReportRequest {
+            campaign_id: campaign_id.clone(),
+        })
+        .await?
+        .into_inner();
+    println!("\n{}", crate::campaign_report::render(&report));
+
+    let mut written = Vec::new();
+    let json_path = opts.out.join("report.json");
+    let json = serde_json::json!({
+        "seed": opts.seed,
+        "customers": opts.customers,
+        "segments": crate::segments::summary_json(&summary),
+        "campaign": crate::campaign_report::to_json(&report),
+        "returns_over_time": sim.timeline_json(),
+    });
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
+    written.push(json_path);
+    let html_path = opts.out.join("report.html");
+    std::fs::write(&html_path, html::page(&summary, &report, &sim.timeline))?;
+    written.push(html_path);
+    written.push(opts.out.join("outbox"));
+    stack.stop().await?;
+    Ok(DemoOutcome {
+        report,
+        summary,
+        seconds: began.elapsed().as_secs_f64(),
+        written,
+        data_dir: opts.out.clone(),
+        tenant_id: tenant.tenant_id,
+        campaign_id,
+    })
+}
+
+fn rub(minor: i64) -> Money {
+    Money {
+        amount_minor: minor,
+        currency: "RUB".into(),
+    }
+}
+
+/// Customers, consents and orders through the profiles API.
+async fn load(
+    c: &mut Clients,
+    shop: &Shop,
+    clock: &ManualClock,
+    progress: bool,
+) -> anyhow::Result<()> {
+    let customers = bar(progress, shop.customers.len() as u64, "customers");
+    for chunk in shop.customers.chunks(1000) {
+        c.profiles
+            .upsert_customers(UpsertCustomersRequest {
+                customers: chunk
+                    .iter()
+                    .map(|s| Customer {
+                        customer_id: s.id.clone(),
+                        name: s.name.clone(),
+                        email: s.email.clone(),
+                        phone: s.phone.clone(),
+                        push_tokens: if s.push_token.is_empty() {
+                            vec![]
+                        } else {
+                            vec![PushToken {
+                                platform: "android".into(),
+                                token: s.push_token.clone(),
+                            }]
+                        },
+                        locale: "en".into(),
+                        time_zone: s.time_zone.into(),
+                        ..Customer::default()
+                    })
+                    .collect(),
+            })
+            .await?;
+        customers.inc(chunk.len() as u64);
+    }
+    customers.finish_and_clear();
+    let consents: Vec<(String, Medium)> = shop
+        .customers
+        .iter()
+        .flat_map(|s| {
+            [
+                (s.email_consent, Medium::Email),
+                (s.sms_consent, Medium::Sms),
+                (s.push_consent, Medium::Push),
+            ]
+            .into_iter()
+            .filter(|(yes, _)| *yes)
+            .map(|(_, m)| (s.id.clone(), m))
+        })
+        .collect();
+    let consent_bar = bar(progress, consents.len() as u64, "consents");
+    let at = to_timestamp(clock.now() - Duration::days(1));
+    let client = c.profiles.clone();
+    let calls: Vec<_> = consents
+        .into_iter()
+        .map(|(id, medium)| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .record_consent(RecordConsentRequest {
+                        customer_id: id,
+                        consent: Some(ConsentRecord {
+                            channel: medium as i32,
+                            purpose: MessagePurpose::Advertising as i32,
+                            granted: true,
+                            source: "signup_form".into(),
+                            recorded_at: Some(at),
+                        }),
+                        do_not_contact: false,
+                    })
+                    .await
+            }
+        })
+        .collect();
+    let mut calls = futures::stream::iter(calls).buffer_unordered(16);
+    while let Some(done) = calls.next().await {
+        done?;
+        consent_bar.inc(1);
+    }
+    consent_bar.finish_and_clear();
+    let orders = bar(progress, shop.orders.len() as u64, "orders");
+    for chunk in shop.orders.chunks(1000) {
+        c.profiles
+            .record_orders(RecordOrdersRequest {
+                orders: chunk
+                    .iter()
+                    .map(|o| Order {
+                        order_id: o.order_id.clone(),
+                        customer_id: shop.customers[o.customer].id.clone(),
+                        placed_at: Some(to_timestamp(o.placed_at)),
+                        total: Some(rub(o.total_minor)),
+                        ..Order::default()
+                    })
+                    .collect(),
+            })
+            .await?;
+        orders.inc(chunk.len() as u64);
+    }
+    orders.finish_and_clear();
+    Ok(())
+}
+
+fn email_template(id: &str, subject: &str, body: &str) -> MessageTemplate {
+    MessageTemplate {
+        template_id: id.into(),
+        channel: Medium::Email as i32,
+        subject: subject.into(),
+        text: format!("{body}\n\nhttps://shop.example/back"),
+        html: format!(
+            "<html>\n<body>\n<p>{body}</p>\n<p><a href=\"https://shop.example/back\">Come back</a></p>\n</body>\n</html>"
+        ),
+        ..MessageTemplate::default()
+    }
+}
+
+fn short_template(id: &str, channel: Medium, body: &str) -> MessageTemplate {
+    MessageTemplate {
+        template_id: id.into(),
+        channel: channel as i32,
+        text: body.into(),
+        ..MessageTemplate::default()
+    }
+}
+
+/// Templates, offers and a ladder, the three chains and the three campaigns. Returns the
+/// win-back campaign.
+async fn set_up_campaigns(c: &mut Clients) -> anyhow::Result<String> {
+    let texts = [
+        (
+            "winback_reminder",
+            "We missed you",
+            "You have not visited for a while, {{ customer.first_name }}. We kept something for you.",
+        ),
+        (
+            "winback_value",
+            "New this season",
+            "New arrivals picked for you. Have a look.",
+        ),
+        (
+            "winback_limited_offer",
+            "An offer for 72 hours",
+            "Your personal code {{ coupon.code }}: {{ coupon.hours_left }} hours left.",
+        ),
+        (
+            "winback_last_chance",
+            "24 hours left",
+            "Last day for your code {{ coupon.code }}.",
+        ),
+        (
+            "winback_breaking_up",
+            "Are we breaking up?",
+            "Should we stop writing? Click if you want to hear from us.",
+        ),
+        (
+            "cart_reminder",
+            "Your cart is waiting",
+            "The things you picked are still in your cart.",
+        ),
+    ];
+    for (id, subject, body) in texts {
+        for template in [
+            email_template(id, subject, body),
+            short_template(id, Medium::Sms, body),
+            short_template(id, Medium::Push, body),
+        ] {
+            c.delivery
+                .upsert_template(UpsertTemplateRequest {
+                    template: Some(template),
+                })
+                .await?;
+        }
+    }
+    // What each message costs (the file sink stands in for the providers).
+    for (channel, kopecks) in [(Medium::Email, 50), (Medium::Sms, 400), (Medium::Push, 10)] {
+        c.delivery
+            .set_channel_settings(SetChannelSettingsRequest {
+                settings: Some(ChannelSettings {
+                    channel: channel as i32,
+                    provider: Some(channel_settings::Provider::FileSink(FileSinkSettings {
+                        directory: String::new(),
+                    })),
+                    cost_per_message: Some(rub(kopecks)),
+                    ..ChannelSettings::default()
+                }),
+            })
+            .await?;
+    }
+    c.delivery
+        .upsert_template(UpsertTemplateRequest {
+            template: Some(short_template(
+                "manager_call_task",
+                Medium::ManagerTask,
+                "Call {{ customer.name }} about the cart left yesterday.",
+            )),
+        })
+        .await?;
+    // An escalating ladder: free shipping → 10 % → 500 RUB off from 3,000 RUB.
+    let mut rungs = Vec::new();
+    for (name, kind, percent, amount, cost) in [
+        ("Free shipping", OfferKind::FreeShipping, 0, 30_000, 30_000),
+        ("10 % off", OfferKind::PercentOff, 10, 0, 25_000),
+        ("500 RUB off", OfferKind::AmountOff, 0, 50_000, 50_000),
+    ] {
+        let t = c
+            .offers
+            .create_offer_template(CreateOfferTemplateRequest {
+                template: Some(OfferTemplate {
+                    name: name.into(),
+                    kind: kind as i32,
+                    percent_off: percent,
+                    amount: (amount > 0).then(|| rub(amount)),
+                    valid_for: Some(to_duration(Duration::hours(72))),
+                    estimated_cost: Some(rub(cost)),
+                    ..OfferTemplate::default()
+                }),
+            })
+            .await?
+            .into_inner()
+            .template
+            .unwrap_or_default();
+        rungs.push(t.template_id);
+    }
+    let ladder = c
+        .offers
+        .create_ladder(CreateLadderRequest {
+            ladder: Some(Ladder {
+                ladder_id: String::new(),
+                name: "soft to strong".into(),
+                template_ids: rungs,
+            }),
+        })
+        .await?
+        .into_inner()
+        .ladder
+        .unwrap_or_default()
+        .ladder_id;
+    let presets = c
+        .campaigns
+        .list_chain_presets(ListChainPresetsRequest {})
+        .await?
+        .into_inner()
+        .presets;
+    let preset = |key: &str| {
+        presets
+            .iter()
+            .find(|p| p.key == key)
+            .and_then(|p| p.chain.clone())
+            .unwrap_or_default()
+    };
+    let mut classic = preset("classic_four_touch");
+    if let Some(step) = classic.steps.get_mut(2) {
+        step.offer_ladder_id = ladder;
+    }
+    let create = |chain: Chain| {
+        let mut campaigns = c.campaigns.clone();
+        async move {
+            Ok::<_, tonic::Status>(
+                campaigns
+                    .create_chain(CreateChainRequest { chain: Some(chain) })
+                    .await?
+                    .into_inner()
+                    .chain
+                    .unwrap_or_default()
+                    .chain_id,
+            )
+        }
+    };
+    let classic = create(classic).await?;
+    let dead = create(preset("dead_cleanup")).await?;
+    let cart = create(preset("abandoned_cart")).await?;
+    let mut winback = String::new();
+    for (name, chain, audience, holdout, is_winback) in [
+        (
+            "Win back the sleeping",
+            classic,
+            Audience {
+                lifecycle_states: vec![
+                    LifecycleState::HotInactive as i32,
+                    LifecycleState::Sleeping as i32,
+                    LifecycleState::NearlyLost as i32,
+                ],
+                ..Audience::default()
+            },
+            10,
+            true,
+        ),
+        (
+            "Are we breaking up?",
+            dead,
+            Audience {
+                lifecycle_states: vec![LifecycleState::Dead as i32],
+                ..Audience::default()
+            },
+            0,
+            false,
+        ),
+        (
+            "Abandoned cart",
+            cart,
+            Audience {
+                triggers: vec![Trigger::CartAbandoned as i32],
+                ..Audience::default()
+            },
+            0,
+            false,
+        ),
+    ] {
+        let id = c
+            .campaigns
+            .create_campaign(CreateCampaignRequest {
+                campaign: Some(Campaign {
+                    name: name.into(),
+                    chain_id: chain,
+                    audience: Some(audience.clone()),
+                    holdout_percent: holdout,
+                    winback: is_winback,
+                    ..Campaign::default()
+                }),
+            })
+            .await?
+            .into_inner()
+            .campaign
+            .unwrap_or_default()
+            .campaign_id;
+        c.campaigns
+            .activate_campaign(ActivateCampaignRequest {
+                campaign_id: id.clone(),
+            })
+            .await?;
+        if !audience.lifecycle_states.is_empty() {
+            let r = c
+                .campaigns
+                .enrol_audience(EnrolAudienceRequest {
+                    campaign_id: id.clone(),
+                })
+                .await?
+                .into_inner();
+            let mut skipped: Vec<String> =
+                r.skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            skipped.sort();
+            println!(
+                "{name}: {} enrolled, {} held out; not enrolled: {}",
+                r.enrolled,
+                r.held_out,
+                if skipped.is_empty() {
+                    "nobody".into()
+                } else {
+                    skipped.join(", ")
+                }
+            );
+        }
+        if is_winback {
+            winback = id;
+        }
+    }
+    Ok(winback)
+}
+
+/// Who is in the win-back campaign: customer → (enrolment id, held out).
+async fn members(c: &mut Clients, campaign_id: &str) -> anyhow::Result<HashMap<String, bool>> {
+    let mut out = HashMap::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .campaigns
+            .list_enrolments(ListEnrolmentsRequest {
+                campaign_id: campaign_id.into(),
+                customer_id: String::new(),
+                state: 0,
+                page: Some(PageRequest {
+                    page_size: 1000,
+                    page_token: token.clone(),
+                }),
+            })
+            .await?
+            .into_inner();
+        for e in page.enrolments {
+            if e.state == EnrolmentState::Running as i32
+                || e.state == EnrolmentState::Holdout as i32
+            {
+                out.insert(e.customer_id, e.state == EnrolmentState::Holdout as i32);
+            }
+        }
+        token = page.page.map(|p| p.next_page_token).unwrap_or_default();
+        if token.is_empty() {
+            return Ok(out);
+        }
+    }
+}
+
+/// Waits until the campaigns workers have run every step due by `now` (the demo reads the
+/// campaigns database of its own embedded stack for that, nothing else).
+async fn settle(config: &Config, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let url = config.database.url_for("campaigns", &config.data_dir);
+    let db = winback_platform::db::connect(&url, "campaigns", 1).await?;
+    for _ in 0..600 {
+        let rows = winback_platform::db::query(
+            &db,
+            "SELECT (SELECT COUNT(*) FROM enrolments WHERE state = 1 AND due_at_us <= $1)
+                  + (SELECT COUNT(*) FROM enrolment_requests) AS n",
+            vec![now.timestamp_micros().into()],
+        )
+        .await?;
+        let n: i64 = rows.first().map_or(Ok(0), |r| r.try_get("", "n"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    anyhow::bail!("campaign steps did not run within 12 s")
+}
+
+/// The customers' side of the demo: reading mail, clicking, buying, coming back.
+struct Simulation<'a> {
+    shop: &'a Shop,
+    seed: u64,
+    outbox: PathBuf,
+    index: HashMap<&'a str, usize>,
+    /// Customer → held out, for the win-back campaign.
+    members: HashMap<String, bool>,
+    cursor: String,
+    /// Emails not yet on disk when first looked for: (message id, customer, coupon).
+    unread: Vec<(String, String, String)>,
+    returned: HashMap<String, DateTime<Utc>>,
+    orders: u64,
+    http: reqwest::Client,
+    /// (day, treated return rate, holdout return rate).
+    pub timeline: Vec<(i64, f64, f64)>,
+    start: DateTime<Utc>,
+}
+
+impl<'a> Simulation<'a> {
+    fn new(shop: &'a Shop, seed: u64, out: &Path, tenant: &str) -> Self {
+        Self {
+            shop,
+            seed,
+            outbox: out.join("outbox").join(tenant),
+            index: shop
+                .customers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.id.as_str(), i))
+                .collect(),
+            members: HashMap::new(),
+            cursor: String::new(),
+            unread: Vec::new(),
+            returned: HashMap::new(),
+            orders: 0,
+            http: reqwest::Client::new(),
+            timeline: Vec::new(),
+            start: start_time(),
+        }
+    }
+
+    fn kind(&self, customer: &str) -> Option<(Kind, bool)> {
+        let c = &self.shop.customers[*self.index.get(customer)?];
+        Some((c.kind, c.email.ends_with("@old-mail.example")))
+    }
+
+    /// One 6-hour tick: new touches are read (or not), clicked, bought from; everyone in
+    /// the campaign may also come back on their own.
+    async fn react(&mut self, c: &mut Clients, now: DateTime<Utc>) -> anyhow::Result<()> {
+        let mut stream = c
+            .events
+            .subscribe(SubscribeRequest {
+                source: EventSource::Campaigns as i32,
+                after_cursor: self.cursor.clone(),
+                types: vec!["step_executed".into()],
+                tenant_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        while let Ok(Some(reply)) =
+            tokio::time::timeout(StdDuration::from_millis(40), stream.message())
+                .await
+                .map_err(|_| ())
+                .and_then(|r| r.map_err(|_| ()))
+        {
+            let Some(event) = reply.event else { continue };
+            self.cursor = event.cursor.clone();
+            if let Some(Payload::StepExecuted(s)) = event.payload
+                && s.outcome == "sent"
+                && s.channel == Medium::Email as i32
+            {
+                self.unread
+                    .push((s.message_id, s.customer_id, s.coupon_code));
+            }
+        }
+        let unread = std::mem::take(&mut self.unread);
+        for (message_id, customer, coupon) in unread {
+            let path = self.outbox.join(format!("{message_id}.eml"));
+            let Ok(raw) = std::fs::read_to_string(&path) else {
+                self.unread.push((message_id, customer, coupon));
+                continue;
+            };
+            let Some((kind, dead_address)) = self.kind(&customer) else {
+                continue;
+            };
+            if respond::draw(self.seed, &message_id, "open") >= respond::open(kind, dead_address) {
+                continue;
+            }
+            let links = tracking_links(&raw);
+            if let Some(pixel) = links.iter().find(|l| l.contains("/o/")) {
+                let _ = self.http.get(pixel).send().await;
+            }
+            if respond::draw(self.seed, &message_id, "click") >= respond::click(kind) {
+                continue;
+            }
+            if let Some(link) = links.iter().find(|l| l.contains("/c/")) {
+                let _ = self
+                    .http
+                    .get(link)
+                    .header("user-agent", "winback-demo")
+                    .send()
+                    .await;
+            }
+            if self.returned.contains_key(&customer)
+                || respond::draw(self.seed, &message_id, "buy")
+                    >= respond::buy(kind, !coupon.is_empty())
+            {
+                continue;
+            }
+            self.purchase(c, &customer, &coupon, now).await?;
+        }
+        // Natural returns, the same hazard for the treated and the holdout.
+        let members: Vec<String> = self.members.keys().cloned().collect();
+        for customer in members {
+            if self.returned.contains_key(&customer) {
+                continue;
+            }
+            let Some((kind, _)) = self.kind(&customer) else {
+                continue;
+            };
+            let p = 1.0 - (1.0 - respond::natural_daily(kind)).powf(0.25);
+            let key = format!("{customer}:{}", now.timestamp());
+            if respond::draw(self.seed, &key, "natural") < p {
+                self.purchase(c, &customer, "", now).await?;
+            }
+        }
+        let (mut treated, mut held, mut treated_back, mut held_back) = (0.0, 0.0, 0.0, 0.0);
+        for (customer, holdout) in &self.members {
+            let back = f64::from(u8::from(self.returned.contains_key(customer)));
+            if *holdout {
+                held += 1.0;
+                held_back += back;
+            } else {
+                treated += 1.0;
+                treated_back += back;
+            }
+        }
+        let day = (now - self.start).num_hours() / 24;
+        if now.timestamp() % 86_400 == start_time().timestamp() % 86_400 {
+            self.timeline.push((
+                day,
+                if treated > 0.0 {
+                    treated_back / treated
+                } else {
+                    0.0
+                },
+                if held > 0.0 { held_back / held } else { 0.0 },
+            ));
+        }
+        Ok(())
+    }
+
+    async fn purchase(
+        &mut self,
+        c: &mut Clients,
+        customer: &str,
+        coupon: &str,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let Some(&i) = self.index.get(customer) else {
+            return Ok(());
+        };
+        let check = self.shop.customers[i].mean_check_minor;
+        // After a coupon the check runs a little higher ("came for the bonus" shows in the report).
+        let total = if coupon.is_empty() {
+            check
+        } else {
+            check + check / 5
+        };
+        self.orders += 1;
+        let order_id = format!("demo-{}", self.orders);
+        let placed = now - Duration::minutes(30);
+        if !coupon.is_empty() {
+            let redeemed = c
+                .offers
+                .redeem_coupon(RedeemCouponRequest {
+                    code: coupon.into(),
+                    customer_id: customer.into(),
+                    order_id: order_id.clone(),
+                    order: Some(Cart {
+                        total: Some(rub(total)),
+                        lines: vec![],
+                    }),
+                })
+                .await;
+            if let Err(e) = redeemed {
+                tracing::debug!(error = %e.message(), "coupon not redeemed");
+            }
+        }
+        c.profiles
+            .record_orders(RecordOrdersRequest {
+                orders: vec![Order {
+                    order_id,
+                    customer_id: customer.into(),
+                    placed_at: Some(to_timestamp(placed)),
+                    total: Some(rub(total)),
+                    coupon_code: coupon.into(),
+                    ..Order::default()
+                }],
+            })
+            .await?;
+        self.returned.insert(customer.to_owned(), placed);
+        Ok(())
+    }
+
+    fn timeline_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.timeline
+                .iter()
+                .map(|(day, t, h)| serde_json::json!({"day": day, "treated": t, "holdout": h}))
+                .collect(),
+        )
+    }
+}
+
+/// Tracking links of an `.eml` (quoted-printable soft breaks undone).
+fn tracking_links(raw: &str) -> Vec<String> {
+    let text = raw
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("http://127.0.0.1:") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|ch: char| ch == '"' || ch.is_whitespace() || ch == '<' || ch == '>')
+            .unwrap_or(tail.len());
+        let link = &tail[..end];
+        if (link.contains("/o/") || link.contains("/c/")) && !out.iter().any(|l| l == link) {
+            out.push(link.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
