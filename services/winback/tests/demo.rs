@@ -1,0 +1,132 @@
+//! `winback demo` on a small shop, then the invariants every run must keep, checked against
+//! what the services stored: the holdout got nothing, no chain had more than five touches,
+//! no customer more win-back chains than the cap, no message inside quiet hours in the
+//! customer's own zone, no step sent or couponed twice, and the report's reach equals the
+//! messages delivery stored.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{NaiveTime, TimeZone, Timelike};
+use winback::demo::{DemoOptions, run};
+
+async fn rows(dir: &std::path::Path, service: &str, sql: &str) -> Vec<sea_orm::QueryResult> {
+    let url = format!(
+        "sqlite://{}?mode=ro",
+        dir.join(format!("{service}.db")).display()
+    );
+    let db = winback_platform::db::connect(&url, service, 1)
+        .await
+        .unwrap();
+    winback_platform::db::query(&db, sql, vec![]).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_demo_keeps_every_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let outcome = run(DemoOptions {
+        customers: 400,
+        seed: 7,
+        out: out.clone(),
+        days: 21,
+        progress: false,
+    })
+    .await
+    .unwrap();
+    for path in &outcome.written {
+        assert!(path.exists(), "{} written", path.display());
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Return rate over time"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        json["campaign"]["total"]["enrolled"],
+        outcome.report.total.clone().unwrap().enrolled
+    );
+
+    // Enrolments: state, time zone, whether win-back.
+    let enrolments = rows(
+        &out,
+        "campaigns",
+        "SELECT enrolment_id, customer_id, state, winback, time_zone FROM enrolments",
+    )
+    .await;
+    let mut state = HashMap::new();
+    let mut zone = HashMap::new();
+    let mut chains: HashMap<String, usize> = HashMap::new();
+    for r in &enrolments {
+        let id: String = r.try_get("", "enrolment_id").unwrap();
+        let customer: String = r.try_get("", "customer_id").unwrap();
+        let s: i64 = r.try_get("", "state").unwrap();
+        let winback: i64 = r.try_get("", "winback").unwrap();
+        let tz: String = r.try_get("", "time_zone").unwrap();
+        if winback == 1 && ![2, 6].contains(&s) {
+            *chains.entry(customer.clone()).or_default() += 1;
+        }
+        zone.insert(customer, tz);
+        state.insert(id, s);
+    }
+    assert!(
+        chains.values().all(|n| *n <= 2),
+        "no customer over the chain cap"
+    );
+
+    let messages = rows(
+        &out,
+        "delivery",
+        "SELECT customer_id, channel, metadata, idempotency_key, created_at_us FROM messages",
+    )
+    .await;
+    assert!(!messages.is_empty());
+    let mut per_enrolment: HashMap<String, usize> = HashMap::new();
+    let mut keys = HashSet::new();
+    let mut touched = HashSet::new();
+    for m in &messages {
+        let metadata: String = m.try_get("", "metadata").unwrap();
+        let metadata: HashMap<String, String> = serde_json::from_str(&metadata).unwrap();
+        let enrolment = metadata["enrolment_id"].clone();
+        assert_ne!(state[&enrolment], 2, "the holdout receives nothing");
+        *per_enrolment.entry(enrolment.clone()).or_default() += 1;
+        let key: String = m.try_get("", "idempotency_key").unwrap();
+        assert!(keys.insert(key.clone()), "one message per step: {key}");
+        assert_eq!(key, format!("{enrolment}:{}", metadata["step"]));
+        if metadata["campaign_id"] == outcome.campaign_id {
+            touched.insert(enrolment);
+        }
+        let channel: i64 = m.try_get("", "channel").unwrap();
+        if channel == 5 {
+            continue; // manager tasks are staff work, not a customer touch
+        }
+        let customer: String = m.try_get("", "customer_id").unwrap();
+        let at: i64 = m.try_get("", "created_at_us").unwrap();
+        let tz: chrono_tz::Tz = zone[&customer].parse().unwrap_or(chrono_tz::UTC);
+        let local = tz.timestamp_micros(at).unwrap().time();
+        let quiet = local >= NaiveTime::from_hms_opt(21, 0, 0).unwrap()
+            || local < NaiveTime::from_hms_opt(9, 0, 0).unwrap();
+        assert!(
+            !quiet,
+            "{customer} messaged at {:02}:{:02} local",
+            local.hour(),
+            local.minute()
+        );
+    }
+    assert!(
+        per_enrolment.values().all(|n| *n <= 5),
+        "at most five touches a chain"
+    );
+    let coupons = rows(&out, "offers", "SELECT idempotency_key FROM coupons").await;
+    let mut coupon_keys = HashSet::new();
+    for c in &coupons {
+        let key: String = c.try_get("", "idempotency_key").unwrap();
+        assert!(coupon_keys.insert(key), "one coupon per step");
+    }
+    let total = outcome.report.total.unwrap();
+    assert_eq!(
+        total.touched as usize,
+        touched.len(),
+        "reach equals delivery's messages"
+    );
+    assert!(total.held_out > 0 && total.enrolled > 0);
+}
