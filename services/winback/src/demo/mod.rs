@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use winback_platform::clock::{Clock, ManualClock};
-use winback_platform::config::{Config, DeliveryConfig};
+use winback_platform::config::{CampaignsConfig, Config, DeliveryConfig, EventsConfig};
 use winback_platform::grpc::CallCredentials;
 use winback_platform::time::{to_duration, to_timestamp};
 use winback_proto::campaigns::campaigns_service_client::CampaignsServiceClient;
@@ -134,6 +134,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             poll_interval_ms: 20,
             ..DeliveryConfig::default()
         },
+        // The demo moves the clock as soon as the work of a tick is done: idle services
+        // look for work often.
+        campaigns: CampaignsConfig {
+            poll_interval_ms: 10,
+            ..CampaignsConfig::default()
+        },
+        events: EventsConfig {
+            poll_interval_ms: 20,
+            ..EventsConfig::default()
+        },
         ..Config::default()
     };
     let clock = ManualClock::new(start_time());
@@ -158,7 +168,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     };
 
     let shop = shop::generate(opts.customers, opts.seed, clock.now());
+    let loading = Instant::now();
     load(&mut c, &shop, &clock, opts.progress).await?;
+    println!(
+        "Loaded {} customers and {} orders through the profiles API in {:.1} s.",
+        shop.customers.len(),
+        shop.orders.len(),
+        loading.elapsed().as_secs_f64()
+    );
 
     let run = c
         .segmentation
@@ -204,19 +221,36 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             .await?;
     }
 
+    // Campaigns first reads the history the load wrote (every purchase is an event).
+    caught_up(&config).await?;
     let mut sim = Simulation::new(&shop, opts.seed, &opts.out, &tenant.tenant_id);
     sim.members = members(&mut c, &campaign_id).await?;
+    let campaigns_db = winback_platform::db::connect(
+        &config.database.url_for("campaigns", &config.data_dir),
+        "campaigns",
+        1,
+    )
+    .await?;
     let ticks = opts.days * 4;
+    let chains = Instant::now();
     let progress = bar(opts.progress, ticks as u64, "45 days of chains");
+    // Every step due at a time runs before the clock moves on: the steps enrolment made
+    // due right now first.
+    settle(&campaigns_db, clock.now()).await?;
     for _ in 0..ticks {
         clock.advance(Duration::hours(6));
-        settle(&config, clock.now()).await?;
+        settle(&campaigns_db, clock.now()).await?;
         sim.react(&mut c, clock.now()).await?;
         progress.inc(1);
     }
     progress.finish_and_clear();
-    // Let the last events travel, then report.
-    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    println!(
+        "Ran {} days of chains in {:.1} s.",
+        opts.days,
+        chains.elapsed().as_secs_f64()
+    );
+    // The last purchases, opens and redemptions reach campaigns, then the report.
+    caught_up(&config).await?;
     let report = c
         .campaigns
         .get_campaign_report(GetCampaignReportRequest {
@@ -652,12 +686,11 @@ async fn members(c: &mut Clients, campaign_id: &str) -> anyhow::Result<HashMap<S
 
 /// Waits until the campaigns workers have run every step due by `now` (the demo reads the
 /// campaigns database of its own embedded stack for that, nothing else).
-async fn settle(config: &Config, now: DateTime<Utc>) -> anyhow::Result<()> {
-    let url = config.database.url_for("campaigns", &config.data_dir);
-    let db = winback_platform::db::connect(&url, "campaigns", 1).await?;
-    for _ in 0..600 {
+async fn settle(db: &sea_orm::DatabaseConnection, now: DateTime<Utc>) -> anyhow::Result<()> {
+    // A tick can make thousands of steps due at once (the first reminders of everyone).
+    for _ in 0..24_000 {
         let rows = winback_platform::db::query(
-            &db,
+            db,
             "SELECT (SELECT COUNT(*) FROM enrolments WHERE state = 1 AND due_at_us <= $1)
                   + (SELECT COUNT(*) FROM enrolment_requests) AS n",
             vec![now.timestamp_micros().into()],
@@ -667,9 +700,57 @@ async fn settle(config: &Config, now: DateTime<Utc>) -> anyhow::Result<()> {
         if n == 0 {
             return Ok(());
         }
-        tokio::time::sleep(StdDuration::from_millis(20)).await;
+        tokio::time::sleep(StdDuration::from_millis(5)).await;
     }
-    anyhow::bail!("campaign steps did not run within 12 s")
+    anyhow::bail!("campaign steps did not run within 120 s")
+}
+
+/// Waits until campaigns has handled every event profiles, delivery and offers wrote (the
+/// demo compares campaigns' stored cursors with the heads of those outboxes, in its own
+/// data folder).
+async fn caught_up(config: &Config) -> anyhow::Result<()> {
+    let open = |service: &'static str| {
+        let url = config.database.url_for(service, &config.data_dir);
+        async move { winback_platform::db::connect(&url, service, 1).await }
+    };
+    let campaigns = open("campaigns").await?;
+    for source in ["profiles", "delivery", "offers"] {
+        let db = open(source).await?;
+        let head: i64 = winback_platform::db::query(
+            &db,
+            "SELECT COALESCE(MAX(seq), 0) AS head FROM event_outbox",
+            vec![],
+        )
+        .await?
+        .first()
+        .map_or(Ok(0), |r| r.try_get("", "head"))?;
+        let started = Instant::now();
+        loop {
+            let rows = winback_platform::db::query(
+                &campaigns,
+                "SELECT position FROM event_cursor WHERE consumer = 'campaigns' AND source = $1",
+                vec![source.into()],
+            )
+            .await?;
+            let position: String = rows
+                .first()
+                .map_or(Ok(String::new()), |r| r.try_get("", "position"))?;
+            // A cursor reads "<epoch>.<seq>".
+            let seq = position
+                .rsplit('.')
+                .next()
+                .and_then(|s| s.parse::<i64>().ok())
+                .unwrap_or(0);
+            if seq >= head {
+                break;
+            }
+            if started.elapsed() > StdDuration::from_secs(300) {
+                anyhow::bail!("campaigns did not catch up with {source}'s events in 300 s");
+            }
+            tokio::time::sleep(StdDuration::from_millis(20)).await;
+        }
+    }
+    Ok(())
 }
 
 /// The customers' side of the demo: reading mail, clicking, buying, coming back.
@@ -708,7 +789,11 @@ impl<'a> Simulation<'a> {
             unread: Vec::new(),
             returned: HashMap::new(),
             orders: 0,
-            http: reqwest::Client::new(),
+            // Redirects are not followed: the tracked link points at a made-up shop.
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
             timeline: Vec::new(),
             start: start_time(),
         }
@@ -748,7 +833,11 @@ impl<'a> Simulation<'a> {
                     .push((s.message_id, s.customer_id, s.coupon_code));
             }
         }
+        // Decide first, then fetch the pixels and links side by side (as many recipients
+        // do at once), then buy.
         let unread = std::mem::take(&mut self.unread);
+        let mut fetches = Vec::new();
+        let mut buyers = Vec::new();
         for (message_id, customer, coupon) in unread {
             let path = self.outbox.join(format!("{message_id}.eml"));
             let Ok(raw) = std::fs::read_to_string(&path) else {
@@ -762,27 +851,33 @@ impl<'a> Simulation<'a> {
                 continue;
             }
             let links = tracking_links(&raw);
-            if let Some(pixel) = links.iter().find(|l| l.contains("/o/")) {
-                let _ = self.http.get(pixel).send().await;
-            }
+            fetches.extend(links.iter().find(|l| l.contains("/o/")).cloned());
             if respond::draw(self.seed, &message_id, "click") >= respond::click(kind) {
                 continue;
             }
-            if let Some(link) = links.iter().find(|l| l.contains("/c/")) {
-                let _ = self
-                    .http
-                    .get(link)
-                    .header("user-agent", "winback-demo")
-                    .send()
-                    .await;
-            }
-            if self.returned.contains_key(&customer)
-                || respond::draw(self.seed, &message_id, "buy")
-                    >= respond::buy(kind, !coupon.is_empty())
+            fetches.extend(links.iter().find(|l| l.contains("/c/")).cloned());
+            if !self.returned.contains_key(&customer)
+                && respond::draw(self.seed, &message_id, "buy")
+                    < respond::buy(kind, !coupon.is_empty())
             {
-                continue;
+                buyers.push((customer, coupon));
             }
-            self.purchase(c, &customer, &coupon, now).await?;
+        }
+        let http = self.http.clone();
+        futures::stream::iter(fetches.into_iter().map(|url| {
+            let http = http.clone();
+            async move {
+                // A click's redirect goes to the shop, which does not exist here.
+                let _ = http.get(url).send().await;
+            }
+        }))
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+        for (customer, coupon) in buyers {
+            if !self.returned.contains_key(&customer) {
+                self.purchase(c, &customer, &coupon, now).await?;
+            }
         }
         // Natural returns, the same hazard for the treated and the holdout.
         let members: Vec<String> = self.members.keys().cloned().collect();
