@@ -196,54 +196,7 @@ impl EventConsumer {
     /// Handles one event: effect, inbox and cursor in one transaction. Returns false when the
     /// event was handled before (a redelivery), in which case only the cursor moves.
     pub async fn handle(&self, event: &Event) -> Result<bool, ConsumerError> {
-        let _writer = match &self.writer {
-            Some(lock) => Some(lock.lock().await),
-            None => None,
-        };
-        let txn = self.db.begin().await?;
-        let backend = txn.get_database_backend();
-        let seen = txn
-            .query_one_raw(statement(
-                backend,
-                "SELECT 1 AS seen FROM event_inbox WHERE consumer = $1 AND event_id = $2",
-                vec![self.name.clone().into(), event.event_id.clone().into()],
-            ))
-            .await?
-            .is_some();
-        let now_us = chrono::Utc::now().timestamp_micros();
-        if !seen {
-            if let Err(source) = self.handler.handle(&txn, event).await {
-                txn.rollback().await?;
-                return Err(ConsumerError::Handler {
-                    event_id: event.event_id.clone(),
-                    source,
-                });
-            }
-            txn.execute_raw(statement(
-                backend,
-                "INSERT INTO event_inbox (consumer, event_id, handled_at_us) VALUES ($1, $2, $3)",
-                vec![
-                    self.name.clone().into(),
-                    event.event_id.clone().into(),
-                    now_us.into(),
-                ],
-            ))
-            .await?;
-        }
-        txn.execute_raw(statement(
-            backend,
-            "INSERT INTO event_cursor (consumer, source, position, updated_at_us) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (consumer, source) DO UPDATE SET position = excluded.position, updated_at_us = excluded.updated_at_us",
-            vec![
-                self.name.clone().into(),
-                source_name(self.source).into(),
-                event.cursor.clone().into(),
-                now_us.into(),
-            ],
-        ))
-        .await?;
-        txn.commit().await?;
-        Ok(!seen)
+        Ok(self.handle_batch(std::slice::from_ref(event)).await? > 0)
     }
 
     /// Runs until `shutdown`: subscribes from the stored cursor, handles every event,
@@ -313,8 +266,8 @@ impl EventConsumer {
     }
 
     /// Handles `events` in one transaction: every effect, the inbox rows and the last
-    /// cursor commit together, or nothing does.
-    async fn handle_batch(&self, events: &[Event]) -> Result<(), ConsumerError> {
+    /// cursor commit together, or nothing does. Returns how many were new (not redeliveries).
+    async fn handle_batch(&self, events: &[Event]) -> Result<usize, ConsumerError> {
         let _writer = match &self.writer {
             Some(lock) => Some(lock.lock().await),
             None => None,
@@ -322,6 +275,7 @@ impl EventConsumer {
         let txn = self.db.begin().await?;
         let backend = txn.get_database_backend();
         let now_us = chrono::Utc::now().timestamp_micros();
+        let mut new = 0;
         for event in events {
             let seen = txn
                 .query_one_raw(statement(
@@ -334,6 +288,7 @@ impl EventConsumer {
             if seen {
                 continue;
             }
+            new += 1;
             if let Err(source) = self.handler.handle(&txn, event).await {
                 txn.rollback().await?;
                 return Err(ConsumerError::Handler {
@@ -367,7 +322,7 @@ impl EventConsumer {
             .await?;
         }
         txn.commit().await?;
-        Ok(())
+        Ok(new)
     }
 }
 
