@@ -114,7 +114,7 @@ async fn main() {
         c.delivery.workers = false;
         c.database.max_connections = 10;
         c.campaigns.poll_interval_ms = arg("--poll-ms").and_then(|s| s.parse().ok()).unwrap_or(50);
-        c.campaigns.workers = arg("--workers").and_then(|s| s.parse().ok()).unwrap_or(2);
+        c.campaigns.workers = arg("--workers").and_then(|s| s.parse().ok()).unwrap_or(4);
         c.campaigns.claim_batch = arg("--batch").and_then(|s| s.parse().ok()).unwrap_or(500);
     })
     .await;

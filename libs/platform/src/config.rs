@@ -338,9 +338,11 @@ impl Default for CampaignsConfig {
         Self {
             poll_interval_ms: 50,
             claim_batch: 500,
-            // Two claim batches in flight: one executes while the other waits on offers and
-            // delivery (1,600 → 2,300 steps/s on PostgreSQL, 2 cores).
-            workers: 2,
+            // Several claim batches in flight: while one waits on offers and delivery the
+            // others execute (PostgreSQL, 2 cores: 1,610 steps/s with one, 2,620 with four;
+            // at 2,000 due a second the p99 due → started lag is 1.05 s with two, 0.18 s
+            // with four).
+            workers: 4,
             lease_ms: 60_000,
             consume_events: true,
             crash_point: String::new(),
