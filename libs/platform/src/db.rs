@@ -215,6 +215,35 @@ pub async fn execute<C: ConnectionTrait>(
         .rows_affected())
 }
 
+/// SQLite has one writer: a service's writers queue here instead of failing to upgrade a
+/// read transaction (SQLITE_BUSY). On PostgreSQL the gate is open: writers lock the rows
+/// they change instead. Cloning shares the gate.
+#[derive(Debug, Clone, Default)]
+pub struct WriteGate(std::sync::Arc<tokio::sync::Mutex<()>>);
+
+/// Held while writing on SQLite; nothing on PostgreSQL. Keep it until the commit.
+pub type WriteGuard = Option<tokio::sync::OwnedMutexGuard<()>>;
+
+impl WriteGate {
+    /// Waits for the gate when `db` is SQLite.
+    pub async fn enter(&self, db: &impl ConnectionTrait) -> WriteGuard {
+        if db.get_database_backend() == DbBackend::Sqlite {
+            Some(self.0.clone().lock_owned().await)
+        } else {
+            None
+        }
+    }
+
+    /// Enters the gate and begins a transaction on `db`.
+    pub async fn begin(
+        &self,
+        db: &DatabaseConnection,
+    ) -> Result<(WriteGuard, sea_orm::DatabaseTransaction), DbErr> {
+        let guard = self.enter(db).await;
+        Ok((guard, sea_orm::TransactionTrait::begin(db).await?))
+    }
+}
+
 /// True when the connection is PostgreSQL.
 pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DbBackend::Postgres

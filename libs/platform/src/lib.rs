@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod host;
+pub mod paging;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenancy;

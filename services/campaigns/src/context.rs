@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
+
 use winback_platform::ServiceError;
 use winback_platform::clock::SharedClock;
 use winback_platform::config::CampaignsConfig;
+use winback_platform::db::{WriteGate, WriteGuard};
 use winback_platform::events::Outbox;
 use winback_platform::host::ServiceContext;
 
@@ -21,9 +22,8 @@ pub(crate) struct Campaigns {
     pub(crate) host: ServiceContext,
     /// Wakes idle workers when something was enrolled or a campaign activated.
     pub(crate) wake: Arc<tokio::sync::Notify>,
-    /// SQLite has one writer: writers queue here instead of failing to upgrade a read
-    /// transaction. (PostgreSQL writers lock the rows they change.)
-    pub(crate) sqlite_writer: Arc<Mutex<()>>,
+    /// Writers (and the event consumers) queue here on SQLite.
+    pub(crate) sqlite_writer: WriteGate,
 }
 
 impl Campaigns {
@@ -35,20 +35,13 @@ impl Campaigns {
             config: Arc::new(host.config.campaigns.clone()),
             host: host.clone(),
             wake: Arc::default(),
-            sqlite_writer: Arc::default(),
+            sqlite_writer: WriteGate::default(),
         }
     }
 
     /// Begins a writing transaction. Keep the guard until the commit.
-    pub(crate) async fn begin_write(
-        &self,
-    ) -> Result<(Option<OwnedMutexGuard<()>>, DatabaseTransaction), DbErr> {
-        let guard = if self.db.get_database_backend() == DbBackend::Sqlite {
-            Some(self.sqlite_writer.clone().lock_owned().await)
-        } else {
-            None
-        };
-        Ok((guard, self.db.begin().await?))
+    pub(crate) async fn begin_write(&self) -> Result<(WriteGuard, DatabaseTransaction), DbErr> {
+        self.sqlite_writer.begin(&self.db).await
     }
 
     /// Now by the service clock.
@@ -75,14 +68,4 @@ pub(crate) fn time(us: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
-/// Page size from a request: 0 means 100, at most 1000.
-pub(crate) fn page_size(page: &winback_proto::common::PageRequest) -> Result<i64, ServiceError> {
-    match page.page_size {
-        0 => Ok(100),
-        n if (1..=1000).contains(&n) => Ok(i64::from(n)),
-        _ => Err(ServiceError::invalid(
-            "page.page_size",
-            "must be between 0 and 1000",
-        )),
-    }
-}
+pub(crate) use winback_platform::paging::page_size;

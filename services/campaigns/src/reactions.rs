@@ -471,19 +471,15 @@ pub(crate) fn start_consumers(campaigns: &Campaigns) -> Result<(), winback_platf
         let channel = winback_platform::grpc::lazy_channel(&host.config.peer_url(peer))
             .map_err(winback_platform::ServiceError::internal)?;
         let transport = Arc::new(GrpcEventTransport::new(channel, credentials.clone(), None));
-        let mut consumer = EventConsumer::new(
+        let consumer = EventConsumer::new(
             "campaigns",
             source,
             campaigns.db.clone(),
             transport,
             handler.clone(),
         )
-        .with_retry_delay(std::time::Duration::from_millis(200));
-        if sea_orm::ConnectionTrait::get_database_backend(&campaigns.db)
-            == sea_orm::DbBackend::Sqlite
-        {
-            consumer = consumer.with_writer_lock(campaigns.sqlite_writer.clone());
-        }
+        .with_retry_delay(std::time::Duration::from_millis(200))
+        .with_write_gate(campaigns.sqlite_writer.clone());
         tokio::spawn(consumer.run(host.shutdown.clone()));
     }
     Ok(())

@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
+
 use winback_platform::ServiceError;
 use winback_platform::clock::SharedClock;
 use winback_platform::config::DeliveryConfig;
+use winback_platform::db::{WriteGate, WriteGuard};
 use winback_platform::events::Outbox;
 
 use crate::domain::token::Signer;
@@ -25,9 +26,8 @@ pub(crate) struct Delivery {
     pub(crate) wake: Arc<tokio::sync::Notify>,
     /// Carriers by tenant and channel.
     pub(crate) carriers: crate::worker::Carriers,
-    /// SQLite has one writer: writers queue here instead of failing to upgrade a read
-    /// transaction. (PostgreSQL writers lock the rows they change.)
-    sqlite_writer: Arc<Mutex<()>>,
+    /// Writers queue here on SQLite.
+    sqlite_writer: WriteGate,
 }
 
 impl Delivery {
@@ -48,25 +48,18 @@ impl Delivery {
             default_sink_dir,
             wake: Arc::default(),
             carriers: crate::worker::Carriers::default(),
-            sqlite_writer: Arc::default(),
+            sqlite_writer: WriteGate::default(),
         }
     }
 
     /// The SQLite writer lock (nothing on PostgreSQL). Keep it until the commit.
-    pub(crate) async fn writer_lock(&self) -> Option<OwnedMutexGuard<()>> {
-        if self.db.get_database_backend() == DbBackend::Sqlite {
-            Some(self.sqlite_writer.clone().lock_owned().await)
-        } else {
-            None
-        }
+    pub(crate) async fn writer_lock(&self) -> WriteGuard {
+        self.sqlite_writer.enter(&self.db).await
     }
 
     /// Begins a writing transaction. Keep the guard until the commit.
-    pub(crate) async fn begin_write(
-        &self,
-    ) -> Result<(Option<OwnedMutexGuard<()>>, DatabaseTransaction), DbErr> {
-        let guard = self.writer_lock().await;
-        Ok((guard, self.db.begin().await?))
+    pub(crate) async fn begin_write(&self) -> Result<(WriteGuard, DatabaseTransaction), DbErr> {
+        self.sqlite_writer.begin(&self.db).await
     }
 
     /// Wakes the workers (a message was queued).
@@ -95,17 +88,7 @@ pub(crate) fn timestamp(us: i64) -> Option<prost_types::Timestamp> {
     chrono::DateTime::from_timestamp_micros(us).map(winback_platform::time::to_timestamp)
 }
 
-/// Page size from a request: 0 means 100, at most 1000.
-pub(crate) fn page_size(page: &winback_proto::common::PageRequest) -> Result<i64, ServiceError> {
-    match page.page_size {
-        0 => Ok(100),
-        n if (1..=1000).contains(&n) => Ok(i64::from(n)),
-        _ => Err(ServiceError::invalid(
-            "page.page_size",
-            "must be between 0 and 1000",
-        )),
-    }
-}
+pub(crate) use winback_platform::paging::page_size;
 
 /// The channel of a request, or INVALID_ARGUMENT naming `field`.
 pub(crate) fn channel(

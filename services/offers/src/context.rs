@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use winback_platform::ServiceError;
 use winback_platform::clock::SharedClock;
 use winback_platform::config::Peer;
+use winback_platform::db::{WriteGate, WriteGuard};
 use winback_platform::events::Outbox;
 use winback_platform::grpc::{CallCredentials, lazy_channel};
 use winback_platform::host::ServiceContext;
@@ -24,9 +24,8 @@ pub(crate) struct Offers {
     pub(crate) clock: SharedClock,
     pub(crate) profiles: ProfilesPeer,
     pub(crate) terms: TermsCache,
-    /// SQLite has one writer: writers queue here instead of failing to upgrade a read
-    /// transaction. (PostgreSQL writers lock the rows they change.)
-    sqlite_writer: Arc<Mutex<()>>,
+    /// Writers queue here on SQLite.
+    sqlite_writer: WriteGate,
 }
 
 impl Offers {
@@ -42,25 +41,18 @@ impl Offers {
             clock,
             profiles,
             terms: TermsCache::default(),
-            sqlite_writer: Arc::default(),
+            sqlite_writer: WriteGate::default(),
         }
     }
 
     /// Begins a writing transaction. Keep the guard until the commit.
-    pub(crate) async fn begin_write(
-        &self,
-    ) -> Result<(Option<OwnedMutexGuard<()>>, DatabaseTransaction), DbErr> {
-        let guard = self.writer_lock().await;
-        Ok((guard, self.db.begin().await?))
+    pub(crate) async fn begin_write(&self) -> Result<(WriteGuard, DatabaseTransaction), DbErr> {
+        self.sqlite_writer.begin(&self.db).await
     }
 
     /// The SQLite writer lock (nothing on PostgreSQL). Keep it until the commit.
-    pub(crate) async fn writer_lock(&self) -> Option<OwnedMutexGuard<()>> {
-        if self.db.get_database_backend() == DbBackend::Sqlite {
-            Some(self.sqlite_writer.clone().lock_owned().await)
-        } else {
-            None
-        }
+    pub(crate) async fn writer_lock(&self) -> WriteGuard {
+        self.sqlite_writer.enter(&self.db).await
     }
 
     /// Now in microseconds by the service clock.
@@ -141,14 +133,4 @@ pub(crate) fn timestamp(us: i64) -> Option<prost_types::Timestamp> {
     chrono::DateTime::from_timestamp_micros(us).map(winback_platform::time::to_timestamp)
 }
 
-/// Page size from a request: 0 means 100, at most 1000.
-pub(crate) fn page_size(page: &winback_proto::common::PageRequest) -> Result<i64, ServiceError> {
-    match page.page_size {
-        0 => Ok(100),
-        n if (1..=1000).contains(&n) => Ok(i64::from(n)),
-        _ => Err(ServiceError::invalid(
-            "page.page_size",
-            "must be between 0 and 1000",
-        )),
-    }
-}
+pub(crate) use winback_platform::paging::page_size;

@@ -1,10 +1,9 @@
 //! What every operation of the profiles service works with.
 
-use std::sync::Arc;
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
-use tokio::sync::{Mutex, OwnedMutexGuard};
 use winback_platform::clock::SharedClock;
+use winback_platform::db::{WriteGate, WriteGuard};
 use winback_platform::events::Outbox;
 
 /// The service's database, outbox and clock.
@@ -13,9 +12,8 @@ pub(crate) struct Profiles {
     pub(crate) db: DatabaseConnection,
     pub(crate) outbox: Outbox,
     pub(crate) clock: SharedClock,
-    /// SQLite has one writer: writers queue here instead of failing to upgrade a read
-    /// transaction. (PostgreSQL writers lock the facts rows they change instead.)
-    pub(crate) sqlite_writer: Arc<Mutex<()>>,
+    /// Writers (and the delivery-feed consumer) queue here on SQLite.
+    pub(crate) sqlite_writer: WriteGate,
 }
 
 impl Profiles {
@@ -25,20 +23,13 @@ impl Profiles {
             db,
             outbox,
             clock,
-            sqlite_writer: Arc::new(Mutex::new(())),
+            sqlite_writer: WriteGate::default(),
         }
     }
 
     /// Begins a transaction that will write facts. Keep the guard until the commit.
-    pub(crate) async fn begin_write(
-        &self,
-    ) -> Result<(Option<OwnedMutexGuard<()>>, DatabaseTransaction), DbErr> {
-        let guard = if self.db.get_database_backend() == DbBackend::Sqlite {
-            Some(self.sqlite_writer.clone().lock_owned().await)
-        } else {
-            None
-        };
-        Ok((guard, self.db.begin().await?))
+    pub(crate) async fn begin_write(&self) -> Result<(WriteGuard, DatabaseTransaction), DbErr> {
+        self.sqlite_writer.begin(&self.db).await
     }
 
     /// Now, in microseconds since the epoch, by the service clock.

@@ -149,7 +149,7 @@ pub(crate) fn start(profiles: &Profiles, ctx: &ServiceContext) {
             return;
         }
     };
-    let mut consumer = EventConsumer::new(
+    let consumer = EventConsumer::new(
         "profiles",
         EventSource::Delivery,
         profiles.db.clone(),
@@ -158,9 +158,7 @@ pub(crate) fn start(profiles: &Profiles, ctx: &ServiceContext) {
             profiles: profiles.clone(),
         }),
     )
-    .with_retry_delay(std::time::Duration::from_millis(200));
-    if sea_orm::ConnectionTrait::get_database_backend(&profiles.db) == sea_orm::DbBackend::Sqlite {
-        consumer = consumer.with_writer_lock(profiles.sqlite_writer.clone());
-    }
+    .with_retry_delay(std::time::Duration::from_millis(200))
+    .with_write_gate(profiles.sqlite_writer.clone());
     tokio::spawn(consumer.run(ctx.shutdown.clone()));
 }

@@ -9,14 +9,14 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::transport::Channel;
 use winback_proto::events::events_service_client::EventsServiceClient;
 use winback_proto::events::{Event, EventSource, SubscribeRequest};
 
-use crate::db::statement;
+use crate::db::{WriteGate, statement};
 use crate::grpc::client::CallCredentials;
 
 /// Events already received that one transaction takes at most.
@@ -116,7 +116,7 @@ pub struct EventConsumer {
     transport: Arc<dyn EventTransport>,
     handler: Arc<dyn EventHandler>,
     retry_delay: Duration,
-    writer: Option<Arc<tokio::sync::Mutex<()>>>,
+    writer: WriteGate,
 }
 
 impl std::fmt::Debug for EventConsumer {
@@ -160,14 +160,14 @@ impl EventConsumer {
             transport,
             handler,
             retry_delay: Duration::from_millis(500),
-            writer: None,
+            writer: WriteGate::default(),
         }
     }
 
-    /// Takes `lock` around each event's transaction: on SQLite, the consuming service's
-    /// writers queue on one lock instead of failing to upgrade a read transaction.
-    pub fn with_writer_lock(mut self, lock: Arc<tokio::sync::Mutex<()>>) -> Self {
-        self.writer = Some(lock);
+    /// Enters the consuming service's `gate` around each transaction, so on SQLite its
+    /// writers and this consumer queue instead of failing to upgrade a read transaction.
+    pub fn with_write_gate(mut self, gate: WriteGate) -> Self {
+        self.writer = gate;
         self
     }
 
@@ -268,11 +268,7 @@ impl EventConsumer {
     /// Handles `events` in one transaction: every effect, the inbox rows and the last
     /// cursor commit together, or nothing does. Returns how many were new (not redeliveries).
     async fn handle_batch(&self, events: &[Event]) -> Result<usize, ConsumerError> {
-        let _writer = match &self.writer {
-            Some(lock) => Some(lock.lock().await),
-            None => None,
-        };
-        let txn = self.db.begin().await?;
+        let (_writer, txn) = self.writer.begin(&self.db).await?;
         let backend = txn.get_database_backend();
         let now_us = chrono::Utc::now().timestamp_micros();
         let mut new = 0;
