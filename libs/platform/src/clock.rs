@@ -6,6 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 
+/// Now on the wall clock, in Unix microseconds, whatever the service clock says. Leases of
+/// work in flight run on it: a manual clock that jumps ahead (tests, the demo) must not
+/// make a worker's lease look expired while the worker is still busy with it.
+pub fn wall_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
 /// A source of the current time.
 pub trait Clock: Send + Sync + Debug {
     /// The current time.

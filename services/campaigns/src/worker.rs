@@ -11,6 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::{ConnectionTrait, DbBackend};
 use tokio_util::sync::CancellationToken;
 use winback_platform::ServiceError;
+use winback_platform::clock::wall_micros;
 use winback_platform::db::multi_row_insert;
 use winback_platform::time::from_timestamp;
 use winback_proto::campaigns::{Chain, EnrolmentState, Step};
@@ -20,9 +21,7 @@ use winback_proto::delivery::{
 };
 use winback_proto::events::event::Payload;
 use winback_proto::events::{EnrolmentEnded, StepExecuted};
-use winback_proto::offers::{
-    CouponRecipient, IssueCouponRequest, IssueCouponsRequest, NextOfferRequest,
-};
+use winback_proto::offers::{CouponRecipient, IssueCouponsRequest, NextOffersRequest};
 
 use crate::context::{Campaigns, db_error, time};
 use crate::domain::chain::{is_marketing, offsets};
@@ -139,10 +138,6 @@ struct Sending {
 /// The grace after the last step before a chain is judged (opened, clicked, nothing).
 const FINISH_GRACE_HOURS: i64 = 72;
 
-fn wall_us() -> i64 {
-    Utc::now().timestamp_micros()
-}
-
 impl Campaigns {
     /// Runs until `shutdown`: drains enrolment requests, then executes due steps; sleeps for
     /// the poll interval (or until woken) when there is nothing to do.
@@ -189,7 +184,7 @@ impl Campaigns {
 
     async fn claim(&self) -> Result<Vec<Due>, ServiceError> {
         let now_us = self.now().timestamp_micros();
-        let wall = wall_us();
+        let wall = wall_micros();
         let lease = wall + i64::try_from(self.config.lease_ms).unwrap_or(60_000) * 1000;
         let lock = if self.db.get_database_backend() == DbBackend::Postgres {
             "FOR UPDATE SKIP LOCKED"
@@ -404,9 +399,9 @@ impl Campaigns {
         })
     }
 
-    /// Issues the coupons of the steps that carry an offer: one IssueCoupons per template,
-    /// one NextOffer + IssueCoupon per ladder step (the rung chosen is recorded first, so a
-    /// repeat asks for the same one).
+    /// Issues the coupons of the steps that carry an offer, one IssueCoupons per template
+    /// and campaign. A ladder step first asks offers for each customer's next rung (one
+    /// NextOffers per ladder) and records the rungs chosen, so a repeat asks for the same.
     async fn issue_coupons(
         &self,
         tenant: &str,
@@ -420,43 +415,74 @@ impl Campaigns {
             chains.get(&d.chain_id)?.steps.get(d.step)
         };
         let mut offers = None;
-        // Ladders: choose the rung once, remember it, then issue from it.
-        for s in sendings.iter_mut() {
+        let mut by_ladder: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (k, s) in sendings.iter().enumerate() {
             let Some(step) = step_of(s) else { continue };
-            if step.offer_ladder_id.is_empty() || !s.offer_template_id.is_empty() {
-                continue;
+            if !step.offer_ladder_id.is_empty() && s.offer_template_id.is_empty() {
+                by_ladder
+                    .entry(step.offer_ladder_id.clone())
+                    .or_default()
+                    .push(k);
             }
-            let d = &due[s.index];
+        }
+        let mut chosen = Vec::new();
+        for (ladder, ks) in by_ladder {
             let client = match &mut offers {
                 Some(c) => c,
                 None => offers.insert(self.offers(tenant)?),
             };
-            let next = client
-                .next_offer(NextOfferRequest {
-                    ladder_id: step.offer_ladder_id.clone(),
-                    customer_id: d.customer_id.clone(),
-                })
-                .await
-                .map_err(|st| upstream("offers.NextOffer", &st))?
-                .into_inner();
-            if let Some(t) = next.template.filter(|_| !next.exhausted) {
-                s.offer_template_id = t.template_id;
-                self.remember_rung(tenant, d, &s.offer_template_id).await?;
+            for chunk in ks.chunks(1000) {
+                let next = client
+                    .next_offers(NextOffersRequest {
+                        ladder_id: ladder.clone(),
+                        customer_ids: chunk
+                            .iter()
+                            .map(|k| due[sendings[*k].index].customer_id.clone())
+                            .collect(),
+                    })
+                    .await
+                    .map_err(|st| upstream("offers.NextOffers", &st))?
+                    .into_inner()
+                    .offers;
+                for (k, offer) in chunk.iter().zip(next) {
+                    if let Some(t) = offer.template.filter(|_| !offer.exhausted) {
+                        sendings[*k].offer_template_id = t.template_id;
+                        chosen.push(*k);
+                    }
+                }
             }
         }
-        let mut by_template: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        self.remember_rungs(
+            tenant,
+            chosen.iter().map(|k| {
+                (
+                    &due[sendings[*k].index],
+                    sendings[*k].offer_template_id.as_str(),
+                )
+            }),
+        )
+        .await?;
+        // (template, ladder) → sendings.
+        let mut by_template: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
         for (k, s) in sendings.iter().enumerate() {
             let Some(step) = step_of(s) else { continue };
             if !step.offer_template_id.is_empty() {
                 by_template
-                    .entry(step.offer_template_id.clone())
+                    .entry((step.offer_template_id.clone(), String::new()))
                     .or_default()
                     .push(k);
-            } else if !step.offer_ladder_id.is_empty() && s.offer_template_id.is_empty() {
+            } else if step.offer_ladder_id.is_empty() {
+                continue;
+            } else if s.offer_template_id.is_empty() {
                 endings[s.index] = Some(Ending::new("skipped_no_offer"));
+            } else {
+                by_template
+                    .entry((s.offer_template_id.clone(), step.offer_ladder_id.clone()))
+                    .or_default()
+                    .push(k);
             }
         }
-        for (template, ks) in by_template {
+        for ((template, ladder), ks) in by_template {
             let client = match &mut offers {
                 Some(c) => c,
                 None => offers.insert(self.offers(tenant)?),
@@ -485,6 +511,7 @@ impl Campaigns {
                         template_id: template.clone(),
                         recipients,
                         campaign_id,
+                        ladder_id: ladder.clone(),
                     })
                     .await
                 {
@@ -515,62 +542,44 @@ impl Campaigns {
                 }
             }
         }
-        for s in sendings.iter_mut() {
-            let Some(step) = step_of(s) else { continue };
-            if step.offer_ladder_id.is_empty() || s.offer_template_id.is_empty() {
-                continue;
-            }
-            let d = &due[s.index];
-            let client = match &mut offers {
-                Some(c) => c,
-                None => offers.insert(self.offers(tenant)?),
-            };
-            let coupon = client
-                .issue_coupon(IssueCouponRequest {
-                    template_id: s.offer_template_id.clone(),
-                    customer_id: d.customer_id.clone(),
-                    idempotency_key: d.key(),
-                    campaign_id: d.campaign_id.clone(),
-                    ladder_id: step.offer_ladder_id.clone(),
-                })
-                .await
-                .map_err(|st| upstream("offers.IssueCoupon", &st))?
-                .into_inner()
-                .coupon
-                .unwrap_or_default();
-            let expires = coupon
-                .expires_at
-                .as_ref()
-                .and_then(from_timestamp)
-                .unwrap_or_default();
-            s.coupon = Some((coupon.code, expires));
-        }
         sendings.retain(|s| endings[s.index].is_none());
         Ok(())
     }
 
-    async fn remember_rung(
+    /// Records the ladder rungs chosen for these steps, in one transaction.
+    async fn remember_rungs<'a>(
         &self,
         tenant: &str,
-        d: &Due,
-        template: &str,
+        chosen: impl Iterator<Item = (&'a Due, &'a str)>,
     ) -> Result<(), ServiceError> {
+        let rows: Vec<Vec<sea_orm::Value>> = chosen
+            .map(|(d, template)| {
+                vec![
+                    tenant.into(),
+                    d.enrolment_id.clone().into(),
+                    (d.step as i64).into(),
+                    "pending".into(),
+                    d.due_at.timestamp_micros().into(),
+                    template.into(),
+                ]
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
         let (_guard, txn) = self.begin_write().await.map_err(db_error)?;
-        execute(
-            &txn,
-            "INSERT INTO step_outcomes (tenant_id, enrolment_id, step, outcome, due_at_us, offer_template_id)
-             VALUES ($1, $2, $3, 'pending', $4, $5)
-             ON CONFLICT (tenant_id, enrolment_id, step) DO UPDATE SET offer_template_id = excluded.offer_template_id",
-            vec![
-                tenant.into(),
-                d.enrolment_id.clone().into(),
-                (d.step as i64).into(),
-                d.due_at.timestamp_micros().into(),
-                template.into(),
-            ],
-        )
-        .await
-        .map_err(db_error)?;
+        let backend = txn.get_database_backend();
+        for chunk in rows.chunks(500) {
+            let mut insert = multi_row_insert(
+                backend,
+                "INSERT INTO step_outcomes (tenant_id, enrolment_id, step, outcome, due_at_us, offer_template_id)",
+                chunk.to_vec(),
+            );
+            insert.sql.push_str(
+                " ON CONFLICT (tenant_id, enrolment_id, step) DO UPDATE SET offer_template_id = excluded.offer_template_id",
+            );
+            txn.execute_raw(insert).await.map_err(db_error)?;
+        }
         txn.commit().await.map_err(db_error)
     }
 
@@ -664,6 +673,7 @@ impl Campaigns {
         let mut variables = serde_json::json!({
             "facts": { "segment": d.segment },
         });
+        let coupon_code = coupon.as_ref().map(|(code, _)| code.clone());
         if let Some((code, expires)) = coupon {
             variables["coupon"] = serde_json::json!({
                 "code": code,
@@ -702,8 +712,10 @@ impl Campaigns {
                 ("enrolment_id", d.enrolment_id.clone()),
                 ("variant", d.variant.clone()),
                 ("step", d.step.to_string()),
+                ("coupon_code", coupon_code.unwrap_or_default()),
             ]
             .into_iter()
+            .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
             send_after: None,

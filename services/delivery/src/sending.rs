@@ -2,6 +2,8 @@
 //! provider is called; the workers deliver it. The same idempotency key never makes a
 //! second message.
 
+use std::collections::HashMap;
+
 use futures::StreamExt;
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
@@ -155,7 +157,7 @@ impl Delivery {
             body_text: rendered.text,
             body_html: rendered.html,
             body_json: rendered.json,
-            metadata: r.metadata.clone(),
+            metadata: with_time_zone(&r.metadata, &recipient.time_zone),
             cost_minor: cost,
             currency,
             sms_segments: segments,
@@ -489,4 +491,15 @@ pub(crate) fn status_event(row: &MessageRow, status: MessageStatus, reason: &str
             currency: row.currency.clone(),
         }),
     })
+}
+
+/// The caller's metadata plus the recipient's time zone (`time_zone`, unless the caller set
+/// one), so whoever reads the message later can tell the local time it went out.
+fn with_time_zone(metadata: &HashMap<String, String>, zone: &str) -> HashMap<String, String> {
+    let mut out = metadata.clone();
+    if !zone.trim().is_empty() {
+        out.entry("time_zone".to_owned())
+            .or_insert_with(|| zone.trim().to_owned());
+    }
+    out
 }

@@ -17,6 +17,7 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use winback_platform::ServiceError;
+use winback_platform::clock::wall_micros;
 use winback_platform::db::multi_row_insert;
 use winback_proto::common::{Channel, MessagePurpose};
 use winback_proto::delivery::MessageStatus;
@@ -139,7 +140,9 @@ impl Delivery {
     /// so an unsubscribe since the message was queued wins).
     async fn claim(&self, limit: usize) -> Result<Vec<(MessageRow, Option<String>)>, ServiceError> {
         let now = self.now_us();
-        let lease_until = now + self.config.lease_ms as i64 * 1_000;
+        // The lease is wall-clock time (the service clock may jump ahead of work in flight).
+        let wall = wall_micros();
+        let lease_until = wall + self.config.lease_ms as i64 * 1_000;
         let skip_locked = if self.db.get_database_backend() == DbBackend::Postgres {
             " FOR UPDATE SKIP LOCKED"
         } else {
@@ -157,13 +160,18 @@ impl Delivery {
                    ORDER BY next_attempt_us LIMIT $3{skip_locked}),
                  expired AS (
                    SELECT tenant_id, message_id FROM messages
-                   WHERE status = 2 AND lease_until_us < $2
+                   WHERE status = 2 AND lease_until_us < $4
                    LIMIT $3{skip_locked})
                  UPDATE messages SET status = 2, lease_until_us = $1, attempts = attempts + 1
                  WHERE (tenant_id, message_id) IN (SELECT * FROM due UNION ALL SELECT * FROM expired)
                  RETURNING tenant_id, {COLUMNS}"
             ),
-            vec![lease_until.into(), now.into(), (limit as i64).into()],
+            vec![
+                lease_until.into(),
+                now.into(),
+                (limit as i64).into(),
+                wall.into(),
+            ],
         )
         .await
         .map_err(db_error)?;

@@ -50,6 +50,7 @@ async fn run(label: &str, db: &TestDatabase, coupons: usize, rate: u64, seconds:
                 template_id: t.clone(),
                 recipients,
                 campaign_id: "bench".into(),
+                ladder_id: String::new(),
             })
             .await
             .unwrap()

@@ -141,6 +141,20 @@ impl OffersService for OffersGrpc {
         ))
     }
 
+    async fn next_offers(
+        &self,
+        request: Request<NextOffersRequest>,
+    ) -> Result<Response<NextOffersResponse>, Status> {
+        let tenant = tenant_for(&request, READ)?;
+        let r = request.get_ref();
+        Ok(Response::new(NextOffersResponse {
+            offers: self
+                .offers
+                .next_offers(&tenant, &r.ladder_id, &r.customer_ids)
+                .await?,
+        }))
+    }
+
     async fn issue_coupon(
         &self,
         request: Request<IssueCouponRequest>,
@@ -173,7 +187,7 @@ impl OffersService for OffersGrpc {
         let from = IssueFrom {
             template_id: r.template_id,
             campaign_id: r.campaign_id,
-            ladder_id: String::new(),
+            ladder_id: r.ladder_id,
         };
         let coupons = self
             .offers

@@ -1,9 +1,11 @@
 //! Offer templates and escalation ladders: create, read, list, archive, and the next rung.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prost::Message;
 use winback_platform::ServiceError;
+use winback_platform::db::placeholders;
 use winback_platform::time::to_timestamp;
 use winback_proto::common::PageResponse;
 use winback_proto::offers::{
@@ -11,6 +13,7 @@ use winback_proto::offers::{
 };
 
 use crate::context::{Offers, db_error, page_size};
+use crate::coupons::MAX_BATCH;
 use crate::domain::template;
 use crate::store::{execute, query};
 
@@ -237,34 +240,84 @@ impl Offers {
         if customer_id.trim().is_empty() {
             return Err(ServiceError::invalid("customer_id", "is required"));
         }
-        let ladder = self.ladder(tenant, ladder_id, "ladder_id").await?;
-        let rows = query(
-            &self.db,
-            "SELECT DISTINCT rung FROM coupons WHERE tenant_id = $1 AND customer_id = $2 AND ladder_id = $3",
-            vec![tenant.into(), customer_id.into(), ladder_id.into()],
-        )
-        .await
-        .map_err(db_error)?;
-        let had: Vec<i64> = rows
-            .iter()
-            .filter_map(|r| r.try_get::<i64>("", "rung").ok())
-            .collect();
-        let next = (0..ladder.template_ids.len()).find(|rung| !had.contains(&(*rung as i64)));
-        match next {
-            Some(rung) => Ok(NextOfferResponse {
-                rung: rung as i32,
-                template: Some(
-                    self.template(tenant, &ladder.template_ids[rung], "ladder_id")
-                        .await?,
-                ),
-                exhausted: false,
-            }),
-            None => Ok(NextOfferResponse {
-                rung: ladder.template_ids.len() as i32,
-                template: None,
-                exhausted: true,
-            }),
+        self.next_offers(tenant, ladder_id, &[customer_id.to_owned()])
+            .await?
+            .pop()
+            .ok_or_else(|| ServiceError::internal("no next offer"))
+    }
+
+    /// The next rung of each customer, in order (one lookup for the whole batch).
+    pub(crate) async fn next_offers(
+        &self,
+        tenant: &str,
+        ladder_id: &str,
+        customer_ids: &[String],
+    ) -> Result<Vec<NextOfferResponse>, ServiceError> {
+        if customer_ids.is_empty() || customer_ids.len() > MAX_BATCH {
+            return Err(ServiceError::invalid(
+                "customer_ids",
+                format!("must hold 1 to {MAX_BATCH} customers"),
+            ));
         }
+        if let Some(i) = customer_ids.iter().position(|c| c.trim().is_empty()) {
+            return Err(ServiceError::invalid(
+                format!("customer_ids[{i}]"),
+                "is required",
+            ));
+        }
+        let ladder = self.ladder(tenant, ladder_id, "ladder_id").await?;
+        let mut had: HashMap<String, Vec<i64>> = HashMap::new();
+        for chunk in customer_ids.chunks(500) {
+            let mut values: Vec<sea_orm::Value> = vec![tenant.into(), ladder_id.into()];
+            values.extend(chunk.iter().map(|c| sea_orm::Value::from(c.clone())));
+            let rows = query(
+                &self.db,
+                &format!(
+                    "SELECT DISTINCT customer_id, rung FROM coupons \
+                     WHERE tenant_id = $1 AND ladder_id = $2 AND customer_id IN ({})",
+                    placeholders(3, chunk.len())
+                ),
+                values,
+            )
+            .await
+            .map_err(db_error)?;
+            for r in &rows {
+                let customer: String = r.try_get("", "customer_id").map_err(db_error)?;
+                let rung: i64 = r.try_get("", "rung").map_err(db_error)?;
+                had.entry(customer).or_default().push(rung);
+            }
+        }
+        let mut templates: HashMap<usize, OfferTemplate> = HashMap::new();
+        let mut out = Vec::with_capacity(customer_ids.len());
+        for customer in customer_ids {
+            let taken = had.get(customer).map(Vec::as_slice).unwrap_or_default();
+            let next = (0..ladder.template_ids.len()).find(|rung| !taken.contains(&(*rung as i64)));
+            out.push(match next {
+                Some(rung) => {
+                    let template = match templates.get(&rung) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t = self
+                                .template(tenant, &ladder.template_ids[rung], "ladder_id")
+                                .await?;
+                            templates.insert(rung, t.clone());
+                            t
+                        }
+                    };
+                    NextOfferResponse {
+                        rung: rung as i32,
+                        template: Some(template),
+                        exhausted: false,
+                    }
+                }
+                None => NextOfferResponse {
+                    rung: ladder.template_ids.len() as i32,
+                    template: None,
+                    exhausted: true,
+                },
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -146,7 +146,10 @@ db_test!(
             .unwrap();
 
         // Rung by rung, never a jump to the strongest.
-        for (rung, expected) in [shipping, bonus, discount.clone()].iter().enumerate() {
+        for (rung, expected) in [shipping.clone(), bonus.clone(), discount.clone()]
+            .iter()
+            .enumerate()
+        {
             let next =
                 h.a.next_offer(NextOfferRequest {
                     ladder_id: ladder.ladder_id.clone(),
@@ -184,13 +187,55 @@ db_test!(
         assert!(done.exhausted && done.template.is_none());
         let boris =
             h.a.next_offer(NextOfferRequest {
-                ladder_id: ladder.ladder_id,
+                ladder_id: ladder.ladder_id.clone(),
                 customer_id: "boris".into(),
             })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(boris.rung, 0);
+
+        // A batch: each customer's own next rung, in request order; a batch issue from a
+        // rung records it like a single one.
+        h.a.issue_coupons(IssueCouponsRequest {
+            template_id: shipping.clone(),
+            recipients: vec![CouponRecipient {
+                customer_id: "boris".into(),
+                idempotency_key: "boris:0".into(),
+            }],
+            campaign_id: String::new(),
+            ladder_id: ladder.ladder_id.clone(),
+        })
+        .await
+        .unwrap();
+        let batch =
+            h.a.next_offers(NextOffersRequest {
+                ladder_id: ladder.ladder_id.clone(),
+                customer_ids: vec!["vera".into(), "anna".into(), "boris".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .offers;
+        let rungs: Vec<(i32, bool)> = batch.iter().map(|o| (o.rung, o.exhausted)).collect();
+        assert_eq!(rungs, [(0, false), (3, true), (1, false)]);
+        assert_eq!(batch[2].template.as_ref().unwrap().template_id, bonus);
+        let err =
+            h.a.next_offers(NextOffersRequest {
+                ladder_id: ladder.ladder_id.clone(),
+                customer_ids: vec!["vera".into(), " ".into()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(field_violations(&err)[0].field, "customer_ids[1]");
+        let err =
+            h.a.next_offers(NextOffersRequest {
+                ladder_id: "no-such-ladder".into(),
+                customer_ids: vec!["vera".into()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
 
         // Archived templates issue no more coupons.
         let archived =
@@ -279,6 +324,7 @@ db_test!(
                 template_id: t.clone(),
                 recipients: recipients.clone(),
                 campaign_id: "camp-1".into(),
+                ladder_id: String::new(),
             })
             .await
             .unwrap()
@@ -288,6 +334,7 @@ db_test!(
                 template_id: t.clone(),
                 recipients,
                 campaign_id: "camp-1".into(),
+                ladder_id: String::new(),
             })
             .await
             .unwrap()
@@ -329,6 +376,7 @@ db_test!(
                     idempotency_key: "k".into(),
                 }],
                 campaign_id: String::new(),
+                ladder_id: String::new(),
             })
             .await
             .unwrap_err();

@@ -6,7 +6,7 @@ use winback_platform::ServiceError;
 use winback_proto::common::{Channel, MessagePurpose};
 use winback_proto::events::ConsentChanged;
 use winback_proto::events::event::Payload;
-use winback_proto::profiles::{ConsentRecord, ListConsentHistoryResponse};
+use winback_proto::profiles::{ConsentRecord, ListConsentHistoryResponse, RecordConsentRequest};
 
 use crate::context::{Profiles, micros, timestamp};
 use crate::customers::{consent_record, page_size};
@@ -111,101 +111,174 @@ pub(crate) async fn store_changes(
     Ok(())
 }
 
+/// The changes one consent request asks for, checked; `prefix` names the request in the
+/// fields of an error (`consents[3].` in a batch).
+fn requested_changes(
+    prefix: &str,
+    consent: Option<&ConsentRecord>,
+    do_not_contact: bool,
+    now_us: i64,
+) -> Result<Vec<ConsentChange>, ServiceError> {
+    let consent =
+        consent.ok_or_else(|| ServiceError::invalid(format!("{prefix}consent"), "is required"))?;
+    let at_us = match &consent.recorded_at {
+        None => now_us,
+        Some(ts) if micros(ts) > now_us + MAX_CLOCK_SKEW.num_microseconds().unwrap_or(0) => {
+            return Err(ServiceError::invalid(
+                format!("{prefix}consent.recorded_at"),
+                "is in the future",
+            ));
+        }
+        Some(ts) => micros(ts),
+    };
+    if consent.source.is_empty() || consent.source.chars().count() > 64 {
+        return Err(ServiceError::invalid(
+            format!("{prefix}consent.source"),
+            "must be 1 to 64 characters",
+        ));
+    }
+    if do_not_contact {
+        return Ok(refuse_everything(&consent.source, at_us));
+    }
+    if !CHANNELS.iter().any(|c| *c as i32 == consent.channel) {
+        return Err(ServiceError::invalid(
+            format!("{prefix}consent.channel"),
+            "must name a channel",
+        ));
+    }
+    if !PURPOSES.iter().any(|p| *p as i32 == consent.purpose) {
+        return Err(ServiceError::invalid(
+            format!("{prefix}consent.purpose"),
+            "must be advertising or service",
+        ));
+    }
+    Ok(vec![ConsentChange {
+        channel: consent.channel,
+        purpose: consent.purpose,
+        granted: consent.granted,
+        source: consent.source.clone(),
+        at_us,
+    }])
+}
+
+/// The record as stored, as the API returns it (a refusal of everything names no channel).
+fn stored_record(changes: &[ConsentChange], do_not_contact: bool) -> Option<ConsentRecord> {
+    changes.first().map(|c| ConsentRecord {
+        channel: if do_not_contact {
+            Channel::Unspecified as i32
+        } else {
+            c.channel
+        },
+        purpose: if do_not_contact {
+            MessagePurpose::Unspecified as i32
+        } else {
+            c.purpose
+        },
+        granted: c.granted,
+        source: c.source.clone(),
+        recorded_at: timestamp(c.at_us),
+    })
+}
+
+/// Most consent changes one `RecordConsents` call takes.
+pub(crate) const MAX_CONSENT_BATCH: usize = 1000;
+
 impl Profiles {
     /// Records one consent change, or a refusal of everything.
     pub(crate) async fn record_consent(
         &self,
         tenant: &str,
-        customer_id: &str,
-        consent: Option<ConsentRecord>,
-        do_not_contact: bool,
+        request: RecordConsentRequest,
     ) -> Result<ConsentRecord, ServiceError> {
-        let consent = consent.ok_or_else(|| ServiceError::invalid("consent", "is required"))?;
-        let now = self.clock.now();
-        let at_us = match &consent.recorded_at {
-            None => now.timestamp_micros(),
-            Some(ts) if micros(ts) > (now + MAX_CLOCK_SKEW).timestamp_micros() => {
-                return Err(ServiceError::invalid(
-                    "consent.recorded_at",
-                    "is in the future",
-                ));
-            }
-            Some(ts) => micros(ts),
-        };
-        if consent.source.is_empty() || consent.source.chars().count() > 64 {
+        self.store_consents(tenant, vec![request], false)
+            .await?
+            .pop()
+            .ok_or_else(|| ServiceError::internal("no consent change"))
+    }
+
+    /// Records many customers' consent changes in one transaction, all or none.
+    pub(crate) async fn record_consents(
+        &self,
+        tenant: &str,
+        requests: Vec<RecordConsentRequest>,
+    ) -> Result<Vec<ConsentRecord>, ServiceError> {
+        if requests.is_empty() || requests.len() > MAX_CONSENT_BATCH {
             return Err(ServiceError::invalid(
-                "consent.source",
-                "must be 1 to 64 characters",
+                "consents",
+                format!("must hold 1 to {MAX_CONSENT_BATCH} changes"),
             ));
         }
-        let changes = if do_not_contact {
-            refuse_everything(&consent.source, at_us)
-        } else {
-            if !CHANNELS.iter().any(|c| *c as i32 == consent.channel) {
-                return Err(ServiceError::invalid(
-                    "consent.channel",
-                    "must name a channel",
-                ));
+        self.store_consents(tenant, requests, true).await
+    }
+
+    async fn store_consents(
+        &self,
+        tenant: &str,
+        requests: Vec<RecordConsentRequest>,
+        batch: bool,
+    ) -> Result<Vec<ConsentRecord>, ServiceError> {
+        let now_us = self.clock.now().timestamp_micros();
+        let prefix = |i: usize| {
+            if batch {
+                format!("consents[{i}].")
+            } else {
+                String::new()
             }
-            if !PURPOSES.iter().any(|p| *p as i32 == consent.purpose) {
-                return Err(ServiceError::invalid(
-                    "consent.purpose",
-                    "must be advertising or service",
-                ));
-            }
-            vec![ConsentChange {
-                channel: consent.channel,
-                purpose: consent.purpose,
-                granted: consent.granted,
-                source: consent.source.clone(),
-                at_us,
-            }]
         };
-        let (_writer, txn) = self.begin_write().await?;
-        let ids = [customer_id.to_owned()];
-        let customer = rows::customers(&txn, tenant, &ids)
-            .await?
-            .remove(customer_id)
-            .ok_or_else(|| ServiceError::not_found_at("customer", customer_id, "customer_id"))?;
-        if customer.erased {
-            return Err(ServiceError::FailedPrecondition(
-                "customer was erased".into(),
-            ));
+        let mut checked = Vec::with_capacity(requests.len());
+        for (i, r) in requests.iter().enumerate() {
+            let changes =
+                requested_changes(&prefix(i), r.consent.as_ref(), r.do_not_contact, now_us)?;
+            checked.push(changes);
         }
-        let mut state = rows::facts_states(&txn, tenant, &ids)
-            .await?
-            .remove(customer_id)
-            .unwrap_or_default();
-        store_changes(
-            self,
-            &txn,
-            tenant,
-            customer_id,
-            &mut state,
-            &changes,
-            do_not_contact,
-        )
-        .await?;
-        state.updated_at_us = self.now_us();
-        rows::save_facts(&txn, tenant, vec![(customer_id.to_owned(), state)]).await?;
+        let mut ids: Vec<String> = requests.iter().map(|r| r.customer_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let (_writer, txn) = self.begin_write().await?;
+        let customers = rows::customers(&txn, tenant, &ids).await?;
+        for (i, r) in requests.iter().enumerate() {
+            match customers.get(&r.customer_id) {
+                None => {
+                    return Err(ServiceError::not_found_at(
+                        "customer",
+                        r.customer_id.clone(),
+                        format!("{}customer_id", prefix(i)),
+                    ));
+                }
+                Some(c) if c.erased => {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "{}customer_id: customer was erased",
+                        prefix(i)
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let mut states = rows::facts_states(&txn, tenant, &ids).await?;
+        let mut stored = Vec::with_capacity(requests.len());
+        for (r, changes) in requests.iter().zip(&checked) {
+            let state = states.entry(r.customer_id.clone()).or_default();
+            store_changes(
+                self,
+                &txn,
+                tenant,
+                &r.customer_id,
+                state,
+                changes,
+                r.do_not_contact,
+            )
+            .await?;
+            state.updated_at_us = self.now_us();
+            stored.extend(stored_record(changes, r.do_not_contact));
+        }
+        let touched: Vec<(String, FactsState)> = ids
+            .iter()
+            .filter_map(|id| states.remove(id).map(|state| (id.clone(), state)))
+            .collect();
+        rows::save_facts(&txn, tenant, touched).await?;
         txn.commit().await?;
         self.outbox.notify_committed();
-        let stored = changes.first().map(|c| ConsentRecord {
-            channel: if do_not_contact {
-                Channel::Unspecified as i32
-            } else {
-                c.channel
-            },
-            purpose: if do_not_contact {
-                MessagePurpose::Unspecified as i32
-            } else {
-                c.purpose
-            },
-            granted: c.granted,
-            source: c.source.clone(),
-            recorded_at: timestamp(c.at_us),
-        });
-        stored.ok_or_else(|| ServiceError::internal("no consent change"))
+        Ok(stored)
     }
 
     /// Consent history, newest first.

@@ -78,14 +78,25 @@ impl ProfilesService for ProfilesGrpc {
         request: Request<RecordConsentRequest>,
     ) -> Result<Response<RecordConsentResponse>, Status> {
         let tenant = tenant_for(&request, WRITE)?;
-        let req = request.into_inner();
         let consent = self
             .profiles
-            .record_consent(&tenant, &req.customer_id, req.consent, req.do_not_contact)
+            .record_consent(&tenant, request.into_inner())
             .await?;
         Ok(Response::new(RecordConsentResponse {
             consent: Some(consent),
         }))
+    }
+
+    async fn record_consents(
+        &self,
+        request: Request<RecordConsentsRequest>,
+    ) -> Result<Response<RecordConsentsResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let consents = self
+            .profiles
+            .record_consents(&tenant, request.into_inner().consents)
+            .await?;
+        Ok(Response::new(RecordConsentsResponse { consents }))
     }
 
     async fn list_consent_history(

@@ -573,6 +573,111 @@ db_test!(
 );
 
 db_test!(
+    consents_of_many_customers_are_recorded_together_all_or_none,
+    |db| async move {
+        let db: &TestDatabase = db;
+        let mut h = Harness::start(db).await;
+        upsert(&mut h.a, vec![customer("c1"), customer("c2")]).await;
+        let change = |id: &str, channel: Channel, granted: bool| RecordConsentRequest {
+            customer_id: id.into(),
+            consent: Some(ConsentRecord {
+                channel: channel as i32,
+                purpose: MessagePurpose::Advertising as i32,
+                granted,
+                source: "loyalty_export".into(),
+                recorded_at: None,
+            }),
+            do_not_contact: false,
+        };
+        let history = |h: &mut Harness, id: &str| {
+            let mut client = h.a.clone();
+            let id = id.to_owned();
+            async move {
+                client
+                    .list_consent_history(ListConsentHistoryRequest {
+                        customer_id: id,
+                        page: None,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .records
+            }
+        };
+        // A bad change anywhere refuses the batch, naming it; nothing is stored.
+        let mut bad = change("c2", Channel::Sms, true);
+        bad.consent.as_mut().unwrap().source = String::new();
+        let status =
+            h.a.record_consents(RecordConsentsRequest {
+                consents: vec![change("c1", Channel::Email, true), bad],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            field_violations(&status)[0].field,
+            "consents[1].consent.source"
+        );
+        let status =
+            h.a.record_consents(RecordConsentsRequest {
+                consents: vec![
+                    change("c1", Channel::Email, true),
+                    change("ghost", Channel::Email, true),
+                ],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status.message().contains("consents[1].customer_id"),
+            "{status:?}"
+        );
+        let status =
+            h.a.record_consents(RecordConsentsRequest { consents: vec![] })
+                .await
+                .unwrap_err();
+        assert_eq!(field_violations(&status)[0].field, "consents");
+        assert!(history(&mut h, "c1").await.is_empty(), "nothing stored");
+
+        let stored =
+            h.a.record_consents(RecordConsentsRequest {
+                consents: vec![
+                    change("c1", Channel::Email, true),
+                    change("c2", Channel::Sms, true),
+                    change("c1", Channel::Push, true),
+                    change("c1", Channel::Email, false),
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .consents;
+        assert_eq!(stored.len(), 4);
+        assert_eq!(history(&mut h, "c1").await.len(), 3);
+        let f1 = facts(&mut h.a, "c1").await;
+        let advertising = |f: &CustomerFacts, channel: Channel| {
+            f.channels
+                .iter()
+                .find(|c| c.channel == channel as i32)
+                .is_some_and(|c| c.advertising)
+        };
+        // The last change of a customer's channel wins.
+        assert!(!advertising(&f1, Channel::Email));
+        assert!(advertising(&f1, Channel::Push));
+        assert!(advertising(&facts(&mut h.a, "c2").await, Channel::Sms));
+        // Another tenant cannot record consent for these customers.
+        let status =
+            h.b.record_consents(RecordConsentsRequest {
+                consents: vec![change("c1", Channel::Email, true)],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        h.stop();
+    }
+);
+
+db_test!(
     bonus_balances_are_set_adjusted_and_spent_from_the_earliest_expiry,
     |db| async move {
         let db: &TestDatabase = db;

@@ -302,6 +302,26 @@ where
     Ok(())
 }
 
+/// The latest time in a column of a file (`placed_at` of orders, `occurred_at` of events;
+/// rows that do not parse are skipped here and reported by the import itself): where a
+/// replay of the history starts its clock.
+pub fn latest_time(
+    path: &Path,
+    column: &'static str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ImportError> {
+    let mut rows = Rows::open(path, &[column])?;
+    let mut last = None;
+    while let Some(next) = rows.next() {
+        let Ok((_, row)) = next else { continue };
+        let Ok(Some(at)) = timestamp(get(&row, column)) else {
+            continue;
+        };
+        last = last.max(winback_platform::time::from_timestamp(&at));
+    }
+    rows.bar.finish_and_clear();
+    Ok(last)
+}
+
 /// Imports customers (and their advertising consents).
 pub async fn customers(client: &mut Client, path: &Path) -> Result<FileReport, ImportError> {
     const KNOWN: &[&str] = &[
@@ -325,6 +345,8 @@ pub async fn customers(client: &mut Client, path: &Path) -> Result<FileReport, I
         ..FileReport::default()
     };
     let mut consents: Vec<(u64, String, ContactChannel, bool)> = Vec::new();
+    // Kept apart until the customers are in: they do not reject the customer's row.
+    let mut unclear_consents = Vec::new();
     let mut batch = Vec::new();
     while let Some(next) = rows.next() {
         let (line, row) = match next {
@@ -376,7 +398,7 @@ pub async fn customers(client: &mut Client, path: &Path) -> Result<FileReport, I
                 "no" | "false" | "0" => {
                     consents.push((line, customer.customer_id.clone(), channel, false))
                 }
-                other => report.rejected.push(Rejected {
+                other => unclear_consents.push(Rejected {
                     file: report.file.clone(),
                     line,
                     reason: format!("{column}: {other:?} is not yes or no (the customer is kept)"),
@@ -390,32 +412,55 @@ pub async fn customers(client: &mut Client, path: &Path) -> Result<FileReport, I
     }
     upsert(client, batch, &mut report).await?;
     rows.bar.finish_and_clear();
-    for (line, customer_id, channel, granted) in consents {
-        let result = client
-            .record_consent(RecordConsentRequest {
-                customer_id,
+    // A rejected customer's consents would only be rejected again.
+    let kept = |line: &u64| !report.rejected.iter().any(|r| r.line == *line);
+    consents.retain(|(line, ..)| kept(line));
+    for chunk in consents.chunks(BATCH) {
+        record_consents(client, chunk, &mut report).await?;
+    }
+    report.rejected.append(&mut unclear_consents);
+    report.rejected.sort_by_key(|r| r.line);
+    Ok(report)
+}
+
+/// Advertising consents of imported customers, a batch per call (a refused row is reported
+/// and the rest sent again).
+async fn record_consents(
+    client: &mut Client,
+    chunk: &[(u64, String, ContactChannel, bool)],
+    report: &mut FileReport,
+) -> Result<(), ImportError> {
+    let batch = chunk
+        .iter()
+        .map(|(line, customer_id, channel, granted)| {
+            let request = RecordConsentRequest {
+                customer_id: customer_id.clone(),
                 consent: Some(ConsentRecord {
-                    channel: channel as i32,
+                    channel: *channel as i32,
                     purpose: MessagePurpose::Advertising as i32,
-                    granted,
+                    granted: *granted,
                     source: "import".into(),
                     recorded_at: None,
                 }),
                 do_not_contact: false,
-            })
-            .await;
-        if let Err(status) = result
-            && status.code() != Code::NotFound
-        {
-            report.rejected.push(Rejected {
-                file: report.file.clone(),
-                line,
-                reason: format!("consent: {}", status.message()),
-            });
+            };
+            (*line, request)
+        })
+        .collect();
+    // Consents are not counted as stored records of the file: keep the customers' count.
+    let stored = report.stored;
+    send_batch("consents", batch, report, |consents| {
+        let mut client = client.clone();
+        async move {
+            client
+                .record_consents(RecordConsentsRequest { consents })
+                .await?;
+            Ok((0, 0))
         }
-    }
-    report.rejected.sort_by_key(|r| r.line);
-    Ok(report)
+    })
+    .await?;
+    report.stored = stored;
+    Ok(())
 }
 
 async fn upsert(

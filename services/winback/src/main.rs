@@ -92,6 +92,10 @@ enum Command {
         /// Days the clock moves through.
         #[arg(long, default_value_t = 45)]
         days: i64,
+        /// Replays your own history instead of a generated shop: a folder with
+        /// customers.csv, orders.csv and optionally events.csv (columns: docs/import.md).
+        #[arg(long, value_name = "DIR")]
+        import: Option<PathBuf>,
     },
     /// Win-back campaigns.
     Campaign {
@@ -311,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
             seed,
             out,
             days,
+            import,
         } => {
             let outcome = winback::demo::run(winback::demo::DemoOptions {
                 customers,
@@ -318,6 +323,7 @@ async fn main() -> anyhow::Result<()> {
                 out,
                 days,
                 progress: true,
+                import,
             })
             .await?;
             let total = outcome.report.total.clone().unwrap_or_default();

@@ -31,6 +31,7 @@ async fn a_small_demo_keeps_every_invariant() {
         out: out.clone(),
         days: 21,
         progress: false,
+        import: None,
     })
     .await
     .unwrap();

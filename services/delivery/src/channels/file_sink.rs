@@ -1,5 +1,7 @@
 //! The embedded default: messages land as `.eml` files (email) and JSON lines (the other
-//! channels) in a folder per tenant, where a person or a test can read them.
+//! channels, one file per channel) in a folder per tenant, where a person or a test can
+//! read them; both carry the message's stamp (customer, campaign, variant, step, coupon,
+//! send time in UTC and local time).
 
 use std::path::PathBuf;
 
@@ -39,21 +41,14 @@ impl Carrier for FileSink {
                 .await
                 .map_err(io)?;
         } else {
-            let channel = Channel::try_from(msg.channel)
-                .map(|c| {
-                    c.as_str_name()
-                        .trim_start_matches("CHANNEL_")
-                        .to_ascii_lowercase()
-                })
-                .unwrap_or_default();
-            let line = serde_json::json!({
-                "message_id": msg.message_id,
-                "customer_id": msg.customer_id,
-                "contact": msg.contact,
-                "text": msg.body_text,
-                "json": msg.body_json,
-                "metadata": msg.metadata,
-            });
+            let stamp = super::stamp::Stamp::of(m);
+            let mut line = stamp.json();
+            line.insert("message_id".into(), msg.message_id.clone().into());
+            line.insert("contact".into(), msg.contact.clone().into());
+            line.insert("text".into(), msg.body_text.clone().into());
+            line.insert("json".into(), msg.body_json.clone().into());
+            let line = serde_json::Value::Object(line);
+            let channel = stamp.channel;
             let mut file = tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

@@ -8,6 +8,7 @@ pub(crate) mod http;
 pub(crate) mod limits;
 pub(crate) mod sms_ru;
 pub(crate) mod smtp;
+pub(crate) mod stamp;
 pub(crate) mod twilio;
 pub(crate) mod webhook;
 

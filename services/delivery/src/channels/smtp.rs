@@ -159,8 +159,8 @@ impl Header for ListUnsubscribePost {
     }
 }
 
-/// The email of a message: our message id as `Message-ID`, the unsubscribe headers, and a
-/// text + HTML alternative body.
+/// The email of a message: our message id as `Message-ID`, the unsubscribe headers, the
+/// message's stamp as `X-Winback-*` headers, and a text + HTML alternative body.
 pub(crate) fn build_email(from: &str, m: &Outgoing<'_>) -> Result<Message, String> {
     let msg = m.message;
     let from: Mailbox = from.parse().map_err(|e| format!("from {from:?}: {e}"))?;
@@ -168,13 +168,17 @@ pub(crate) fn build_email(from: &str, m: &Outgoing<'_>) -> Result<Message, Strin
         .contact
         .parse()
         .map_err(|e| format!("to {:?}: {e}", msg.contact))?;
-    let builder = Message::builder()
+    let mut builder = Message::builder()
         .from(from)
         .to(to)
         .subject(msg.subject.clone())
         .message_id(Some(format!("<{}@winback>", msg.message_id)))
         .header(ListUnsubscribe(format!("<{}>", m.unsubscribe_url)))
         .header(ListUnsubscribePost);
+    for (name, value) in super::stamp::Stamp::of(m).headers() {
+        let name = HeaderName::new_from_ascii(name).map_err(|e| e.to_string())?;
+        builder = builder.raw_header(HeaderValue::new(name, value));
+    }
     let result = match (msg.body_text.is_empty(), msg.body_html.is_empty()) {
         (false, false) => builder.multipart(MultiPart::alternative_plain_html(
             msg.body_text.clone(),

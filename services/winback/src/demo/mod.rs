@@ -61,6 +61,9 @@ pub struct DemoOptions {
     pub days: i64,
     /// Show progress bars.
     pub progress: bool,
+    /// A folder with `customers.csv`, `orders.csv` and optionally `events.csv` (columns:
+    /// docs/import.md) to replay instead of a generated shop.
+    pub import: Option<PathBuf>,
 }
 
 /// What a demo run produced.
@@ -146,7 +149,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         },
         ..Config::default()
     };
-    let clock = ManualClock::new(start_time());
+    let start = match &opts.import {
+        Some(dir) => import_start(dir)?,
+        None => start_time(),
+    };
+    let clock = ManualClock::new(start);
     let stack =
         crate::embedded::EmbeddedStack::start(config.clone(), Arc::new(clock.clone())).await?;
     let config = Config {
@@ -167,15 +174,30 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         events: EventsServiceClient::new(authed),
     };
 
-    let shop = shop::generate(opts.customers, opts.seed, clock.now());
     let loading = Instant::now();
-    load(&mut c, &shop, &clock, opts.progress).await?;
-    println!(
-        "Loaded {} customers and {} orders through the profiles API in {:.1} s.",
-        shop.customers.len(),
-        shop.orders.len(),
-        loading.elapsed().as_secs_f64()
-    );
+    let shop = match &opts.import {
+        None => {
+            let shop = shop::generate(opts.customers, opts.seed, clock.now());
+            load(&mut c, &shop, &clock, opts.progress).await?;
+            println!(
+                "Loaded {} customers and {} orders through the profiles API in {:.1} s.",
+                shop.customers.len(),
+                shop.orders.len(),
+                loading.elapsed().as_secs_f64()
+            );
+            shop
+        }
+        Some(dir) => {
+            import(&mut c, dir).await?;
+            println!(
+                "Imported {} through the profiles API in {:.1} s; the clock starts at {}.",
+                dir.display(),
+                loading.elapsed().as_secs_f64(),
+                clock.now().format("%Y-%m-%d %H:%M UTC")
+            );
+            imported_shop(&mut c, clock.now()).await?
+        }
+    };
 
     let run = c
         .segmentation
@@ -223,7 +245,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
 
     // Campaigns first reads the history the load wrote (every purchase is an event).
     caught_up(&config).await?;
-    let mut sim = Simulation::new(&shop, opts.seed, &opts.out, &tenant.tenant_id);
+    let mut sim = Simulation::new(&shop, opts.seed, &opts.out, &tenant.tenant_id, start);
     sim.members = members(&mut c, &campaign_id).await?;
     let campaigns_db = winback_platform::db::connect(
         &config.database.url_for("campaigns", &config.data_dir),
@@ -321,7 +343,7 @@ async fn load(
                             }]
                         },
                         locale: "en".into(),
-                        time_zone: s.time_zone.into(),
+                        time_zone: s.time_zone.clone(),
                         ..Customer::default()
                     })
                     .collect(),
@@ -346,17 +368,15 @@ async fn load(
         .collect();
     let consent_bar = bar(progress, consents.len() as u64, "consents");
     let at = to_timestamp(clock.now() - Duration::days(1));
-    let client = c.profiles.clone();
-    let calls: Vec<_> = consents
-        .into_iter()
-        .map(|(id, medium)| {
-            let mut client = client.clone();
-            async move {
-                client
-                    .record_consent(RecordConsentRequest {
-                        customer_id: id,
+    for chunk in consents.chunks(1000) {
+        c.profiles
+            .record_consents(RecordConsentsRequest {
+                consents: chunk
+                    .iter()
+                    .map(|(id, medium)| RecordConsentRequest {
+                        customer_id: id.clone(),
                         consent: Some(ConsentRecord {
-                            channel: medium as i32,
+                            channel: *medium as i32,
                             purpose: MessagePurpose::Advertising as i32,
                             granted: true,
                             source: "signup_form".into(),
@@ -364,14 +384,10 @@ async fn load(
                         }),
                         do_not_contact: false,
                     })
-                    .await
-            }
-        })
-        .collect();
-    let mut calls = futures::stream::iter(calls).buffer_unordered(16);
-    while let Some(done) = calls.next().await {
-        done?;
-        consent_bar.inc(1);
+                    .collect(),
+            })
+            .await?;
+        consent_bar.inc(chunk.len() as u64);
     }
     consent_bar.finish_and_clear();
     let orders = bar(progress, shop.orders.len() as u64, "orders");
@@ -394,6 +410,70 @@ async fn load(
     }
     orders.finish_and_clear();
     Ok(())
+}
+
+/// Where the clock of an imported history starts: 08:00 UTC of the day after its last
+/// order or event, so the latest purchase is recent and nothing lies in the future.
+fn import_start(dir: &Path) -> anyhow::Result<DateTime<Utc>> {
+    let orders = crate::import::latest_time(&dir.join("orders.csv"), "placed_at")?;
+    let events_path = dir.join("events.csv");
+    let events = if events_path.exists() {
+        crate::import::latest_time(&events_path, "occurred_at")?
+    } else {
+        None
+    };
+    let last = orders
+        .max(events)
+        .with_context(|| format!("{}: no order with a readable placed_at", dir.display()))?;
+    let day = (last + Duration::days(1)).date_naive();
+    Ok(day
+        .and_hms_opt(8, 0, 0)
+        .map_or(last + Duration::days(1), |t| t.and_utc()))
+}
+
+/// Imports the folder's files as `winback import` does and prints the import's report.
+async fn import(c: &mut Clients, dir: &Path) -> anyhow::Result<()> {
+    let mut reports = vec![
+        crate::import::customers(&mut c.profiles, &dir.join("customers.csv")).await?,
+        crate::import::orders(&mut c.profiles, &dir.join("orders.csv")).await?,
+    ];
+    let events = dir.join("events.csv");
+    if events.exists() {
+        reports.push(crate::import::events(&mut c.profiles, &events).await?);
+    }
+    for r in &reports {
+        println!(
+            "{}: {} rows, {} stored, {} rejected",
+            r.file,
+            r.rows,
+            r.stored,
+            r.rejected.len()
+        );
+        for rejected in r.rejected.iter().take(10) {
+            println!("  line {}: {}", rejected.line, rejected.reason);
+        }
+        if r.rejected.len() > 10 {
+            println!("  … and {} more", r.rejected.len() - 10);
+        }
+    }
+    Ok(())
+}
+
+/// The imported customers as the response model sees them, from their facts.
+async fn imported_shop(c: &mut Clients, now: DateTime<Utc>) -> anyhow::Result<Shop> {
+    let mut stream = c
+        .profiles
+        .stream_facts(StreamFactsRequest {
+            changed_since_cursor: String::new(),
+            chunk_size: 5000,
+        })
+        .await?
+        .into_inner();
+    let mut facts = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        facts.extend(chunk.facts);
+    }
+    Ok(shop::from_facts(&facts, now))
 }
 
 fn email_template(id: &str, subject: &str, body: &str) -> MessageTemplate {
@@ -773,7 +853,7 @@ struct Simulation<'a> {
 }
 
 impl<'a> Simulation<'a> {
-    fn new(shop: &'a Shop, seed: u64, out: &Path, tenant: &str) -> Self {
+    fn new(shop: &'a Shop, seed: u64, out: &Path, tenant: &str, start: DateTime<Utc>) -> Self {
         Self {
             shop,
             seed,
@@ -795,7 +875,7 @@ impl<'a> Simulation<'a> {
                 .build()
                 .unwrap_or_default(),
             timeline: Vec::new(),
-            start: start_time(),
+            start,
         }
     }
 
@@ -906,7 +986,7 @@ impl<'a> Simulation<'a> {
             }
         }
         let day = (now - self.start).num_hours() / 24;
-        if now.timestamp() % 86_400 == start_time().timestamp() % 86_400 {
+        if now.timestamp() % 86_400 == self.start.timestamp() % 86_400 {
             self.timeline.push((
                 day,
                 if treated > 0.0 {

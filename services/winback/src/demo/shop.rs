@@ -3,6 +3,7 @@
 //! with Gamma-Gamma-style spend, so segmentation's models have something true to find.
 
 use chrono::{DateTime, Duration, Utc};
+use winback_proto::profiles::CustomerFacts;
 use winback_scoring::simulate::{Rng, SimulatedCustomer};
 
 /// What kind of customer, which decides history and (in `respond`) reactions.
@@ -29,7 +30,7 @@ pub struct ShopCustomer {
     pub email: String,
     pub phone: String,
     pub push_token: String,
-    pub time_zone: &'static str,
+    pub time_zone: String,
     pub email_consent: bool,
     pub sms_consent: bool,
     pub push_consent: bool,
@@ -118,7 +119,7 @@ pub fn generate(n: usize, seed: u64, now: DateTime<Utc>) -> Shop {
             } else {
                 String::new()
             },
-            time_zone: zone(&mut rng),
+            time_zone: zone(&mut rng).to_owned(),
             email_consent: rng.chance(0.85),
             sms_consent: has_phone && rng.chance(0.4),
             push_consent: has_push && rng.chance(0.7),
@@ -182,6 +183,52 @@ pub fn generate(n: usize, seed: u64, now: DateTime<Utc>) -> Shop {
     shop
 }
 
+/// The customers of an imported history, as the response model sees them. Their kind is
+/// read from their facts: one purchase day → one visit; last purchase within twice their
+/// usual interval → regular; within a year → lapsing; older → dead (seasonality is not
+/// guessed). Their mean check is their average check.
+pub fn from_facts(facts: &[CustomerFacts], now: DateTime<Utc>) -> Shop {
+    let customers = facts
+        .iter()
+        .filter(|f| !f.erased)
+        .map(|f| {
+            let since_last = f
+                .last_purchase_at
+                .as_ref()
+                .and_then(winback_platform::time::from_timestamp)
+                .map_or(f64::INFINITY, |at| {
+                    (now - at).num_seconds() as f64 / 86_400.0
+                });
+            let kind = if f.purchase_days <= 1 {
+                Kind::OneVisit
+            } else if since_last <= 2.0 * f.mean_interval_days.max(1.0) {
+                Kind::Regular
+            } else if since_last <= 365.0 {
+                Kind::Lapsing
+            } else {
+                Kind::Dead
+            };
+            ShopCustomer {
+                id: f.customer_id.clone(),
+                kind,
+                name: String::new(),
+                email: String::new(),
+                phone: String::new(),
+                push_token: String::new(),
+                time_zone: f.time_zone.clone(),
+                email_consent: false,
+                sms_consent: false,
+                push_consent: false,
+                mean_check_minor: f.average_check_minor.max(100),
+            }
+        })
+        .collect();
+    Shop {
+        customers,
+        ..Shop::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +249,52 @@ mod tests {
             .filter(|c| c.kind == Kind::OneVisit)
             .count();
         assert!((100..200).contains(&one_visit), "{one_visit}");
+    }
+
+    #[test]
+    fn imported_customers_get_a_kind_from_their_facts() {
+        let now = DateTime::parse_from_rfc3339("2026-06-01T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        let facts = |id: &str, days_ago: i64, purchase_days: i32, interval: f64| CustomerFacts {
+            customer_id: id.into(),
+            last_purchase_at: Some(winback_platform::time::to_timestamp(
+                now - Duration::days(days_ago),
+            )),
+            purchase_days,
+            mean_interval_days: interval,
+            average_check_minor: 150_000,
+            time_zone: "Asia/Vladivostok".into(),
+            ..CustomerFacts::default()
+        };
+        let shop = from_facts(
+            &[
+                facts("once", 10, 1, 0.0),
+                facts("regular", 50, 6, 30.0),
+                facts("lapsing", 70, 6, 30.0),
+                facts("dead", 400, 3, 30.0),
+                CustomerFacts {
+                    erased: true,
+                    ..facts("erased", 10, 3, 30.0)
+                },
+            ],
+            now,
+        );
+        let kinds: Vec<(&str, Kind)> = shop
+            .customers
+            .iter()
+            .map(|c| (c.id.as_str(), c.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("once", Kind::OneVisit),
+                ("regular", Kind::Regular),
+                ("lapsing", Kind::Lapsing),
+                ("dead", Kind::Dead),
+            ]
+        );
+        assert_eq!(shop.customers[1].time_zone, "Asia/Vladivostok");
+        assert_eq!(shop.customers[1].mean_check_minor, 150_000);
     }
 }

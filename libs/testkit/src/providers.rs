@@ -53,6 +53,7 @@ pub struct ProviderState {
     latency_ms: AtomicU64,
 }
 
+#[derive(Debug)]
 pub struct Providers {
     pub url: String,
     pub state: Arc<ProviderState>,
