@@ -17,7 +17,8 @@ use winback_platform::time::from_timestamp;
 use winback_proto::campaigns::{Chain, EnrolmentState, Step};
 use winback_proto::common::{Channel, MessagePurpose};
 use winback_proto::delivery::{
-    AddSuppressionRequest, Recipient, SendBatchRequest, SendRequest, Suppression,
+    AddSuppressionRequest, AddSuppressionsRequest, Recipient, SendBatchRequest, SendRequest,
+    Suppression,
 };
 use winback_proto::events::event::Payload;
 use winback_proto::events::{EnrolmentEnded, StepExecuted};
@@ -293,12 +294,14 @@ impl Campaigns {
                 }),
             }
         }
+        let mut suppressions = Vec::new();
         for i in finishing {
             let d = &due[i];
             let (opened, clicked) = reactions.get(&d.enrolment_id).copied().unwrap_or_default();
             let chain = &chains[&d.chain_id];
-            endings[i] = Some(self.finish(tenant, chain, d, opened, clicked).await?);
+            endings[i] = Some(Self::finish(chain, d, opened, clicked, &mut suppressions));
         }
+        self.suppress(tenant, suppressions).await?;
         self.issue_coupons(tenant, &due, &chains, &mut sendings, &mut endings)
             .await?;
         if self.config.crash_point == "after_coupon" && !sendings.is_empty() {
@@ -337,54 +340,34 @@ impl Campaigns {
         ending
     }
 
-    /// The end of a chain: judged by the reactions; the dead flow suppresses non-clickers.
-    async fn finish(
-        &self,
-        tenant: &str,
+    /// The end of a chain: judged by the reactions; the dead flow suppresses non-clickers
+    /// (their contacts are added to `suppressions`, sent to delivery for the whole batch).
+    fn finish(
         chain: &Chain,
         d: &Due,
         opened: bool,
         clicked: bool,
-    ) -> Result<Ending, ServiceError> {
+        suppressions: &mut Vec<Suppression>,
+    ) -> Ending {
         let dead_flow = chain
             .steps
             .iter()
             .any(|s| s.suppress_if_no_click_within.is_some());
         let end = if dead_flow && !clicked {
-            let mut delivery = self.delivery(tenant)?;
             for (channel, contact) in [
                 (Channel::Email, &d.reach.email),
                 (Channel::Sms, &d.reach.phone),
                 (Channel::Push, &d.reach.push_token),
             ] {
-                if contact.is_empty() {
-                    continue;
-                }
-                let added = delivery
-                    .add_suppression(AddSuppressionRequest {
-                        suppression: Some(Suppression {
-                            channel: channel as i32,
-                            contact: contact.clone(),
-                            reason: "dead_cleanup".into(),
-                            customer_id: d.customer_id.clone(),
-                            created_at: None,
-                            marketing_only: true,
-                        }),
-                    })
-                    .await;
-                match added {
-                    Ok(_) => {}
-                    // A contact delivery will not take (already suppressed, malformed) must not
-                    // hold the chain's end back; an unavailable delivery retries the batch.
-                    Err(s)
-                        if !matches!(
-                            s.code(),
-                            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                        ) =>
-                    {
-                        tracing::warn!(customer = %d.customer_id, error = %s.message(), "dead-customer suppression refused");
-                    }
-                    Err(s) => return Err(upstream("delivery.AddSuppression", &s)),
+                if !contact.is_empty() {
+                    suppressions.push(Suppression {
+                        channel: channel as i32,
+                        contact: contact.clone(),
+                        reason: "dead_cleanup".into(),
+                        customer_id: d.customer_id.clone(),
+                        created_at: None,
+                        marketing_only: true,
+                    });
                 }
             }
             ("no_click_suppressed", "dead_suppressed")
@@ -393,10 +376,61 @@ impl Campaigns {
         } else {
             ("chain_finished", "deep_sleep")
         };
-        Ok(Ending {
+        Ending {
             end: Some(end),
             ..Ending::new("finished")
-        })
+        }
+    }
+
+    /// Suppresses the dead flow's non-clickers, a batch per call. A contact delivery will
+    /// not take (malformed) must not hold the chains' ends back: a refused batch is sent
+    /// again one by one and the refusals are logged; an unavailable delivery retries the
+    /// whole batch of steps.
+    async fn suppress(
+        &self,
+        tenant: &str,
+        suppressions: Vec<Suppression>,
+    ) -> Result<(), ServiceError> {
+        if suppressions.is_empty() {
+            return Ok(());
+        }
+        let unavailable = |s: &tonic::Status| {
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            )
+        };
+        let mut delivery = self.delivery(tenant)?;
+        for chunk in suppressions.chunks(1000) {
+            let batch = delivery
+                .add_suppressions(AddSuppressionsRequest {
+                    suppressions: chunk.to_vec(),
+                })
+                .await;
+            match batch {
+                Ok(_) => continue,
+                Err(s) if unavailable(&s) => return Err(upstream("delivery.AddSuppressions", &s)),
+                Err(_) => {}
+            }
+            for suppression in chunk {
+                let customer = suppression.customer_id.clone();
+                let added = delivery
+                    .add_suppression(AddSuppressionRequest {
+                        suppression: Some(suppression.clone()),
+                    })
+                    .await;
+                match added {
+                    Ok(_) => {}
+                    Err(s) if unavailable(&s) => {
+                        return Err(upstream("delivery.AddSuppression", &s));
+                    }
+                    Err(s) => {
+                        tracing::warn!(customer = %customer, error = %s.message(), "dead-customer suppression refused");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Issues the coupons of the steps that carry an offer, one IssueCoupons per template

@@ -132,6 +132,18 @@ impl DeliveryService for DeliveryGrpc {
         ))
     }
 
+    async fn add_suppressions(
+        &self,
+        request: Request<AddSuppressionsRequest>,
+    ) -> Result<Response<AddSuppressionsResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let suppressions = self
+            .delivery
+            .add_suppressions(&tenant, request.into_inner().suppressions)
+            .await?;
+        Ok(Response::new(AddSuppressionsResponse { suppressions }))
+    }
+
     async fn add_suppression(
         &self,
         request: Request<AddSuppressionRequest>,

@@ -10,58 +10,105 @@ use crate::context::{Delivery, channel, db_error, page_size, timestamp};
 use crate::domain::contact;
 use crate::store::{execute, query};
 
+/// Most suppressions one `AddSuppressions` call takes.
+pub(crate) const MAX_SUPPRESSION_BATCH: usize = 1000;
+
 impl Delivery {
     pub(crate) async fn add_suppression(
         &self,
         tenant: &str,
         s: Suppression,
     ) -> Result<Suppression, ServiceError> {
-        let ch = channel(s.channel, "suppression.channel")?;
-        let normalized = contact::check(ch, &s.contact)
-            .map_err(|why| ServiceError::invalid("suppression.contact", why))?;
-        let reason = if s.reason.trim().is_empty() {
-            "manual".to_owned()
-        } else {
-            s.reason.clone()
+        self.store_suppressions(tenant, vec![s], false)
+            .await?
+            .pop()
+            .ok_or_else(|| ServiceError::internal("no suppression"))
+    }
+
+    /// Suppresses many contacts in one transaction, all or none.
+    pub(crate) async fn add_suppressions(
+        &self,
+        tenant: &str,
+        list: Vec<Suppression>,
+    ) -> Result<Vec<Suppression>, ServiceError> {
+        if list.is_empty() || list.len() > MAX_SUPPRESSION_BATCH {
+            return Err(ServiceError::invalid(
+                "suppressions",
+                format!("must hold 1 to {MAX_SUPPRESSION_BATCH} suppressions"),
+            ));
+        }
+        self.store_suppressions(tenant, list, true).await
+    }
+
+    async fn store_suppressions(
+        &self,
+        tenant: &str,
+        list: Vec<Suppression>,
+        batch: bool,
+    ) -> Result<Vec<Suppression>, ServiceError> {
+        let field = |i: usize, name: &str| {
+            if batch {
+                format!("suppressions[{i}].{name}")
+            } else {
+                format!("suppression.{name}")
+            }
         };
+        let mut checked = Vec::with_capacity(list.len());
+        for (i, s) in list.into_iter().enumerate() {
+            let ch = channel(s.channel, &field(i, "channel"))?;
+            let normalized = contact::check(ch, &s.contact)
+                .map_err(|why| ServiceError::invalid(field(i, "contact"), why))?;
+            let reason = if s.reason.trim().is_empty() {
+                "manual".to_owned()
+            } else {
+                s.reason.clone()
+            };
+            checked.push((ch, normalized, reason, s));
+        }
         let (guard, txn) = self.begin_write().await.map_err(db_error)?;
-        let added = self
-            .suppress(
-                &txn,
-                tenant,
-                ch,
-                &normalized,
-                &reason,
-                &s.customer_id,
-                s.marketing_only,
-            )
-            .await?;
-        // A spam complaint (from a feedback loop or support) is news for campaigns and
-        // profiles, not just a row here.
-        if added && reason == "complaint" {
-            self.outbox
-                .append(
+        for (ch, normalized, reason, s) in &checked {
+            let added = self
+                .suppress(
                     &txn,
                     tenant,
-                    self.clock.now(),
-                    Payload::ComplaintReceived(ComplaintReceived {
-                        customer_id: s.customer_id.clone(),
-                        channel: ch as i32,
-                        message_id: String::new(),
-                    }),
+                    *ch,
+                    normalized,
+                    reason,
+                    &s.customer_id,
+                    s.marketing_only,
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
+            // A spam complaint (from a feedback loop or support) is news for campaigns and
+            // profiles, not just a row here.
+            if added && reason == "complaint" {
+                self.outbox
+                    .append(
+                        &txn,
+                        tenant,
+                        self.clock.now(),
+                        Payload::ComplaintReceived(ComplaintReceived {
+                            customer_id: s.customer_id.clone(),
+                            channel: *ch as i32,
+                            message_id: String::new(),
+                        }),
+                    )
+                    .await
+                    .map_err(db_error)?;
+            }
         }
         txn.commit().await.map_err(db_error)?;
         drop(guard);
         self.outbox.notify_committed();
-        Ok(Suppression {
-            contact: normalized,
-            reason,
-            created_at: timestamp(self.now_us()),
-            ..s
-        })
+        let created_at = timestamp(self.now_us());
+        Ok(checked
+            .into_iter()
+            .map(|(_, contact, reason, s)| Suppression {
+                contact,
+                reason,
+                created_at,
+                ..s
+            })
+            .collect())
     }
 
     /// Records a suppression (keeps the first reason if the contact is already suppressed);

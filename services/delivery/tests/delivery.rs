@@ -280,6 +280,92 @@ db_test!(
 );
 
 db_test!(
+    suppressions_in_a_batch_are_all_or_none_and_stop_the_next_send,
+    |db| async move {
+        let mut h = Harness::start(db).await;
+        h.a.upsert_template(UpsertTemplateRequest {
+            template: Some(welcome_back()),
+        })
+        .await
+        .unwrap();
+        let suppression = |channel: Channel, contact: &str| Suppression {
+            channel: channel as i32,
+            contact: contact.into(),
+            reason: "dead_cleanup".into(),
+            customer_id: "c-1".into(),
+            created_at: None,
+            marketing_only: true,
+        };
+        let listed = |h: &mut Harness| {
+            let mut client = h.a.clone();
+            async move {
+                client
+                    .list_suppressions(ListSuppressionsRequest::default())
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .suppressions
+            }
+        };
+        // One malformed contact refuses the batch, naming it; nothing is stored.
+        let refused =
+            h.a.add_suppressions(AddSuppressionsRequest {
+                suppressions: vec![
+                    suppression(Channel::Email, "anna@example.ru"),
+                    suppression(Channel::Sms, "not a phone"),
+                ],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert_eq!(
+            field_violations(&refused)[0].field,
+            "suppressions[1].contact"
+        );
+        let empty =
+            h.a.add_suppressions(AddSuppressionsRequest {
+                suppressions: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(field_violations(&empty)[0].field, "suppressions");
+        assert!(listed(&mut h).await.is_empty());
+
+        let stored =
+            h.a.add_suppressions(AddSuppressionsRequest {
+                suppressions: vec![
+                    suppression(Channel::Email, "anna@example.ru"),
+                    suppression(Channel::Sms, "+79161234567"),
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .suppressions;
+        assert_eq!(
+            (stored[0].contact.as_str(), stored[0].reason.as_str()),
+            ("anna@example.ru", "dead_cleanup")
+        );
+        assert_eq!(listed(&mut h).await.len(), 2);
+        // Marketing to a suppressed address is refused up front.
+        let next =
+            h.a.send(email_to("k1", "anna@example.ru"))
+                .await
+                .unwrap_err();
+        assert_eq!(next.code(), Code::FailedPrecondition);
+        // Tenant b has its own list.
+        let other =
+            h.b.list_suppressions(ListSuppressionsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .suppressions;
+        assert!(other.is_empty());
+        h.stop();
+    }
+);
+
+db_test!(
     bad_sends_are_refused_and_nothing_is_stored,
     |db| async move {
         let mut h = Harness::start(db).await;

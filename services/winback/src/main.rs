@@ -317,6 +317,13 @@ async fn main() -> anyhow::Result<()> {
             days,
             import,
         } => {
+            // The services' warnings (and nothing chattier) show above the progress bars.
+            let telemetry = winback_platform::config::TelemetryConfig {
+                log_filter: "warn".into(),
+                ..Default::default()
+            };
+            let _telemetry =
+                winback_platform::telemetry::init_with_endpoint(&telemetry, "winback-demo", None)?;
             let outcome = winback::demo::run(winback::demo::DemoOptions {
                 customers,
                 seed,

@@ -131,3 +131,65 @@ async fn a_small_demo_keeps_every_invariant() {
     );
     assert!(total.held_out > 0 && total.enrolled > 0);
 }
+
+/// `--import`: the user's CSV files replace the generated shop; the clock starts the day
+/// after the last order, the sleeping customers get the chain, and every email carries
+/// its stamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_history_runs_through_the_same_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("history");
+    std::fs::create_dir_all(&files).unwrap();
+    let mut customers = String::from("customer_id,email,time_zone,email_consent\n");
+    let mut orders = String::from("order_id,customer_id,placed_at,total,currency\n");
+    for i in 0..60 {
+        customers.push_str(&format!("c{i},c{i}@example.com,Asia/Vladivostok,yes\n"));
+        // Three purchases a month apart; the last one 200 days before the last order of
+        // the file, except for the regulars who bought in the final week.
+        let last = if i < 10 { 360 } else { 160 };
+        for k in 0..3 {
+            let day = chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap()
+                + chrono::Duration::days(last - 30 * (2 - k));
+            orders.push_str(&format!("o{i}-{k},c{i},{day},{},RUB\n", 1500 + 100 * k));
+        }
+    }
+    // A row the import rejects and reports, without stopping.
+    orders.push_str("bad,c1,not-a-date,10,RUB\n");
+    std::fs::write(files.join("customers.csv"), customers).unwrap();
+    std::fs::write(files.join("orders.csv"), orders).unwrap();
+    let out = dir.path().join("demo");
+    let outcome = run(DemoOptions {
+        customers: 0,
+        seed: 3,
+        out: out.clone(),
+        days: 21,
+        progress: false,
+        import: Some(files),
+    })
+    .await
+    .unwrap();
+    let scored: i64 = outcome.summary.segments.iter().map(|s| s.customers).sum();
+    assert_eq!(
+        scored, 60,
+        "the bad order row is rejected, every customer kept"
+    );
+    let total = outcome.report.total.unwrap();
+    assert!(total.enrolled > 0, "{total:?}");
+    assert!(
+        total.enrolled + total.held_out <= 50,
+        "the regulars are not asleep"
+    );
+    let emails: Vec<String> = std::fs::read_dir(out.join("outbox").join(&outcome.tenant_id))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(!emails.is_empty());
+    for email in &emails {
+        assert!(email.contains("X-Winback-Campaign-Id:"), "{email}");
+        assert!(email.contains("X-Winback-Step:"), "{email}");
+        // Vladivostok is UTC+10 all year.
+        assert!(email.contains("+10:00"), "{email}");
+    }
+}

@@ -262,7 +262,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     for _ in 0..ticks {
         clock.advance(Duration::hours(6));
         settle(&campaigns_db, clock.now()).await?;
-        sim.react(&mut c, clock.now()).await?;
+        sim.react(&mut c, &campaigns_db, clock.now()).await?;
         progress.inc(1);
     }
     progress.finish_and_clear();
@@ -795,15 +795,7 @@ async fn caught_up(config: &Config) -> anyhow::Result<()> {
     };
     let campaigns = open("campaigns").await?;
     for source in ["profiles", "delivery", "offers"] {
-        let db = open(source).await?;
-        let head: i64 = winback_platform::db::query(
-            &db,
-            "SELECT COALESCE(MAX(seq), 0) AS head FROM event_outbox",
-            vec![],
-        )
-        .await?
-        .first()
-        .map_or(Ok(0), |r| r.try_get("", "head"))?;
+        let head = outbox_head(&open(source).await?).await?;
         let started = Instant::now();
         loop {
             let rows = winback_platform::db::query(
@@ -815,13 +807,7 @@ async fn caught_up(config: &Config) -> anyhow::Result<()> {
             let position: String = rows
                 .first()
                 .map_or(Ok(String::new()), |r| r.try_get("", "position"))?;
-            // A cursor reads "<epoch>.<seq>".
-            let seq = position
-                .rsplit('.')
-                .next()
-                .and_then(|s| s.parse::<i64>().ok())
-                .unwrap_or(0);
-            if seq >= head {
+            if cursor_seq(&position) >= head {
                 break;
             }
             if started.elapsed() > StdDuration::from_secs(300) {
@@ -831,6 +817,26 @@ async fn caught_up(config: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The highest sequence number in a service's event outbox.
+async fn outbox_head(db: &sea_orm::DatabaseConnection) -> anyhow::Result<i64> {
+    let rows = winback_platform::db::query(
+        db,
+        "SELECT COALESCE(MAX(seq), 0) AS head FROM event_outbox",
+        vec![],
+    )
+    .await?;
+    Ok(rows.first().map_or(Ok(0), |r| r.try_get("", "head"))?)
+}
+
+/// The sequence number in a feed cursor (`<epoch>.<seq>`; 0 for the start).
+fn cursor_seq(cursor: &str) -> i64 {
+    cursor
+        .rsplit('.')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The customers' side of the demo: reading mail, clicking, buying, coming back.
@@ -886,31 +892,39 @@ impl<'a> Simulation<'a> {
 
     /// One 6-hour tick: new touches are read (or not), clicked, bought from; everyone in
     /// the campaign may also come back on their own.
-    async fn react(&mut self, c: &mut Clients, now: DateTime<Utc>) -> anyhow::Result<()> {
-        let mut stream = c
-            .events
-            .subscribe(SubscribeRequest {
-                source: EventSource::Campaigns as i32,
-                after_cursor: self.cursor.clone(),
-                types: vec!["step_executed".into()],
-                tenant_id: String::new(),
-            })
-            .await?
-            .into_inner();
-        while let Ok(Some(reply)) =
-            tokio::time::timeout(StdDuration::from_millis(40), stream.message())
-                .await
-                .map_err(|_| ())
-                .and_then(|r| r.map_err(|_| ()))
-        {
-            let Some(event) = reply.event else { continue };
-            self.cursor = event.cursor.clone();
-            if let Some(Payload::StepExecuted(s)) = event.payload
-                && s.outcome == "sent"
-                && s.channel == Medium::Email as i32
-            {
-                self.unread
-                    .push((s.message_id, s.customer_id, s.coupon_code));
+    async fn react(
+        &mut self,
+        c: &mut Clients,
+        campaigns_db: &sea_orm::DatabaseConnection,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        // Every step of this tick is committed with its event: read the campaigns feed up to
+        // its head (no waiting for silence).
+        let head = outbox_head(campaigns_db).await?;
+        if head > cursor_seq(&self.cursor) {
+            let mut stream = c
+                .events
+                .subscribe(SubscribeRequest {
+                    source: EventSource::Campaigns as i32,
+                    after_cursor: self.cursor.clone(),
+                    types: vec![],
+                    tenant_id: String::new(),
+                })
+                .await?
+                .into_inner();
+            while let Some(reply) = stream.message().await? {
+                let Some(event) = reply.event else { continue };
+                self.cursor = event.cursor.clone();
+                if let Some(Payload::StepExecuted(s)) = event.payload
+                    && s.outcome == "sent"
+                    && s.channel == Medium::Email as i32
+                {
+                    self.unread
+                        .push((s.message_id, s.customer_id, s.coupon_code));
+                }
+                if cursor_seq(&self.cursor) >= head {
+                    break;
+                }
             }
         }
         // Decide first, then fetch the pixels and links side by side (as many recipients
@@ -954,11 +968,7 @@ impl<'a> Simulation<'a> {
         .buffer_unordered(16)
         .collect::<Vec<()>>()
         .await;
-        for (customer, coupon) in buyers {
-            if !self.returned.contains_key(&customer) {
-                self.purchase(c, &customer, &coupon, now).await?;
-            }
-        }
+
         // Natural returns, the same hazard for the treated and the holdout.
         let members: Vec<String> = self.members.keys().cloned().collect();
         for customer in members {
@@ -970,10 +980,13 @@ impl<'a> Simulation<'a> {
             };
             let p = 1.0 - (1.0 - respond::natural_daily(kind)).powf(0.25);
             let key = format!("{customer}:{}", now.timestamp());
-            if respond::draw(self.seed, &key, "natural") < p {
-                self.purchase(c, &customer, "", now).await?;
+            if respond::draw(self.seed, &key, "natural") < p
+                && !buyers.iter().any(|(b, _)| *b == customer)
+            {
+                buyers.push((customer, String::new()));
             }
         }
+        self.purchase(c, buyers, now).await?;
         let (mut treated, mut held, mut treated_back, mut held_back) = (0.0, 0.0, 0.0, 0.0);
         for (customer, holdout) in &self.members {
             let back = f64::from(u8::from(self.returned.contains_key(customer)));
@@ -1000,56 +1013,72 @@ impl<'a> Simulation<'a> {
         Ok(())
     }
 
+    /// This tick's purchases: coupons redeemed side by side, then every order in one call.
     async fn purchase(
         &mut self,
         c: &mut Clients,
-        customer: &str,
-        coupon: &str,
+        buyers: Vec<(String, String)>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
-        let Some(&i) = self.index.get(customer) else {
-            return Ok(());
-        };
-        let check = self.shop.customers[i].mean_check_minor;
-        // After a coupon the check runs a little higher ("came for the bonus" shows in the report).
-        let total = if coupon.is_empty() {
-            check
-        } else {
-            check + check / 5
-        };
-        self.orders += 1;
-        let order_id = format!("demo-{}", self.orders);
         let placed = now - Duration::minutes(30);
-        if !coupon.is_empty() {
-            let redeemed = c
-                .offers
-                .redeem_coupon(RedeemCouponRequest {
-                    code: coupon.into(),
-                    customer_id: customer.into(),
+        let mut orders = Vec::new();
+        let mut redemptions = Vec::new();
+        for (customer, coupon) in buyers {
+            let Some(&i) = self.index.get(customer.as_str()) else {
+                continue;
+            };
+            if self.returned.contains_key(&customer) {
+                continue;
+            }
+            let check = self.shop.customers[i].mean_check_minor;
+            // After a coupon the check runs a little higher ("came for the bonus" shows in
+            // the report).
+            let total = if coupon.is_empty() {
+                check
+            } else {
+                check + check / 5
+            };
+            self.orders += 1;
+            let order_id = format!("demo-{}", self.orders);
+            if !coupon.is_empty() {
+                redemptions.push(RedeemCouponRequest {
+                    code: coupon.clone(),
+                    customer_id: customer.clone(),
                     order_id: order_id.clone(),
                     order: Some(Cart {
                         total: Some(rub(total)),
                         lines: vec![],
                     }),
-                })
-                .await;
-            if let Err(e) = redeemed {
+                });
+            }
+            orders.push(Order {
+                order_id,
+                customer_id: customer.clone(),
+                placed_at: Some(to_timestamp(placed)),
+                total: Some(rub(total)),
+                coupon_code: coupon,
+                ..Order::default()
+            });
+            self.returned.insert(customer, placed);
+        }
+        let offers = c.offers.clone();
+        let mut redeemed = futures::stream::iter(redemptions.into_iter().map(|r| {
+            let mut offers = offers.clone();
+            async move { offers.redeem_coupon(r).await }
+        }))
+        .buffer_unordered(16);
+        while let Some(result) = redeemed.next().await {
+            if let Err(e) = result {
                 tracing::debug!(error = %e.message(), "coupon not redeemed");
             }
         }
-        c.profiles
-            .record_orders(RecordOrdersRequest {
-                orders: vec![Order {
-                    order_id,
-                    customer_id: customer.into(),
-                    placed_at: Some(to_timestamp(placed)),
-                    total: Some(rub(total)),
-                    coupon_code: coupon.into(),
-                    ..Order::default()
-                }],
-            })
-            .await?;
-        self.returned.insert(customer.to_owned(), placed);
+        for chunk in orders.chunks(1000) {
+            c.profiles
+                .record_orders(RecordOrdersRequest {
+                    orders: chunk.to_vec(),
+                })
+                .await?;
+        }
         Ok(())
     }
 
