@@ -10,18 +10,16 @@
 
 use std::time::{Duration, Instant};
 
-use winback_e2e::TestStack;
+use winback_e2e::{TestStack, percent_off_template};
 use winback_platform::clock::Clock;
 use winback_platform::db::multi_row_insert;
 use winback_platform::testing::TestDatabase;
-use winback_platform::time::to_duration;
 use winback_proto::campaigns::campaigns_service_client::CampaignsServiceClient;
 use winback_proto::campaigns::*;
-use winback_proto::common::{Channel, Money};
+use winback_proto::common::Channel;
 use winback_proto::delivery::delivery_service_client::DeliveryServiceClient;
 use winback_proto::delivery::{MessageTemplate, UpsertTemplateRequest};
 use winback_proto::offers::offers_service_client::OffersServiceClient;
-use winback_proto::offers::{CreateOfferTemplateRequest, OfferKind, OfferTemplate};
 
 /// Writes running enrolments straight into the campaigns tables, as enrolment leaves them:
 /// variant A of the bench chain, email with advertising consent, in UTC.
@@ -135,26 +133,8 @@ async fn main() {
         })
         .await
         .unwrap();
-    let offer = OffersServiceClient::new(channel.clone())
-        .create_offer_template(CreateOfferTemplateRequest {
-            template: Some(OfferTemplate {
-                name: "10 %".into(),
-                kind: OfferKind::PercentOff as i32,
-                percent_off: 10,
-                valid_for: Some(to_duration(chrono::Duration::hours(72))),
-                estimated_cost: Some(Money {
-                    amount_minor: 10_000,
-                    currency: "RUB".into(),
-                }),
-                ..OfferTemplate::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .template
-        .unwrap()
-        .template_id;
+    let offer =
+        percent_off_template(&mut OffersServiceClient::new(channel.clone()), 10, 10_000).await;
     let mut campaigns = CampaignsServiceClient::new(channel);
     let chain = campaigns
         .create_chain(CreateChainRequest {

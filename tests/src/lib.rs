@@ -12,6 +12,10 @@ use winback_platform::clock::ManualClock;
 use winback_platform::config::{Config, DatabaseConfig, DeliveryConfig, EventsConfig};
 use winback_platform::grpc::CallCredentials;
 use winback_platform::testing::TestDatabase;
+use winback_platform::time::to_duration;
+use winback_proto::common::Money;
+use winback_proto::offers::offers_service_client::OffersServiceClient;
+use winback_proto::offers::{CreateOfferTemplateRequest, OfferKind, OfferTemplate};
 
 /// A client channel with credentials.
 pub type Authed = InterceptedService<Channel, CallCredentials>;
@@ -35,8 +39,16 @@ impl TestStack {
         Self::start_with(db, |_| {}).await
     }
 
-    /// Starts the stack with `adjust` applied to the test configuration.
+    /// Starts the stack with `adjust` applied to the test configuration. The services'
+    /// warnings show with a failing test's output (`RUST_LOG` for more).
     pub async fn start_with(db: &TestDatabase, adjust: impl FnOnce(&mut Config)) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: db.dir().to_path_buf(),
@@ -117,4 +129,33 @@ impl TestStack {
     pub async fn stop(self) {
         self.stack.stop().await.unwrap();
     }
+}
+
+/// Creates a percent-off offer template valid for 72 hours, estimated to cost
+/// `estimated_cost_minor` RUB kopecks a coupon; returns its id.
+pub async fn percent_off_template(
+    offers: &mut OffersServiceClient<Authed>,
+    percent: i32,
+    estimated_cost_minor: i64,
+) -> String {
+    offers
+        .create_offer_template(CreateOfferTemplateRequest {
+            template: Some(OfferTemplate {
+                name: format!("{percent} % off"),
+                kind: OfferKind::PercentOff as i32,
+                percent_off: percent,
+                valid_for: Some(to_duration(chrono::Duration::hours(72))),
+                estimated_cost: Some(Money {
+                    amount_minor: estimated_cost_minor,
+                    currency: "RUB".into(),
+                }),
+                ..OfferTemplate::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .template
+        .unwrap()
+        .template_id
 }

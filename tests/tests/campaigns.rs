@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tonic::Code;
-use winback_e2e::{Authed, TestStack};
+use winback_e2e::{Authed, TestStack, percent_off_template};
 use winback_platform::clock::Clock;
 use winback_platform::db_test;
 use winback_platform::testing::TestDatabase;
@@ -16,10 +16,8 @@ use winback_proto::campaigns::*;
 use winback_proto::common::{Channel, LifecycleState, MessagePurpose, Money, PageRequest};
 use winback_proto::delivery::delivery_service_client::DeliveryServiceClient;
 use winback_proto::delivery::{ListMessagesRequest, MessageTemplate, UpsertTemplateRequest};
+use winback_proto::offers::ListCouponsRequest;
 use winback_proto::offers::offers_service_client::OffersServiceClient;
-use winback_proto::offers::{
-    CreateOfferTemplateRequest, ListCouponsRequest, OfferKind, OfferTemplate,
-};
 use winback_proto::profiles::profiles_service_client::ProfilesServiceClient;
 use winback_proto::profiles::{
     ConsentRecord, Customer, Order, RecordConsentRequest, RecordOrdersRequest,
@@ -50,14 +48,6 @@ fn email(template: &str) -> ChannelChoice {
 
 impl Shop {
     async fn open(db: &TestDatabase) -> Self {
-        // Warnings of the services show with the failing test's output.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
         let stack = TestStack::start(db).await;
         let tenant = stack.tenant("shop").await;
         let channel = stack.authed(&tenant.token);
@@ -95,27 +85,7 @@ impl Shop {
                     .unwrap();
             }
         }
-        shop.offer_template_id = shop
-            .offers
-            .create_offer_template(CreateOfferTemplateRequest {
-                template: Some(OfferTemplate {
-                    name: "10 % off".into(),
-                    kind: OfferKind::PercentOff as i32,
-                    percent_off: 10,
-                    valid_for: Some(to_duration(chrono::Duration::hours(72))),
-                    estimated_cost: Some(Money {
-                        amount_minor: 20_000,
-                        currency: "RUB".into(),
-                    }),
-                    ..OfferTemplate::default()
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .template
-            .unwrap()
-            .template_id;
+        shop.offer_template_id = percent_off_template(&mut shop.offers, 10, 20_000).await;
         shop
     }
 

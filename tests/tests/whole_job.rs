@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use winback_e2e::{Authed, TestStack};
+use winback_e2e::{Authed, TestStack, percent_off_template};
 use winback_platform::clock::Clock;
 use winback_platform::db_test;
 use winback_platform::testing::TestDatabase;
@@ -29,9 +29,7 @@ use winback_proto::events::event::Payload;
 use winback_proto::events::events_service_client::EventsServiceClient;
 use winback_proto::events::{EventSource, SubscribeRequest};
 use winback_proto::offers::offers_service_client::OffersServiceClient;
-use winback_proto::offers::{
-    Cart, CreateOfferTemplateRequest, OfferKind, OfferTemplate, RedeemCouponRequest,
-};
+use winback_proto::offers::{Cart, RedeemCouponRequest};
 use winback_proto::profiles::profiles_service_client::ProfilesServiceClient;
 use winback_proto::profiles::{Order, RecordOrdersRequest};
 use winback_proto::segmentation::RecomputeRequest;
@@ -147,14 +145,6 @@ struct Job {
 
 impl Job {
     async fn start(db: &TestDatabase) -> Self {
-        // Warnings of the services show with the failing test's output.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
         let files = tempfile::tempdir().unwrap();
         let sink = SmtpSink::start(files.path().join("smtp")).await;
         let providers = Providers::start().await;
@@ -265,24 +255,7 @@ impl Job {
                     .unwrap();
             }
         }
-        let offer = self
-            .offers
-            .create_offer_template(CreateOfferTemplateRequest {
-                template: Some(OfferTemplate {
-                    name: "10 % off".into(),
-                    kind: OfferKind::PercentOff as i32,
-                    percent_off: 10,
-                    valid_for: Some(to_duration(chrono::Duration::hours(72))),
-                    estimated_cost: Some(rub(20_000)),
-                    ..OfferTemplate::default()
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .template
-            .unwrap()
-            .template_id;
+        let offer = percent_off_template(&mut self.offers, 10, 20_000).await;
         let every_channel = |template: &str| {
             [Channel::Email, Channel::Sms, Channel::Push]
                 .into_iter()
