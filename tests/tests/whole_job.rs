@@ -2,8 +2,9 @@
 //! a shop's history imported from CSV → segments recomputed → a win-back campaign with a
 //! holdout → messages over real providers (email over SMTP to aiosmtpd, SMS to a
 //! Twilio-shaped and push to an FCM-shaped HTTP server) → a customer redeems the coupon and
-//! buys, which ends the chain → the campaign report equals what the test recomputes from
-//! the providers' outboxes and the recorded events.
+//! buys, which ends the chain; another unsubscribes with the one-click link and gets
+//! nothing more → the campaign report equals what the test recomputes from the providers'
+//! outboxes and the recorded events.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -148,7 +149,13 @@ impl Job {
         let files = tempfile::tempdir().unwrap();
         let sink = SmtpSink::start(files.path().join("smtp")).await;
         let providers = Providers::start().await;
-        let stack = TestStack::start(db).await;
+        // The tracking server (opens, clicks, unsubscribes) on a port the links name.
+        let tracking = winback_testkit::free_port();
+        let stack = TestStack::start_with(db, |config| {
+            config.delivery.tracking_listen = tracking;
+            config.delivery.public_url = format!("http://{tracking}");
+        })
+        .await;
         // Noon in Moscow on a Monday (19:00 in Vladivostok: outside quiet hours).
         stack
             .clock
@@ -603,6 +610,40 @@ db_test!(
 
         // Step 1 now; step 2 (with the coupon) three days later.
         job.settle(&campaign, 1).await;
+        job.delivered().await;
+        // One treated customer unsubscribes with their email's one-click link (RFC 8058).
+        let first_email = job
+            .sink
+            .messages()
+            .into_iter()
+            .next()
+            .expect("a step-1 email");
+        let leaver = header_value(&first_email, "X-Winback-Customer-Id");
+        let link = header_value(&first_email, "List-Unsubscribe");
+        let link = link.trim_start_matches('<').trim_end_matches('>');
+        let answer = reqwest::Client::new()
+            .post(link)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success(), "{answer:?}");
+        let mut stopped = false;
+        for _ in 0..200 {
+            let e = job
+                .enrolments(&campaign)
+                .await
+                .into_iter()
+                .find(|e| e.customer_id == leaver)
+                .unwrap();
+            if e.state != EnrolmentState::Running as i32 {
+                stopped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(stopped, "the unsubscribe stops {leaver}'s chain");
         job.advance_to("2026-03-05T09:00:00Z");
         job.settle(&campaign, 2).await;
         job.delivered().await;
@@ -704,6 +745,10 @@ db_test!(
             );
             assert!(treated.contains(&r.customer), "{r:?}");
             assert!(!(r.customer == buyer && r.step == 2), "{r:?}");
+            assert!(
+                !(r.customer == leaver && r.step > 0),
+                "after unsubscribing: {r:?}"
+            );
         }
         // No customer got two messages for one step.
         let mut per_step = BTreeSet::new();
