@@ -13,6 +13,8 @@ use winback_platform::config::{Config, DatabaseConfig, DeliveryConfig, EventsCon
 use winback_platform::grpc::CallCredentials;
 use winback_platform::testing::TestDatabase;
 use winback_platform::time::to_duration;
+use winback_proto::campaigns::campaigns_service_client::CampaignsServiceClient;
+use winback_proto::campaigns::{ActivateCampaignRequest, Campaign, CreateCampaignRequest};
 use winback_proto::common::Money;
 use winback_proto::offers::offers_service_client::OffersServiceClient;
 use winback_proto::offers::{CreateOfferTemplateRequest, OfferKind, OfferTemplate};
@@ -158,4 +160,28 @@ pub async fn percent_off_template(
         .template
         .unwrap()
         .template_id
+}
+
+/// Creates `campaign` and activates it; returns its id.
+pub async fn start_campaign(
+    campaigns: &mut CampaignsServiceClient<Authed>,
+    campaign: Campaign,
+) -> String {
+    let id = campaigns
+        .create_campaign(CreateCampaignRequest {
+            campaign: Some(campaign),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .campaign
+        .unwrap()
+        .campaign_id;
+    campaigns
+        .activate_campaign(ActivateCampaignRequest {
+            campaign_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    id
 }

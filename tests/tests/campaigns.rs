@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tonic::Code;
-use winback_e2e::{Authed, TestStack, percent_off_template};
+use winback_e2e::{Authed, TestStack, percent_off_template, start_campaign};
 use winback_platform::clock::Clock;
 use winback_platform::db_test;
 use winback_platform::testing::TestDatabase;
@@ -165,33 +165,21 @@ impl Shop {
             .into_inner()
             .chain
             .unwrap();
-        let campaign = self
-            .campaigns
-            .create_campaign(CreateCampaignRequest {
-                campaign: Some(Campaign {
-                    name: "win back".into(),
-                    chain_id: chain.chain_id,
-                    audience: Some(Audience {
-                        lifecycle_states: vec![LifecycleState::Sleeping as i32],
-                        ..Audience::default()
-                    }),
-                    holdout_percent,
-                    winback: true,
-                    ..Campaign::default()
+        start_campaign(
+            &mut self.campaigns,
+            Campaign {
+                name: "win back".into(),
+                chain_id: chain.chain_id,
+                audience: Some(Audience {
+                    lifecycle_states: vec![LifecycleState::Sleeping as i32],
+                    ..Audience::default()
                 }),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .campaign
-            .unwrap();
-        self.campaigns
-            .activate_campaign(ActivateCampaignRequest {
-                campaign_id: campaign.campaign_id.clone(),
-            })
-            .await
-            .unwrap();
-        campaign.campaign_id
+                holdout_percent,
+                winback: true,
+                ..Campaign::default()
+            },
+        )
+        .await
     }
 
     async fn enrol(&mut self, campaign_id: &str, ids: &[String]) -> Vec<EnrolmentDecision> {
@@ -514,31 +502,20 @@ db_test!(
             .into_inner()
             .chain
             .unwrap();
-        let second = shop
-            .campaigns
-            .create_campaign(CreateCampaignRequest {
-                campaign: Some(Campaign {
-                    name: "service flow".into(),
-                    chain_id: chain.chain_id,
-                    audience: Some(Audience {
-                        triggers: vec![Trigger::BonusExpiring as i32],
-                        ..Audience::default()
-                    }),
-                    ..Campaign::default()
+        let second = start_campaign(
+            &mut shop.campaigns,
+            Campaign {
+                name: "service flow".into(),
+                chain_id: chain.chain_id,
+                audience: Some(Audience {
+                    triggers: vec![Trigger::BonusExpiring as i32],
+                    ..Audience::default()
                 }),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .campaign
-            .unwrap();
-        shop.campaigns
-            .activate_campaign(ActivateCampaignRequest {
-                campaign_id: second.campaign_id.clone(),
-            })
-            .await
-            .unwrap();
-        let d = shop.enrol(&second.campaign_id, &customers).await.remove(0);
+                ..Campaign::default()
+            },
+        )
+        .await;
+        let d = shop.enrol(&second, &customers).await.remove(0);
         assert_eq!(d.skip_reason, SkipReason::RefusedContact as i32);
         shop.stack.stop().await;
     }
@@ -947,31 +924,19 @@ db_test!(
             .into_inner()
             .chain
             .unwrap();
-        let campaign = shop
-            .campaigns
-            .create_campaign(CreateCampaignRequest {
-                campaign: Some(Campaign {
-                    name: "cart".into(),
-                    chain_id: chain.chain_id,
-                    audience: Some(Audience {
-                        triggers: vec![Trigger::CartAbandoned as i32],
-                        ..Audience::default()
-                    }),
-                    ..Campaign::default()
+        let campaign = start_campaign(
+            &mut shop.campaigns,
+            Campaign {
+                name: "cart".into(),
+                chain_id: chain.chain_id,
+                audience: Some(Audience {
+                    triggers: vec![Trigger::CartAbandoned as i32],
+                    ..Audience::default()
                 }),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .campaign
-            .unwrap()
-            .campaign_id;
-        shop.campaigns
-            .activate_campaign(ActivateCampaignRequest {
-                campaign_id: campaign.clone(),
-            })
-            .await
-            .unwrap();
+                ..Campaign::default()
+            },
+        )
+        .await;
         shop.profiles
             .record_engagement(winback_proto::profiles::RecordEngagementRequest {
                 events: vec![winback_proto::profiles::EngagementEvent {
@@ -1225,23 +1190,7 @@ db_test!(
         assert_eq!(r.skipped.get("ltv_too_low"), Some(&3), "{r:?}");
         assert_eq!(r.skipped.get("refused_contact"), Some(&1), "{r:?}");
         shop.complete(&rich).await;
-        let open = shop
-            .campaigns
-            .create_campaign(CreateCampaignRequest {
-                campaign: Some(campaign("everyone", 0)),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .campaign
-            .unwrap()
-            .campaign_id;
-        shop.campaigns
-            .activate_campaign(ActivateCampaignRequest {
-                campaign_id: open.clone(),
-            })
-            .await
-            .unwrap();
+        let open = start_campaign(&mut shop.campaigns, campaign("everyone", 0)).await;
         let r = shop
             .campaigns
             .enrol_audience(enrol_all(open.clone()))

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use winback_e2e::{Authed, TestStack, percent_off_template};
+use winback_e2e::{Authed, TestStack, percent_off_template, start_campaign};
 use winback_platform::clock::Clock;
 use winback_platform::db_test;
 use winback_platform::testing::TestDatabase;
@@ -300,39 +300,26 @@ impl Job {
             .chain
             .unwrap()
             .chain_id;
-        let campaign = self
-            .campaigns
-            .create_campaign(CreateCampaignRequest {
-                campaign: Some(Campaign {
-                    name: "win back".into(),
-                    chain_id: chain,
-                    audience: Some(Audience {
-                        lifecycle_states: vec![
-                            LifecycleState::HotInactive as i32,
-                            LifecycleState::Sleeping as i32,
-                            LifecycleState::NearlyLost as i32,
-                            LifecycleState::Dead as i32,
-                        ],
-                        ..Audience::default()
-                    }),
-                    holdout_percent: 25,
-                    winback: true,
-                    ..Campaign::default()
+        start_campaign(
+            &mut self.campaigns,
+            Campaign {
+                name: "win back".into(),
+                chain_id: chain,
+                audience: Some(Audience {
+                    lifecycle_states: vec![
+                        LifecycleState::HotInactive as i32,
+                        LifecycleState::Sleeping as i32,
+                        LifecycleState::NearlyLost as i32,
+                        LifecycleState::Dead as i32,
+                    ],
+                    ..Audience::default()
                 }),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .campaign
-            .unwrap()
-            .campaign_id;
-        self.campaigns
-            .activate_campaign(ActivateCampaignRequest {
-                campaign_id: campaign.clone(),
-            })
-            .await
-            .unwrap();
-        campaign
+                holdout_percent: 25,
+                winback: true,
+                ..Campaign::default()
+            },
+        )
+        .await
     }
 
     fn advance_to(&self, at: &str) {
