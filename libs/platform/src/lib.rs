@@ -18,3 +18,9 @@ pub mod testing;
 pub mod time;
 
 pub use error::{FieldViolation, ServiceError};
+
+/// Every Winback binary (the services, `winback`, benches and tests) allocates with
+/// mimalloc: batch paths build and drop many small strings and values per row, and
+/// glibc's malloc was a fifth of the profiles ingest profile (`docs/profiles.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,6 +1,7 @@
 //! Handlers of `winback.profiles.v1.ProfilesService`: translate, check the tenant, call the
 //! service, translate back.
 
+use futures::FutureExt as _;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use winback_platform::ServiceError;
@@ -10,9 +11,13 @@ use winback_proto::profiles::*;
 
 use crate::context::{Profiles, timestamp};
 use crate::domain::validate::MAX_BATCH;
-use crate::orders::OnInvalid;
+use crate::orders::{OnInvalid, OrderChunk};
 
 const READ: &str = "profiles:read";
+/// Orders of a stream recorded in one transaction at most: the chunks that arrived while
+/// the last group was being written. Ten chunks of 1,000 write each customer's facts once
+/// instead of up to ten times.
+const GROUP_ORDERS: usize = 10_000;
 const WRITE: &str = "profiles:write";
 
 /// The handlers.
@@ -127,7 +132,7 @@ impl ProfilesService for ProfilesGrpc {
         }
         let result = self
             .profiles
-            .record_orders(&tenant, orders, 0, OnInvalid::RefuseBatch)
+            .record_orders(&tenant, orders, OnInvalid::RefuseBatch)
             .await?;
         Ok(Response::new(RecordOrdersResponse {
             outcomes: result.outcomes.into_iter().map(|o| o as i32).collect(),
@@ -143,30 +148,72 @@ impl ProfilesService for ProfilesGrpc {
         let mut response = StreamOrdersResponse::default();
         let mut on_invalid = None;
         let mut index = 0usize;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            let mode = *on_invalid.get_or_insert(if chunk.skip_invalid {
-                OnInvalid::SkipOrder
-            } else {
-                OnInvalid::RefuseBatch
-            });
-            let n = chunk.orders.len();
-            if n == 0 {
-                continue;
-            }
-            let result = self
-                .profiles
-                .record_orders(&tenant, chunk.orders, index, mode)
-                .await?;
-            index += n;
-            for outcome in result.outcomes {
-                match outcome {
-                    OrderOutcome::Recorded => response.recorded += 1,
-                    OrderOutcome::Duplicate => response.duplicates += 1,
-                    OrderOutcome::Unspecified => {}
+        let mut ended = false;
+        while !ended {
+            // A group: the next chunk, and the chunks that have already arrived behind it
+            // (up to GROUP_ORDERS orders), recorded in one transaction.
+            let mut group = Vec::new();
+            let mut orders = 0usize;
+            let mut broken = None;
+            let mut next = stream.next().await;
+            loop {
+                match next {
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Err(status)) => {
+                        broken = Some(status);
+                        break;
+                    }
+                    Some(Ok(chunk)) => {
+                        on_invalid.get_or_insert(if chunk.skip_invalid {
+                            OnInvalid::SkipOrder
+                        } else {
+                            OnInvalid::RefuseBatch
+                        });
+                        let n = chunk.orders.len();
+                        if n > 0 {
+                            group.push(OrderChunk {
+                                orders: chunk.orders,
+                                first_index: index,
+                            });
+                            index += n;
+                            orders += n;
+                        }
+                    }
+                }
+                if orders >= GROUP_ORDERS {
+                    break;
+                }
+                match stream.next().now_or_never() {
+                    Some(arrived) => next = arrived,
+                    None => break,
                 }
             }
-            response.rejected.extend(result.rejected);
+            if !group.is_empty() {
+                let mode = on_invalid.unwrap_or(OnInvalid::RefuseBatch);
+                let result = self
+                    .profiles
+                    .record_order_chunks(&tenant, group, mode)
+                    .await?;
+                for outcome in result.stored.iter().flat_map(|r| &r.outcomes) {
+                    match outcome {
+                        OrderOutcome::Recorded => response.recorded += 1,
+                        OrderOutcome::Duplicate => response.duplicates += 1,
+                        OrderOutcome::Unspecified => {}
+                    }
+                }
+                response
+                    .rejected
+                    .extend(result.stored.into_iter().flat_map(|r| r.rejected));
+                if let Some(err) = result.refused {
+                    return Err(err.into());
+                }
+            }
+            if let Some(status) = broken {
+                return Err(status);
+            }
         }
         Ok(Response::new(response))
     }

@@ -12,7 +12,7 @@ use winback_proto::profiles::{
 };
 
 use crate::context::{Profiles, micros};
-use crate::domain::facts::OrderFact;
+use crate::domain::facts::{FactsState, OrderFact};
 use crate::domain::validate::{self, MAX_BATCH, Violations};
 use crate::store::rows;
 
@@ -93,216 +93,329 @@ fn category_spend(o: &Order) -> Vec<(String, i64)> {
     spend
 }
 
+/// Why an order cannot be recorded for its customer: unknown, erased, or another
+/// currency than the customer's orders so far. `at` is the order's field path.
+fn customer_problem(
+    o: &Order,
+    states: &HashMap<String, FactsState>,
+    erased: &HashSet<String>,
+    at: &str,
+) -> Problem {
+    let customer_at = format!("{at}.customer_id");
+    let Some(state) = states.get(&o.customer_id) else {
+        return Some((
+            FieldViolation::new(customer_at.clone(), "unknown customer"),
+            ServiceError::not_found_at("customer", &o.customer_id, customer_at),
+        ));
+    };
+    if erased.contains(&o.customer_id) {
+        return Some((
+            FieldViolation::new(customer_at.clone(), "customer was erased"),
+            ServiceError::FailedPrecondition(format!("{customer_at}: customer was erased")),
+        ));
+    }
+    let currency = o
+        .total
+        .as_ref()
+        .map(|m| m.currency.as_str())
+        .unwrap_or_default();
+    let known = state.currency.as_str();
+    (!known.is_empty() && known != currency).then(|| {
+        let currency_at = format!("{at}.total.currency");
+        let why = format!("the customer's orders are in {known}");
+        (
+            FieldViolation::new(currency_at.clone(), why.clone()),
+            ServiceError::invalid(currency_at, why),
+        )
+    })
+}
+
+/// The rows, facts and events a group of chunks will write.
+#[derive(Default)]
+struct Writes {
+    orders: Vec<rows::NewOrder>,
+    events: Vec<(String, chrono::DateTime<chrono::Utc>, Payload)>,
+    touched: HashSet<String>,
+}
+
+impl Writes {
+    /// Folds a new order into its customer's facts and queues its row and event.
+    fn add(
+        &mut self,
+        tenant: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        now_us: i64,
+        o: &Order,
+        fingerprint: &str,
+        states: &mut HashMap<String, FactsState>,
+    ) {
+        let total = o.total.clone().unwrap_or_default();
+        let placed_at_us = o.placed_at.as_ref().map(micros).unwrap_or_default();
+        let spend = category_spend(o);
+        let state = states.entry(o.customer_id.clone()).or_default();
+        if state.currency.is_empty() {
+            state.currency = total.currency.clone();
+        }
+        state.apply_order(&OrderFact {
+            order_id: o.order_id.clone(),
+            placed_at_us,
+            total_minor: total.amount_minor,
+            category_spend: spend.clone(),
+        });
+        state.updated_at_us = now_us;
+        self.touched.insert(o.customer_id.clone());
+        self.orders.push(rows::NewOrder {
+            order_id: o.order_id.clone(),
+            customer_id: o.customer_id.clone(),
+            placed_at_us,
+            currency: total.currency.clone(),
+            total_minor: total.amount_minor,
+            store: o.store.clone(),
+            coupon_code: o.coupon_code.clone(),
+            lines: serde_json::to_string(&spend).unwrap_or_default(),
+            fingerprint: fingerprint.to_owned(),
+        });
+        self.events.push((
+            tenant.to_owned(),
+            now,
+            Payload::PurchaseRecorded(PurchaseRecorded {
+                customer_id: o.customer_id.clone(),
+                order_id: o.order_id.clone(),
+                placed_at: o.placed_at,
+                total: Some(total),
+                coupon_code: o.coupon_code.clone(),
+                store: o.store.clone(),
+            }),
+        ));
+    }
+}
+
+/// One client batch of orders: a unary request or one message of a stream.
+#[derive(Debug)]
+pub(crate) struct OrderChunk {
+    pub(crate) orders: Vec<Order>,
+    /// Position of the chunk's first order in the whole request or stream, for field paths
+    /// and rejections.
+    pub(crate) first_index: usize,
+}
+
+/// What a group of chunks did: the result of each chunk stored, in order, and why the
+/// chunk after them was refused (nothing of it, nor of any chunk after it, is stored).
+#[derive(Debug, Default)]
+pub(crate) struct GroupResult {
+    pub(crate) stored: Vec<BatchResult>,
+    pub(crate) refused: Option<ServiceError>,
+}
+
+/// A bad order: the violation reported for it and the error that refuses its chunk.
+type Problem = Option<(FieldViolation, ServiceError)>;
+
+/// Shape problems of each order of a chunk (no database needed), or the error that
+/// refuses the whole chunk.
+fn shape_problems(
+    chunk: &OrderChunk,
+    now: chrono::DateTime<chrono::Utc>,
+    on_invalid: OnInvalid,
+) -> Result<Vec<Problem>, ServiceError> {
+    if chunk.orders.len() > MAX_BATCH {
+        return Err(ServiceError::invalid(
+            "orders",
+            format!("at most {MAX_BATCH} orders per batch"),
+        ));
+    }
+    let mut problems: Vec<Problem> = Vec::with_capacity(chunk.orders.len());
+    let mut all_violations = Vec::new();
+    for (i, o) in chunk.orders.iter().enumerate() {
+        let mut v = Violations::default();
+        validate::order(
+            &mut v,
+            &format!("orders[{}]", chunk.first_index + i),
+            o,
+            now,
+        );
+        problems.push(v.0.first().cloned().map(|first| {
+            all_violations.extend(v.0.iter().cloned());
+            (first, ServiceError::InvalidArgument(v.0))
+        }));
+    }
+    if on_invalid == OnInvalid::RefuseBatch && !all_violations.is_empty() {
+        return Err(ServiceError::InvalidArgument(all_violations));
+    }
+    Ok(problems)
+}
+
 impl Profiles {
-    /// Records a batch of orders. `first_index` is the position of the batch's first order
-    /// in the whole request or stream, for field paths and rejections.
+    /// Records one batch of orders in its own transaction.
     pub(crate) async fn record_orders(
         &self,
         tenant: &str,
         orders: Vec<Order>,
-        first_index: usize,
         on_invalid: OnInvalid,
     ) -> Result<BatchResult, ServiceError> {
-        if orders.len() > MAX_BATCH {
-            return Err(ServiceError::invalid(
-                "orders",
-                format!("at most {MAX_BATCH} orders per batch"),
-            ));
+        let group = self
+            .record_order_chunks(
+                tenant,
+                vec![OrderChunk {
+                    orders,
+                    first_index: 0,
+                }],
+                on_invalid,
+            )
+            .await?;
+        match group.refused {
+            Some(err) => Err(err),
+            None => Ok(group.stored.into_iter().next().unwrap_or_default()),
         }
+    }
+
+    /// Records chunks of orders in one transaction, as if each were recorded in turn: a
+    /// chunk sees the orders and facts of the chunks before it; with
+    /// [`OnInvalid::RefuseBatch`] the first bad chunk is refused and the group ends there
+    /// (the chunks before it are stored). The group's orders and customers are looked up
+    /// once and each customer's facts written once, however many chunks touched them —
+    /// that is what makes a stream cheaper than its chunks one by one.
+    pub(crate) async fn record_order_chunks(
+        &self,
+        tenant: &str,
+        chunks: Vec<OrderChunk>,
+        on_invalid: OnInvalid,
+    ) -> Result<GroupResult, ServiceError> {
         let now = self.clock.now();
-        let field = |i: usize, f: &str| format!("orders[{}].{f}", first_index + i);
+        let mut refused = None;
 
         // 1. Shape of each order.
-        let mut problems: Vec<Option<(FieldViolation, ServiceError)>> =
-            Vec::with_capacity(orders.len());
-        problems.resize_with(orders.len(), || None);
-        let mut all_violations = Vec::new();
-        for (i, o) in orders.iter().enumerate() {
-            let mut v = Violations::default();
-            validate::order(&mut v, &format!("orders[{}]", first_index + i), o, now);
-            if let Some(first) = v.0.first().cloned() {
-                problems[i] = Some((first, ServiceError::InvalidArgument(v.0.clone())));
-                all_violations.extend(v.0);
+        let mut checked: Vec<(OrderChunk, Vec<Problem>)> = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            match shape_problems(&chunk, now, on_invalid) {
+                Ok(problems) => checked.push((chunk, problems)),
+                Err(err) => {
+                    refused = Some(err);
+                    break;
+                }
             }
         }
-        if on_invalid == OnInvalid::RefuseBatch && !all_violations.is_empty() {
-            return Err(ServiceError::InvalidArgument(all_violations));
+        if checked.is_empty() {
+            return Ok(GroupResult {
+                stored: Vec::new(),
+                refused,
+            });
         }
 
+        // 2. The group's stored orders and customers (their facts rows locked, in key order
+        //    on PostgreSQL: one lock order for every writer), looked up once.
         let (_writer, txn) = self.begin_write().await?;
-        // 2. Idempotency: against stored orders and within the batch.
-        let ids: Vec<String> = orders.iter().map(|o| o.order_id.clone()).collect();
-        let stored = rows::orders(&txn, tenant, &ids).await?;
-        let fingerprints: Vec<String> = orders.iter().map(fingerprint).collect();
-        let mut outcomes = vec![OrderOutcome::Unspecified; orders.len()];
-        let mut in_batch: HashMap<&str, &str> = HashMap::new();
-        for (i, o) in orders.iter().enumerate() {
-            if problems[i].is_some() {
-                continue;
-            }
-            let earlier = stored
-                .get(&o.order_id)
-                .map(|s| s.fingerprint.as_str())
-                .or_else(|| in_batch.get(o.order_id.as_str()).copied());
-            match earlier {
-                Some(fp) if fp == fingerprints[i] => outcomes[i] = OrderOutcome::Duplicate,
-                Some(_) => {
-                    let err =
-                        ServiceError::already_exists_at("order", &o.order_id, field(i, "order_id"));
-                    problems[i] = Some((
-                        FieldViolation::new(
-                            field(i, "order_id"),
-                            "already recorded with other content",
-                        ),
-                        err,
-                    ));
-                }
-                None => {
-                    in_batch.insert(o.order_id.as_str(), fingerprints[i].as_str());
-                    outcomes[i] = OrderOutcome::Recorded;
-                }
-            }
-        }
-
-        // 3. Customers must exist (and not be erased); one currency per customer.
-        let customer_ids: Vec<String> = orders
+        let order_ids: Vec<String> = checked
             .iter()
-            .map(|o| o.customer_id.clone())
+            .flat_map(|(c, _)| c.orders.iter().map(|o| o.order_id.clone()))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
+        let stored = rows::orders(&txn, tenant, &order_ids).await?;
+        let mut customer_ids: Vec<String> = checked
+            .iter()
+            .flat_map(|(c, _)| c.orders.iter().map(|o| o.customer_id.clone()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        customer_ids.sort_unstable();
         let known = rows::customers_with_states(&txn, tenant, &customer_ids).await?;
         let mut erased: HashSet<String> = HashSet::new();
-        let mut states: HashMap<String, crate::domain::facts::FactsState> =
-            HashMap::with_capacity(known.len());
+        let mut states: HashMap<String, FactsState> = HashMap::with_capacity(known.len());
         for (id, (is_erased, state)) in known {
             if is_erased {
                 erased.insert(id.clone());
             }
             states.insert(id, state);
         }
-        for (i, o) in orders.iter().enumerate() {
-            if problems[i].is_some() || outcomes[i] != OrderOutcome::Recorded {
-                continue;
-            }
-            let at = field(i, "customer_id");
-            let problem = match states.get(&o.customer_id) {
-                None => Some((
-                    FieldViolation::new(at.clone(), "unknown customer"),
-                    ServiceError::not_found_at("customer", &o.customer_id, at),
-                )),
-                Some(_) if erased.contains(&o.customer_id) => Some((
-                    FieldViolation::new(at.clone(), "customer was erased"),
-                    ServiceError::FailedPrecondition(format!("{at}: customer was erased")),
-                )),
-                Some(_) => {
-                    let currency = o
-                        .total
-                        .as_ref()
-                        .map(|m| m.currency.as_str())
-                        .unwrap_or_default();
-                    let known = states
-                        .get(&o.customer_id)
-                        .map(|s| s.currency.as_str())
-                        .unwrap_or_default();
-                    (!known.is_empty() && known != currency).then(|| {
-                        let at = field(i, "total.currency");
-                        let why = format!("the customer's orders are in {known}");
-                        (
-                            FieldViolation::new(at.clone(), why.clone()),
-                            ServiceError::invalid(at, why),
-                        )
-                    })
-                }
-            };
-            if let Some(problem) = problem {
-                problems[i] = Some(problem);
-                outcomes[i] = OrderOutcome::Unspecified;
-            }
-        }
-        if on_invalid == OnInvalid::RefuseBatch
-            && let Some((_, err)) = problems.iter_mut().find_map(Option::take)
-        {
-            return Err(err);
-        }
 
-        // 4. Store the new orders, fold them into the facts, write the events.
+        // 3. Each chunk in turn against what is stored and what the chunks before it did.
         let now_us = now.timestamp_micros();
-        let mut order_rows = Vec::new();
-        let mut events = Vec::new();
-        let mut touched: HashSet<String> = HashSet::new();
-        for (i, o) in orders.iter().enumerate() {
-            if outcomes[i] != OrderOutcome::Recorded {
-                continue;
+        let mut recorded: HashMap<String, String> = HashMap::new();
+        let mut writes = Writes::default();
+        let mut results = Vec::with_capacity(checked.len());
+        for (chunk, mut problems) in checked {
+            let field = |i: usize, f: &str| format!("orders[{}].{f}", chunk.first_index + i);
+            let fingerprints: Vec<String> = chunk.orders.iter().map(fingerprint).collect();
+            let mut outcomes = vec![OrderOutcome::Unspecified; chunk.orders.len()];
+            let mut in_chunk: HashMap<&str, &str> = HashMap::new();
+            for (i, o) in chunk.orders.iter().enumerate() {
+                if problems[i].is_some() {
+                    continue;
+                }
+                let earlier = stored
+                    .get(&o.order_id)
+                    .map(|s| s.fingerprint.as_str())
+                    .or_else(|| recorded.get(&o.order_id).map(String::as_str))
+                    .or_else(|| in_chunk.get(o.order_id.as_str()).copied());
+                problems[i] = match earlier {
+                    Some(fp) if fp == fingerprints[i] => {
+                        outcomes[i] = OrderOutcome::Duplicate;
+                        None
+                    }
+                    Some(_) => Some((
+                        FieldViolation::new(
+                            field(i, "order_id"),
+                            "already recorded with other content",
+                        ),
+                        ServiceError::already_exists_at("order", &o.order_id, field(i, "order_id")),
+                    )),
+                    None => {
+                        let problem = customer_problem(
+                            o,
+                            &states,
+                            &erased,
+                            &format!("orders[{}]", chunk.first_index + i),
+                        );
+                        if problem.is_none() {
+                            in_chunk.insert(o.order_id.as_str(), fingerprints[i].as_str());
+                            outcomes[i] = OrderOutcome::Recorded;
+                        }
+                        problem
+                    }
+                };
             }
-            let total = o.total.clone().unwrap_or_default();
-            let placed_at_us = o.placed_at.as_ref().map(micros).unwrap_or_default();
-            let spend = category_spend(o);
-            let state = states.entry(o.customer_id.clone()).or_default();
-            if state.currency.is_empty() {
-                state.currency = total.currency.clone();
+            if on_invalid == OnInvalid::RefuseBatch
+                && let Some((_, err)) = problems.iter_mut().find_map(Option::take)
+            {
+                refused = Some(err);
+                break;
             }
-            state.apply_order(&OrderFact {
-                order_id: o.order_id.clone(),
-                placed_at_us,
-                total_minor: total.amount_minor,
-                category_spend: spend.clone(),
-            });
-            state.updated_at_us = now_us;
-            touched.insert(o.customer_id.clone());
-            order_rows.push(vec![
-                tenant.into(),
-                o.order_id.clone().into(),
-                o.customer_id.clone().into(),
-                placed_at_us.into(),
-                total.currency.clone().into(),
-                total.amount_minor.into(),
-                o.store.clone().into(),
-                o.coupon_code.clone().into(),
-                serde_json::to_string(&spend).unwrap_or_default().into(),
-                fingerprints[i].clone().into(),
-            ]);
-            events.push((
-                tenant.to_owned(),
-                now,
-                Payload::PurchaseRecorded(PurchaseRecorded {
-                    customer_id: o.customer_id.clone(),
-                    order_id: o.order_id.clone(),
-                    placed_at: o.placed_at,
-                    total: Some(total),
-                    coupon_code: o.coupon_code.clone(),
-                    store: o.store.clone(),
-                }),
-            ));
-        }
-        if !order_rows.is_empty() {
-            rows::insert_many(
-                &txn,
-                "INSERT INTO orders (tenant_id, order_id, customer_id, placed_at_us, currency, total_minor, store, \
-                 coupon_code, lines, fingerprint)",
-                "",
-                order_rows,
-            )
-            .await?;
-            rows::save_touched_facts(&txn, tenant, &mut states, touched).await?;
-            self.outbox.append_many(&txn, events).await?;
-        }
-        txn.commit().await?;
-        self.outbox.notify_committed();
 
-        let rejected = problems
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                p.map(|(violation, _)| RejectedOrder {
-                    index: (first_index + i) as i64,
-                    order_id: orders[i].order_id.clone(),
-                    field: violation.field,
-                    reason: violation.description,
+            // 4. Fold the chunk's new orders into the facts; queue the rows and events.
+            for (i, o) in chunk.orders.iter().enumerate() {
+                if outcomes[i] != OrderOutcome::Recorded {
+                    continue;
+                }
+                writes.add(tenant, now, now_us, o, &fingerprints[i], &mut states);
+                recorded.insert(o.order_id.clone(), fingerprints[i].clone());
+            }
+            let rejected = problems
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    p.map(|(violation, _)| RejectedOrder {
+                        index: (chunk.first_index + i) as i64,
+                        order_id: chunk.orders[i].order_id.clone(),
+                        field: violation.field,
+                        reason: violation.description,
+                    })
                 })
-            })
-            .collect();
-        Ok(BatchResult { outcomes, rejected })
+                .collect();
+            results.push(BatchResult { outcomes, rejected });
+        }
+
+        // 5. One write of the group's orders, facts and events.
+        if !writes.orders.is_empty() {
+            rows::insert_orders(&txn, tenant, writes.orders).await?;
+            rows::save_touched_facts(&txn, tenant, &mut states, writes.touched).await?;
+            self.outbox.append_many(&txn, writes.events).await?;
+            txn.commit().await?;
+            self.outbox.notify_committed();
+        }
+        Ok(GroupResult {
+            stored: results,
+            refused,
+        })
     }
 
     /// Records a refund or a cancellation; idempotent by adjustment id.

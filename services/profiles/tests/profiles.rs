@@ -351,6 +351,48 @@ db_test!(
 );
 
 db_test!(
+    a_stream_refused_midway_keeps_the_chunks_before_the_bad_one,
+    |db| async move {
+        let db: &TestDatabase = db;
+        let mut h = Harness::start(db).await;
+        upsert(&mut h.a, vec![customer("c1"), customer("c2")]).await;
+        // Sent at once, these chunks are recorded as one group: each must still see what
+        // the chunks before it recorded, and the bad one ends the stream there.
+        let chunk = |orders| StreamOrdersRequest {
+            orders,
+            skip_invalid: false,
+        };
+        let chunks = vec![
+            chunk(vec![order("o1", "c1", 1, 100), order("o2", "c2", 2, 200)]),
+            chunk(vec![order("o3", "c1", 5, 300), order("o1", "c1", 1, 100)]),
+            chunk(vec![order("o2", "c2", 2, 999)]),
+            chunk(vec![order("o4", "c2", 9, 50)]),
+        ];
+        let status =
+            h.a.stream_orders(tokio_stream::iter(chunks))
+                .await
+                .unwrap_err();
+        assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+        assert!(
+            status.message().contains("orders[4].order_id"),
+            "{status:?}"
+        );
+
+        let c1 = facts(&mut h.a, "c1").await;
+        assert_eq!((c1.purchase_days, c1.total_spent_minor), (2, 400));
+        let c2 = facts(&mut h.a, "c2").await;
+        assert_eq!((c2.purchase_days, c2.total_spent_minor), (1, 200));
+        // The chunk after the refused one was not stored: o4 is new.
+        let outcomes = record(&mut h.a, vec![order("o4", "c2", 9, 50)])
+            .await
+            .unwrap()
+            .outcomes;
+        assert_eq!(outcomes, vec![OrderOutcome::Recorded as i32]);
+        h.stop();
+    }
+);
+
+db_test!(
     refunds_and_cancellations_adjust_the_facts,
     |db| async move {
         let db: &TestDatabase = db;

@@ -138,6 +138,10 @@ impl GrpcServer {
         let server = Server::builder()
             .concurrency_limit_per_connection(self.config.concurrency_per_connection)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // Room for a client stream's next chunks (an order chunk is ~100 KiB) to
+            // arrive while the handler writes the last ones.
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(8 << 20))
             .layer(layers)
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(incoming, async move {
