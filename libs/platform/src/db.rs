@@ -45,10 +45,6 @@ pub async fn connect(
                 // and writing sub-journals to disk.
                 .pragma("cache_size", "-32768")
                 .pragma("temp_store", "memory")
-                // Checkpoint every ~40 MiB of WAL instead of every 4 MiB: a batch rewrites
-                // the same facts and index pages again and again, and each checkpoint
-                // copies a page once however often the WAL holds it.
-                .pragma("wal_autocheckpoint", "10000")
         });
         return Database::connect(options).await;
     }
@@ -120,7 +116,7 @@ pub fn statement(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> 
         return Statement::from_sql_and_values(backend, sql, values);
     }
     let mut out_sql = String::with_capacity(sql.len());
-    let mut out_values = Vec::with_capacity(values.len());
+    let mut order: Vec<usize> = Vec::with_capacity(values.len());
     let mut chars = sql.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
         if c != '$' {
@@ -138,16 +134,45 @@ pub fn statement(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> 
         match sql[i + 1..end]
             .parse::<usize>()
             .ok()
-            .and_then(|n| values.get(n.wrapping_sub(1)))
+            .filter(|n| (1..=values.len()).contains(n))
         {
-            Some(value) => {
+            Some(n) => {
                 out_sql.push('?');
-                out_values.push(value.clone());
+                order.push(n - 1);
             }
             None => out_sql.push_str(&sql[i..end]),
         }
     }
+    // Placeholders in their own order, each once (every batch insert): the values move as
+    // they are; otherwise each placeholder gets a copy of its value.
+    let out_values =
+        if order.len() == values.len() && order.iter().enumerate().all(|(i, &n)| i == n) {
+            values
+        } else {
+            order.iter().map(|&n| values[n].clone()).collect()
+        };
     Statement::from_sql_and_values(backend, out_sql, out_values)
+}
+
+/// Executes statements in turn, building each next one while the one before it runs: the
+/// SQLite driver runs a statement on its own thread and PostgreSQL in its own process, so
+/// on two cores the building (SQL text, encoded values) overlaps the execution. Pass a
+/// lazy iterator — one that builds a statement when asked for it.
+pub async fn execute_all<C: ConnectionTrait>(
+    conn: &C,
+    statements: impl IntoIterator<Item = Statement>,
+) -> Result<(), DbErr> {
+    let mut statements = statements.into_iter();
+    let mut next = statements.next();
+    while let Some(current) = next {
+        // `join!` polls the execution first (handing the statement to the driver), then
+        // builds the following statement while the driver works.
+        let (done, following) =
+            futures::join!(conn.execute_raw(current), async { statements.next() });
+        done?;
+        next = following;
+    }
+    Ok(())
 }
 
 /// `$first, $first+1, …`: `n` numbered placeholders, for an `IN (…)` list or one row.
@@ -173,11 +198,18 @@ pub fn multi_row_insert(
             sql.push_str(", ");
         }
         sql.push('(');
-        sql.push_str(&placeholders(values.len() + 1, row.len()));
+        if backend == DbBackend::Sqlite {
+            // Anonymous placeholders in value order: nothing for `statement` to renumber.
+            for k in 0..row.len() {
+                sql.push_str(if k == 0 { "?" } else { ", ?" });
+            }
+        } else {
+            sql.push_str(&placeholders(values.len() + 1, row.len()));
+        }
         sql.push(')');
         values.extend(row);
     }
-    statement(backend, &sql, values)
+    Statement::from_sql_and_values(backend, sql, values)
 }
 
 /// A `CREATE TABLE` written for PostgreSQL, for `backend`: `BYTEA` is `BLOB` on SQLite,

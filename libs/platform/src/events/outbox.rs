@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Transaction
 use tokio::sync::Notify;
 use winback_proto::events::{Event, EventSource, event::Payload};
 
-use crate::db::{multi_row_insert, statement};
+use crate::db::{execute_all, multi_row_insert, statement};
 
 /// Writes events of one source service.
 #[derive(Debug, Clone)]
@@ -180,24 +180,28 @@ impl Outbox {
             .await?;
             return Ok(());
         }
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let values = chunk.iter().map(|(id, tenant, kind, at, payload)| {
-                vec![
-                    id.clone().into(),
-                    tenant.clone().into(),
-                    (*kind).into(),
-                    (*at).into(),
-                    payload.clone().into(),
-                ]
-            });
-            let sql = multi_row_insert(
+        let mut rows = rows.into_iter().peekable();
+        let statements = std::iter::from_fn(|| {
+            rows.peek()?;
+            let values =
+                rows.by_ref()
+                    .take(ROWS_PER_STATEMENT)
+                    .map(|(id, tenant, kind, at, payload)| {
+                        vec![
+                            id.into(),
+                            tenant.into(),
+                            kind.into(),
+                            at.into(),
+                            payload.into(),
+                        ]
+                    });
+            Some(multi_row_insert(
                 backend,
                 "INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload)",
                 values,
-            );
-            txn.execute_raw(sql).await?;
-        }
-        Ok(())
+            ))
+        });
+        execute_all(txn, statements).await
     }
 
     /// Wakes the subscribers of this outbox; call after the transaction committed.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sea_orm::sea_query::ArrayType;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Value};
-use winback_platform::db::statement;
+use winback_platform::db::{execute_all, multi_row_insert, statement};
 use winback_platform::events::Cursor;
 
 use prost::Message as _;
@@ -14,13 +14,6 @@ use crate::domain::facts::{FactsState, OrderFact};
 
 /// Rows per multi-row statement (PostgreSQL allows 65,535 parameters, SQLite 32,766).
 const ROWS_PER_STATEMENT: usize = 500;
-
-fn placeholders(start: usize, width: usize) -> String {
-    let cells: Vec<String> = (start + 1..=start + width)
-        .map(|n| format!("${n}"))
-        .collect();
-    format!("({})", cells.join(", "))
-}
 
 /// `head VALUES (…), (…) tail` for each chunk of rows.
 pub(crate) async fn insert_many(
@@ -31,22 +24,16 @@ pub(crate) async fn insert_many(
 ) -> Result<(), DbErr> {
     let backend = conn.get_database_backend();
     let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Value>> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
-        let mut sql = format!("{head} VALUES ");
-        let mut values = Vec::new();
-        for (i, row) in chunk.into_iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&placeholders(values.len(), row.len()));
-            values.extend(row);
+    let statements = std::iter::from_fn(|| {
+        rows.peek()?;
+        let mut stmt = multi_row_insert(backend, head, rows.by_ref().take(ROWS_PER_STATEMENT));
+        if !tail.is_empty() {
+            stmt.sql.push(' ');
+            stmt.sql.push_str(tail);
         }
-        sql.push(' ');
-        sql.push_str(tail);
-        conn.execute_raw(statement(backend, &sql, values)).await?;
-    }
-    Ok(())
+        Some(stmt)
+    });
+    execute_all(conn, statements).await
 }
 
 /// `$k, $k+1, …` for an IN list, starting after `offset` earlier parameters.
@@ -459,37 +446,31 @@ pub(crate) async fn save_facts(
         conn.execute_raw(statement(backend, &sql, values)).await?;
         return Ok(());
     }
-    for chunk in states.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::from(
-            "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded) VALUES ",
-        );
-        let mut values: Vec<Value> = Vec::new();
-        for (i, (customer_id, state)) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            let n = values.len();
-            sql.push_str(&format!(
-                "(${}, ${}, 0, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5
-            ));
-            values.extend([
+    let mut states = states.into_iter().peekable();
+    let statements = std::iter::from_fn(move || {
+        states.peek()?;
+        let mut rows = Vec::with_capacity(ROWS_PER_STATEMENT);
+        for (customer_id, state) in states.by_ref().take(ROWS_PER_STATEMENT) {
+            let encoded = state.render(&customer_id).encode_to_vec();
+            rows.push(vec![
                 tenant.into(),
-                customer_id.clone().into(),
+                customer_id.into(),
+                0i64.into(),
                 next_seq.into(),
                 state.encode_to_vec().into(),
-                state.render(customer_id).encode_to_vec().into(),
+                encoded.into(),
             ]);
             next_seq += 1;
         }
-        sql.push_str(UPSERT);
-        conn.execute_raw(statement(backend, &sql, values)).await?;
-    }
-    Ok(())
+        let mut stmt = multi_row_insert(
+            backend,
+            "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded)",
+            rows,
+        );
+        stmt.sql.push_str(UPSERT);
+        Some(stmt)
+    });
+    execute_all(conn, statements).await
 }
 
 /// The encoded facts of one customer.
