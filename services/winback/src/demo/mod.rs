@@ -390,24 +390,41 @@ async fn load(
         consent_bar.inc(chunk.len() as u64);
     }
     consent_bar.finish_and_clear();
+    // One client stream, as `winback import` sends orders: the service records the chunks
+    // that arrive together in one transaction.
     let orders = bar(progress, shop.orders.len() as u64, "orders");
-    for chunk in shop.orders.chunks(1000) {
-        c.profiles
-            .record_orders(RecordOrdersRequest {
-                orders: chunk
-                    .iter()
-                    .map(|o| Order {
-                        order_id: o.order_id.clone(),
-                        customer_id: shop.customers[o.customer].id.clone(),
-                        placed_at: Some(to_timestamp(o.placed_at)),
-                        total: Some(rub(o.total_minor)),
-                        ..Order::default()
-                    })
-                    .collect(),
-            })
-            .await?;
-        orders.inc(chunk.len() as u64);
-    }
+    let chunks: Vec<StreamOrdersRequest> = shop
+        .orders
+        .chunks(1000)
+        .map(|chunk| StreamOrdersRequest {
+            orders: chunk
+                .iter()
+                .map(|o| Order {
+                    order_id: o.order_id.clone(),
+                    customer_id: shop.customers[o.customer].id.clone(),
+                    placed_at: Some(to_timestamp(o.placed_at)),
+                    total: Some(rub(o.total_minor)),
+                    ..Order::default()
+                })
+                .collect(),
+            skip_invalid: false,
+        })
+        .collect();
+    let sent = orders.clone();
+    let reply = c
+        .profiles
+        .stream_orders(futures::stream::iter(chunks).map(move |chunk| {
+            sent.inc(chunk.orders.len() as u64);
+            chunk
+        }))
+        .await?
+        .into_inner();
+    anyhow::ensure!(
+        reply.recorded as usize == shop.orders.len(),
+        "the profiles service recorded {} of {} orders",
+        reply.recorded,
+        shop.orders.len()
+    );
     orders.finish_and_clear();
     Ok(())
 }
