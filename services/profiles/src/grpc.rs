@@ -14,11 +14,11 @@ use crate::domain::validate::MAX_BATCH;
 use crate::orders::{OnInvalid, OrderChunk};
 
 const READ: &str = "profiles:read";
+const WRITE: &str = "profiles:write";
 /// Orders of a stream recorded in one transaction at most: the chunks that arrived while
 /// the last group was being written. Ten chunks of 1,000 write each customer's facts once
 /// instead of up to ten times.
 const GROUP_ORDERS: usize = 10_000;
-const WRITE: &str = "profiles:write";
 
 /// The handlers.
 #[derive(Debug, Clone)]

@@ -145,7 +145,7 @@ pub(crate) async fn insert_orders(
 }
 
 /// Rows whose key is in `keys`. `sql_before_in` ends with `<column> IN`. PostgreSQL gets
-/// one array parameter (`= ANY($2)`): planned once and cheap, where a 1000-literal IN list
+/// one array parameter (`IN (SELECT unnest($2))`): planned once and cheap, where a 1000-literal IN list
 /// cost 30–65 ms of planning per lookup at 10⁶ rows. SQLite gets IN lists a chunk at a time.
 async fn select_in(
     conn: &impl ConnectionTrait,
@@ -169,9 +169,12 @@ async fn select_in_then(
         return Ok(Vec::new());
     }
     if backend == DbBackend::Postgres {
-        let column = sql_before_in.strip_suffix("IN").unwrap_or(sql_before_in);
+        // `IN (SELECT unnest(…))` plans as one primary-key probe per key whatever the
+        // statistics say. `= ANY($2)` did too once the table was analysed, but on a table
+        // growing faster than autovacuum analyses it (a bulk load) the planner scanned the
+        // whole tenant and filtered: 90 ms per 1,000 keys at 300,000 rows, growing.
         let keys = array(ArrayType::String, keys.to_vec());
-        let sql = format!("{column} = ANY($2){postgres_tail}");
+        let sql = format!("{sql_before_in} (SELECT unnest($2::text[])){postgres_tail}");
         return conn
             .query_all_raw(statement(backend, &sql, vec![tenant.into(), keys]))
             .await;
