@@ -373,14 +373,16 @@ pub(crate) async fn customers_with_states(
     tenant: &str,
     ids: &[String],
 ) -> Result<HashMap<String, (bool, FactsState)>, DbErr> {
-    // Every stored customer has a facts row (upserts write both), so an inner join; the
-    // facts rows are locked like in `facts_states`.
+    // Every stored customer has a facts row (upserts write both), so the facts rows drive
+    // (locked like in `facts_states`) and the erased flag is a per-row key probe. A join
+    // let PostgreSQL without statistics (a bulk load, autovacuum behind or off) merge-join
+    // against a sort of the whole tenant's customers: 2.2 s per 10,000 keys at 10⁶.
     let rows = select_in_then(
         conn,
-        "SELECT c.customer_id, c.erased, f.state FROM customers c \
-         JOIN facts f ON f.tenant_id = c.tenant_id AND f.customer_id = c.customer_id \
-         WHERE c.tenant_id = $1 AND c.customer_id IN",
-        " ORDER BY c.customer_id FOR UPDATE OF f",
+        "SELECT f.customer_id, f.state, (SELECT c.erased FROM customers c \
+         WHERE c.tenant_id = f.tenant_id AND c.customer_id = f.customer_id) AS erased \
+         FROM facts f WHERE f.tenant_id = $1 AND f.customer_id IN",
+        " ORDER BY f.customer_id FOR UPDATE OF f",
         tenant,
         ids,
     )
@@ -388,7 +390,7 @@ pub(crate) async fn customers_with_states(
     rows.iter()
         .map(|r| {
             let id: String = r.try_get("", "customer_id")?;
-            let erased = r.try_get::<i64>("", "erased")? != 0;
+            let erased = r.try_get::<Option<i64>>("", "erased")?.unwrap_or(0) != 0;
             let state = facts_state(r, &id)?;
             Ok((id, (erased, state)))
         })
