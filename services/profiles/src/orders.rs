@@ -302,7 +302,8 @@ impl Profiles {
         }
 
         // 2. The group's stored orders and customers (their facts rows locked, in key order
-        //    on PostgreSQL: one lock order for every writer), looked up once.
+        //    on PostgreSQL — the lookup's ORDER BY: one lock order for every writer), looked
+        //    up once.
         let (_writer, txn) = self.begin_write().await?;
         let order_ids: Vec<String> = checked
             .iter()
@@ -311,13 +312,12 @@ impl Profiles {
             .into_iter()
             .collect();
         let stored = rows::orders(&txn, tenant, &order_ids).await?;
-        let mut customer_ids: Vec<String> = checked
+        let customer_ids: Vec<String> = checked
             .iter()
             .flat_map(|(c, _)| c.orders.iter().map(|o| o.customer_id.clone()))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        customer_ids.sort_unstable();
         let known = rows::customers_with_states(&txn, tenant, &customer_ids).await?;
         let mut erased: HashSet<String> = HashSet::new();
         let mut states: HashMap<String, FactsState> = HashMap::with_capacity(known.len());
