@@ -11,6 +11,8 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
+pub mod statement_profile;
+
 /// Connects to a service's database, creating the SQLite file or the PostgreSQL schema if
 /// needed.
 pub async fn connect(
@@ -45,8 +47,13 @@ pub async fn connect(
                 // and writing sub-journals to disk.
                 .pragma("cache_size", "-32768")
                 .pragma("temp_store", "memory")
+                // Rows come back from the driver's own thread through a channel; at 50 (the
+                // default) a 500-row batch read parked and woke that thread ten times.
+                .row_buffer_size(1024)
         });
-        return Database::connect(options).await;
+        let mut db = Database::connect(options).await?;
+        statement_profile::attach(&mut db, service);
+        return Ok(db);
     }
     let schema = schema_name(service);
     {
@@ -70,7 +77,9 @@ pub async fn connect(
     // keys and scans the table (seen: 0.6–2 s per lookup at 50k rows); custom plans keep
     // the primary-key lookups.
     options.map_sqlx_postgres_opts(|opts| opts.options([("plan_cache_mode", "force_custom_plan")]));
-    Database::connect(options).await
+    let mut db = Database::connect(options).await?;
+    statement_profile::attach(&mut db, service);
+    Ok(db)
 }
 
 /// Connects and runs the migrations of `M`, plus the platform's own (event feed) tables.

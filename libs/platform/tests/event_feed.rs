@@ -263,6 +263,49 @@ db_test!(
 );
 
 db_test!(
+    a_batch_skips_the_events_handled_before_and_its_own_repeats,
+    |db| async move {
+        let database: &TestDatabase = db;
+        let producer = database.connect::<PlatformMigrator>("producer").await;
+        let consumer_db = database.connect::<PlatformMigrator>("consumer").await;
+        consumer_db
+        .execute_unprepared("CREATE TABLE effects (event_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, times BIGINT NOT NULL)")
+        .await
+        .unwrap();
+        let outbox = Outbox::new(EventSource::Profiles);
+        produce(&producer, &outbox, "t-a", 0, 10, 10).await;
+        let feed = FeedReader::new(producer.clone(), &outbox);
+        wait_until_visible(&feed, 10).await;
+        let events = feed
+            .read_after(Cursor::default(), &FeedFilter::default(), 100)
+            .await
+            .unwrap();
+        // Not connected: the batch is handed over directly.
+        let channel = Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let credentials = CallCredentials::bearer("unused").unwrap();
+        let transport = Arc::new(GrpcEventTransport::new(channel, credentials, None));
+        let consumer = consumer(&consumer_db, transport, None, CancellationToken::new());
+
+        assert_eq!(consumer.handle_batch(&events[..3]).await.unwrap(), 3);
+        // Three handled before, and the fifth event twice in the same batch.
+        let mut batch = events.clone();
+        batch.insert(5, events[4].clone());
+        assert_eq!(consumer.handle_batch(&batch).await.unwrap(), 7);
+        let rows = effects(&consumer_db).await;
+        assert_eq!(rows.len(), 10);
+        assert!(
+            rows.iter().all(|(_, times)| *times == 1),
+            "no event applied twice: {rows:?}"
+        );
+        assert_eq!(consumer.handle_batch(&events).await.unwrap(), 0);
+        assert_eq!(
+            consumer.cursor().await.unwrap(),
+            events.last().unwrap().cursor
+        );
+    }
+);
+
+db_test!(
     the_feed_filters_by_tenant_and_type_and_resumes_after_a_cursor,
     |db| async move {
         let database: &TestDatabase = db;

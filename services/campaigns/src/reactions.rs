@@ -9,11 +9,12 @@
 //!   stop chains at once.
 //! * offers: redemptions are the offer cost.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use sea_orm::DatabaseTransaction;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement};
 use winback_platform::events::{EventConsumer, EventHandler, GrpcEventTransport, HandlerError};
 use winback_platform::time::from_timestamp;
 use winback_proto::campaigns::{CampaignState, EnrolmentState, Trigger};
@@ -24,7 +25,8 @@ use winback_proto::events::{EnrolmentEnded, Event, EventSource};
 use crate::campaigns::audience;
 use crate::context::Campaigns;
 use crate::domain::plan::consent_bit;
-use crate::store::{execute, query};
+use crate::store::{execute, query, query_in};
+use winback_platform::db::multi_row_insert;
 
 /// The handler of every feed campaigns reads.
 #[derive(Debug, Clone)]
@@ -210,9 +212,174 @@ impl EventHandler for Reactions {
             }
         })
     }
+
+    fn handle_all<'a>(
+        &'a self,
+        txn: &'a DatabaseTransaction,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            // Purchases and consent changes of customers in no campaign change nothing, and
+            // no event handled here enrols anyone (requests are queued for the workers): one
+            // lookup for the batch spares a query per event of a bulk load.
+            let enrolled = self.enrolled_among(txn, events).await?;
+            let mut reactions = StepReactions::default();
+            for event in events {
+                match &event.payload {
+                    Some(Payload::PurchaseRecorded(p))
+                        if !enrolled
+                            .contains(&(event.tenant_id.as_str(), p.customer_id.as_str())) => {}
+                    Some(Payload::ConsentChanged(c))
+                        if !enrolled
+                            .contains(&(event.tenant_id.as_str(), c.customer_id.as_str())) => {}
+                    // Statuses only raise flags and add costs: they commute, so a batch's are
+                    // summed and written at the end.
+                    Some(Payload::MessageStatusChanged(m)) => reactions.add(&event.tenant_id, m),
+                    _ => self.handle(txn, event).await?,
+                }
+            }
+            reactions.write(txn).await
+        })
+    }
+}
+
+/// A batch's message statuses per (tenant, enrolment, step): sent, delivered, opened and
+/// clicked flags and the cost.
+#[derive(Debug, Default)]
+struct StepReactions {
+    rows: BTreeMap<(String, String, i64), [i64; 5]>,
+}
+
+impl StepReactions {
+    fn add(&mut self, tenant: &str, m: &winback_proto::events::MessageStatusChanged) {
+        let Some((enrolment, step, column, cost)) = step_reaction(m) else {
+            return;
+        };
+        let row = self
+            .rows
+            .entry((tenant.to_owned(), enrolment.to_owned(), step))
+            .or_default();
+        let flag = match column {
+            "sent" => 0,
+            "delivered" => 1,
+            "opened" => 2,
+            _ => 3,
+        };
+        row[flag] = 1;
+        row[4] += cost;
+    }
+
+    async fn write(self, txn: &DatabaseTransaction) -> Result<(), HandlerError> {
+        let rows: Vec<Vec<sea_orm::Value>> = self
+            .rows
+            .into_iter()
+            .map(|((tenant, enrolment, step), [s, d, o, c, cost])| {
+                vec![
+                    tenant.into(),
+                    enrolment.into(),
+                    step.into(),
+                    s.into(),
+                    d.into(),
+                    o.into(),
+                    c.into(),
+                    cost.into(),
+                ]
+            })
+            .collect();
+        for chunk in rows.chunks(500) {
+            let insert = multi_row_insert(
+                txn.get_database_backend(),
+                "INSERT INTO step_reactions (tenant_id, enrolment_id, step, sent, delivered, opened, clicked, cost_minor)",
+                chunk.iter().cloned(),
+            );
+            let sql = format!(
+                "{} ON CONFLICT (tenant_id, enrolment_id, step) DO UPDATE SET
+                   sent = CASE WHEN excluded.sent = 1 THEN 1 ELSE step_reactions.sent END,
+                   delivered = CASE WHEN excluded.delivered = 1 THEN 1 ELSE step_reactions.delivered END,
+                   opened = CASE WHEN excluded.opened = 1 THEN 1 ELSE step_reactions.opened END,
+                   clicked = CASE WHEN excluded.clicked = 1 THEN 1 ELSE step_reactions.clicked END,
+                   cost_minor = step_reactions.cost_minor + excluded.cost_minor",
+                insert.sql
+            );
+            txn.execute_raw(Statement::from_sql_and_values(
+                txn.get_database_backend(),
+                sql,
+                insert.values.map(|v| v.0).unwrap_or_default(),
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// What a status says about its step: (enrolment, step, column, cost); `None` when the
+/// message is not a chain step's or the status is not kept.
+fn step_reaction(
+    m: &winback_proto::events::MessageStatusChanged,
+) -> Option<(&str, i64, &'static str, i64)> {
+    let enrolment = m.metadata.get("enrolment_id")?;
+    let step = m.metadata.get("step")?.parse::<i64>().ok()?;
+    let (column, cost) = match m.status.as_str() {
+        "sent" => ("sent", m.cost.as_ref().map_or(0, |c| c.amount_minor)),
+        "delivered" => ("delivered", 0),
+        "opened" => ("opened", 0),
+        "clicked" => ("clicked", 0),
+        _ => return None,
+    };
+    Some((enrolment, step, column, cost))
 }
 
 impl Reactions {
+    /// The (tenant, customer) pairs of `events`' purchases and consent changes that have an
+    /// enrolment a purchase or consent change could touch.
+    async fn enrolled_among<'e>(
+        &self,
+        txn: &DatabaseTransaction,
+        events: &'e [&'e Event],
+    ) -> Result<HashSet<(&'e str, &'e str)>, HandlerError> {
+        let mut by_tenant: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for event in events {
+            let customer = match &event.payload {
+                Some(Payload::PurchaseRecorded(p)) => &p.customer_id,
+                Some(Payload::ConsentChanged(c)) => &c.customer_id,
+                _ => continue,
+            };
+            by_tenant
+                .entry(&event.tenant_id)
+                .or_default()
+                .push(customer.clone());
+        }
+        let mut found: HashSet<(String, String)> = HashSet::new();
+        for (tenant, mut customers) in by_tenant {
+            customers.sort_unstable();
+            customers.dedup();
+            let rows = query_in(
+                txn,
+                "SELECT DISTINCT customer_id FROM enrolments
+                 WHERE tenant_id = $1 AND state IN (1, 2, 3, 4, 5) AND customer_id IN ({list})",
+                vec![tenant.into()],
+                &customers,
+            )
+            .await?;
+            for row in rows {
+                found.insert((tenant.to_owned(), row.try_get("", "customer_id")?));
+            }
+        }
+        Ok(events
+            .iter()
+            .filter_map(|event| {
+                let customer = match &event.payload {
+                    Some(Payload::PurchaseRecorded(p)) => &p.customer_id,
+                    Some(Payload::ConsentChanged(c)) => &c.customer_id,
+                    _ => return None,
+                };
+                found
+                    .contains(&(event.tenant_id.clone(), customer.clone()))
+                    .then_some((event.tenant_id.as_str(), customer.as_str()))
+            })
+            .collect())
+    }
+
     /// A purchase: the first one inside an enrolment's measurement window is its return;
     /// a running chain stops there.
     #[allow(clippy::too_many_arguments)]
@@ -408,36 +575,9 @@ impl Reactions {
         tenant: &str,
         m: &winback_proto::events::MessageStatusChanged,
     ) -> Result<(), HandlerError> {
-        let (Some(enrolment), Some(step)) = (
-            m.metadata.get("enrolment_id"),
-            m.metadata.get("step").and_then(|s| s.parse::<i64>().ok()),
-        ) else {
-            return Ok(());
-        };
-        let (column, cost) = match m.status.as_str() {
-            "sent" => ("sent", m.cost.as_ref().map_or(0, |c| c.amount_minor)),
-            "delivered" => ("delivered", 0),
-            "opened" => ("opened", 0),
-            "clicked" => ("clicked", 0),
-            _ => return Ok(()),
-        };
-        execute(
-            txn,
-            &format!(
-                "INSERT INTO step_reactions (tenant_id, enrolment_id, step, {column}, cost_minor)
-                 VALUES ($1, $2, $3, 1, $4)
-                 ON CONFLICT (tenant_id, enrolment_id, step) DO UPDATE SET {column} = 1,
-                   cost_minor = step_reactions.cost_minor + excluded.cost_minor"
-            ),
-            vec![
-                tenant.into(),
-                enrolment.clone().into(),
-                step.into(),
-                cost.into(),
-            ],
-        )
-        .await?;
-        Ok(())
+        let mut reactions = StepReactions::default();
+        reactions.add(tenant, m);
+        reactions.write(txn).await
     }
 }
 

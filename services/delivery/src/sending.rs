@@ -7,9 +7,12 @@ use std::collections::HashMap;
 use futures::StreamExt;
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
+use tokio::sync::Mutex;
 use winback_platform::ServiceError;
 use winback_proto::common::{Channel, MessagePurpose};
-use winback_proto::delivery::{Message, MessageStatus, SendRequest, SendResult, StatusChange};
+use winback_proto::delivery::{
+    ChannelSettings, Message, MessageStatus, MessageTemplate, SendRequest, SendResult, StatusChange,
+};
 use winback_proto::events::MessageStatusChanged;
 use winback_proto::events::event::Payload;
 
@@ -18,6 +21,7 @@ use crate::domain::token::Tracked;
 use crate::domain::{contact, render, sms};
 use crate::messages::{COLUMNS, MessageRow};
 use crate::store::query;
+use crate::suppressions::SuppressionKey;
 
 /// Largest `SendBatch`.
 pub(crate) const MAX_BATCH: usize = 1_000;
@@ -41,10 +45,73 @@ enum Prepared {
     New(NewMessage),
 }
 
+/// What the sends of one `SendBatch` read once for all: the messages their keys made
+/// before, their contacts' suppressions, and the templates and channel settings (a batch
+/// uses one or two of each; read on first use).
+#[derive(Debug)]
+struct BatchLookups {
+    existing: HashMap<String, MessageRow>,
+    suppressions: HashMap<SuppressionKey, (String, bool)>,
+    templates: Mutex<HashMap<(String, i32, String), MessageTemplate>>,
+    settings: Mutex<HashMap<i32, ChannelSettings>>,
+}
+
+impl BatchLookups {
+    async fn template(
+        &self,
+        delivery: &Delivery,
+        tenant: &str,
+        template_id: &str,
+        channel: i32,
+        locale: &str,
+    ) -> Result<MessageTemplate, ServiceError> {
+        let key = (template_id.to_owned(), channel, locale.to_owned());
+        let mut templates = self.templates.lock().await;
+        if let Some(t) = templates.get(&key) {
+            return Ok(t.clone());
+        }
+        let t = delivery
+            .template(tenant, template_id, channel, locale)
+            .await?;
+        templates.insert(key, t.clone());
+        Ok(t)
+    }
+
+    async fn settings(
+        &self,
+        delivery: &Delivery,
+        tenant: &str,
+        ch: Channel,
+    ) -> Result<ChannelSettings, ServiceError> {
+        let mut settings = self.settings.lock().await;
+        if let Some(s) = settings.get(&(ch as i32)) {
+            return Ok(s.clone());
+        }
+        let s = delivery.settings_for(tenant, ch).await?;
+        settings.insert(ch as i32, s.clone());
+        Ok(s)
+    }
+}
+
+/// The recipient's contact on `ch`, checked and normalised, with the field it came from.
+fn checked_contact(
+    ch: Channel,
+    recipient: &winback_proto::delivery::Recipient,
+) -> Result<(&'static str, String), ServiceError> {
+    let (field, raw) = match ch {
+        Channel::Email => ("recipient.email", &recipient.email),
+        Channel::Sms => ("recipient.phone", &recipient.phone),
+        Channel::Push => ("recipient.push_token", &recipient.push_token),
+        _ => ("recipient.address", &recipient.address),
+    };
+    let contact = contact::check(ch, raw).map_err(|why| ServiceError::invalid(field, why))?;
+    Ok((field, contact))
+}
+
 impl Delivery {
     /// Queues one message, or returns the message an earlier call with the key made.
     pub(crate) async fn send(&self, tenant: &str, r: SendRequest) -> Result<Message, ServiceError> {
-        match self.prepare(tenant, r).await? {
+        match self.prepare(tenant, r, None).await? {
             Prepared::Existing(message) => Ok(message),
             Prepared::New(new) => self
                 .store(tenant, vec![new])
@@ -56,7 +123,12 @@ impl Delivery {
 
     /// Checks, renders and prices one send without storing it; a key used before gives
     /// back its message.
-    async fn prepare(&self, tenant: &str, r: SendRequest) -> Result<Prepared, ServiceError> {
+    async fn prepare(
+        &self,
+        tenant: &str,
+        r: SendRequest,
+        batch: Option<&BatchLookups>,
+    ) -> Result<Prepared, ServiceError> {
         if r.idempotency_key.trim().is_empty() || r.idempotency_key.len() > 200 {
             return Err(ServiceError::invalid(
                 "idempotency_key",
@@ -80,13 +152,7 @@ impl Delivery {
                 "is required",
             ));
         }
-        let (field, raw) = match ch {
-            Channel::Email => ("recipient.email", &recipient.email),
-            Channel::Sms => ("recipient.phone", &recipient.phone),
-            Channel::Push => ("recipient.push_token", &recipient.push_token),
-            _ => ("recipient.address", &recipient.address),
-        };
-        let contact = contact::check(ch, raw).map_err(|why| ServiceError::invalid(field, why))?;
+        let (field, contact) = checked_contact(ch, &recipient)?;
         if r.metadata.len() > 32
             || r.metadata
                 .iter()
@@ -97,18 +163,38 @@ impl Delivery {
                 "at most 32 entries of keys ≤ 64 and values ≤ 256 bytes",
             ));
         }
-        if let Some(existing) = self.by_key(tenant, &r.idempotency_key).await? {
+        let existing = match batch {
+            Some(b) => b.existing.get(&r.idempotency_key).cloned(),
+            None => self.by_key(tenant, &r.idempotency_key).await?,
+        };
+        if let Some(existing) = existing {
             return Ok(Prepared::Existing(
                 self.same_send(existing, ch, &recipient.customer_id).await?,
             ));
         }
-        let t = self
-            .template(tenant, &r.template_id, r.channel, &r.locale)
-            .await?;
-        if let Some(reason) = self
-            .suppressed(&self.db, tenant, ch, &contact, purpose)
-            .await?
-        {
+        let t = match batch {
+            Some(b) => {
+                b.template(self, tenant, &r.template_id, r.channel, &r.locale)
+                    .await?
+            }
+            None => {
+                self.template(tenant, &r.template_id, r.channel, &r.locale)
+                    .await?
+            }
+        };
+        let suppressed = match batch {
+            Some(b) => b
+                .suppressions
+                .get(&(tenant.to_owned(), ch as i32 as i64, contact.clone()))
+                .and_then(|(reason, marketing_only)| {
+                    crate::suppressions::applies(*marketing_only, purpose).then(|| reason.clone())
+                }),
+            None => {
+                self.suppressed(&self.db, tenant, ch, &contact, purpose)
+                    .await?
+            }
+        };
+        if let Some(reason) = suppressed {
             return Err(ServiceError::FailedPrecondition(format!(
                 "{field}: the contact is suppressed on this channel ({reason})"
             )));
@@ -122,7 +208,10 @@ impl Delivery {
             rendered.html = self.track_html(tenant, &message_id, &rendered.html);
         }
         let size = sms::size(&rendered.text);
-        let settings = self.settings_for(tenant, ch).await?;
+        let settings = match batch {
+            Some(b) => b.settings(self, tenant, ch).await?,
+            None => self.settings_for(tenant, ch).await?,
+        };
         let segments = if ch == Channel::Sms {
             i64::from(size.segments)
         } else {
@@ -293,13 +382,17 @@ impl Delivery {
         if sends.is_empty() || sends.len() > MAX_BATCH {
             return Err(ServiceError::invalid("sends", "1–1000 sends"));
         }
-        // Checks and renders run side by side (reads only); the new messages are then
-        // stored in one transaction.
-        let prepared: Vec<Result<Prepared, ServiceError>> =
-            futures::stream::iter(sends.into_iter().map(|send| self.prepare(tenant, send)))
-                .buffered(SEND_BATCH_CONCURRENCY)
-                .collect()
-                .await;
+        // What every send reads is read once for the batch; the checks and renders then
+        // run side by side (reads only) and the new messages are stored in one transaction.
+        let lookups = self.batch_lookups(tenant, &sends).await?;
+        let prepared: Vec<Result<Prepared, ServiceError>> = futures::stream::iter(
+            sends
+                .into_iter()
+                .map(|send| self.prepare(tenant, send, Some(&lookups))),
+        )
+        .buffered(SEND_BATCH_CONCURRENCY)
+        .collect()
+        .await;
         let mut slots: Vec<Option<Result<Message, ServiceError>>> =
             Vec::with_capacity(prepared.len());
         let mut new = Vec::new();
@@ -345,6 +438,52 @@ impl Delivery {
             })
             .collect();
         Ok(results)
+    }
+
+    /// The messages the batch's keys made before and its contacts' suppressions, each
+    /// read in one statement (or one per 500 keys).
+    async fn batch_lookups(
+        &self,
+        tenant: &str,
+        sends: &[SendRequest],
+    ) -> Result<BatchLookups, ServiceError> {
+        let keys: Vec<String> = sends.iter().map(|s| s.idempotency_key.clone()).collect();
+        let mut existing = HashMap::new();
+        for chunk in keys.chunks(500) {
+            let mut values: Vec<sea_orm::Value> = vec![tenant.into()];
+            values.extend(chunk.iter().map(|k| k.clone().into()));
+            let rows = query(
+                &self.db,
+                &format!(
+                    "SELECT {COLUMNS} FROM messages WHERE tenant_id = $1 AND idempotency_key IN ({})",
+                    winback_platform::db::placeholders(2, chunk.len())
+                ),
+                values,
+            )
+            .await
+            .map_err(db_error)?;
+            for row in &rows {
+                let row = MessageRow::from_row(tenant, row)?;
+                existing.insert(row.idempotency_key.clone(), row);
+            }
+        }
+        // Sends that fail their checks are refused in `prepare`; their contacts need no look.
+        let contacts: Vec<SuppressionKey> = sends
+            .iter()
+            .filter_map(|s| {
+                let ch = channel(s.channel, "channel").ok()?;
+                let (_, contact) =
+                    checked_contact(ch, s.recipient.as_ref().unwrap_or(&Default::default()))
+                        .ok()?;
+                Some((tenant.to_owned(), ch as i32 as i64, contact))
+            })
+            .collect();
+        Ok(BatchLookups {
+            existing,
+            suppressions: self.suppressions_of(&contacts).await?,
+            templates: Mutex::default(),
+            settings: Mutex::default(),
+        })
     }
 
     async fn by_key(&self, tenant: &str, key: &str) -> Result<Option<MessageRow>, ServiceError> {

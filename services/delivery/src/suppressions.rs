@@ -1,5 +1,8 @@
 //! Contacts that must not be sent to: unsubscribes, bounces, complaints, manual entries.
 
+use std::collections::HashMap;
+
+use sea_orm::DbBackend;
 use winback_platform::ServiceError;
 use winback_proto::common::{Channel, MessagePurpose, PageResponse};
 use winback_proto::delivery::{ListSuppressionsResponse, Suppression};
@@ -9,6 +12,9 @@ use winback_proto::events::event::Payload;
 use crate::context::{Delivery, channel, db_error, page_size, timestamp};
 use crate::domain::contact;
 use crate::store::{execute, query};
+
+/// A suppressed contact's key: tenant, channel, contact.
+pub(crate) type SuppressionKey = (String, i64, String);
 
 /// Most suppressions one `AddSuppressions` call takes.
 pub(crate) const MAX_SUPPRESSION_BATCH: usize = 1000;
@@ -161,6 +167,72 @@ impl Delivery {
         .await
         .map_err(db_error)?;
         Ok(n > 0)
+    }
+
+    /// The suppressions of the (tenant, channel, contact) `keys` that have one: (reason,
+    /// marketing only) by key, read in one statement (300 keys per statement on SQLite).
+    pub(crate) async fn suppressions_of(
+        &self,
+        keys: &[SuppressionKey],
+    ) -> Result<HashMap<SuppressionKey, (String, bool)>, ServiceError> {
+        const SELECT: &str = "SELECT s.tenant_id, s.channel, s.contact, s.reason, s.marketing_only FROM suppressions s";
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut found = Vec::new();
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            found = query(
+                &self.db,
+                &format!(
+                    "{SELECT} JOIN UNNEST($1::text[], $2::bigint[], $3::text[]) AS w(tenant_id, channel, contact)
+                     ON s.tenant_id = w.tenant_id AND s.channel = w.channel AND s.contact = w.contact"
+                ),
+                vec![
+                    keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>().into(),
+                    keys.iter().map(|k| k.1).collect::<Vec<_>>().into(),
+                    keys.iter().map(|k| k.2.clone()).collect::<Vec<_>>().into(),
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        } else {
+            for chunk in keys.chunks(300) {
+                let list: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                    .collect();
+                let values = chunk
+                    .iter()
+                    .flat_map(|k| [k.0.clone().into(), k.1.into(), k.2.clone().into()])
+                    .collect();
+                found.extend(
+                    query(
+                        &self.db,
+                        &format!(
+                            "{SELECT} WHERE (s.tenant_id, s.channel, s.contact) IN (VALUES {})",
+                            list.join(", ")
+                        ),
+                        values,
+                    )
+                    .await
+                    .map_err(db_error)?,
+                );
+            }
+        }
+        let mut suppressed = HashMap::new();
+        for r in &found {
+            suppressed.insert(
+                (
+                    r.try_get("", "tenant_id").map_err(db_error)?,
+                    r.try_get("", "channel").map_err(db_error)?,
+                    r.try_get("", "contact").map_err(db_error)?,
+                ),
+                (
+                    r.try_get("", "reason").map_err(db_error)?,
+                    r.try_get::<i64>("", "marketing_only").map_err(db_error)? == 1,
+                ),
+            );
+        }
+        Ok(suppressed)
     }
 
     /// Why `contact` must not get a message of `purpose`, if it must not.

@@ -198,67 +198,11 @@ impl Delivery {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        const SELECT: &str = "SELECT s.tenant_id, s.channel, s.contact, s.reason, s.marketing_only FROM suppressions s";
-        let mut found = Vec::new();
-        if self.db.get_database_backend() == DbBackend::Postgres {
-            found = query(
-                &self.db,
-                &format!(
-                    "{SELECT} JOIN UNNEST($1::text[], $2::bigint[], $3::text[]) AS w(tenant_id, channel, contact)
-                     ON s.tenant_id = w.tenant_id AND s.channel = w.channel AND s.contact = w.contact"
-                ),
-                vec![
-                    rows.iter().map(|r| r.tenant_id.clone()).collect::<Vec<_>>().into(),
-                    rows.iter().map(|r| i64::from(r.channel)).collect::<Vec<_>>().into(),
-                    rows.iter().map(|r| r.contact.clone()).collect::<Vec<_>>().into(),
-                ],
-            )
-            .await
-            .map_err(db_error)?;
-        } else {
-            // Row values, 300 keys (900 parameters) per statement.
-            for chunk in rows.chunks(300) {
-                let keys: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-                    .collect();
-                let values = chunk
-                    .iter()
-                    .flat_map(|r| {
-                        [
-                            r.tenant_id.clone().into(),
-                            i64::from(r.channel).into(),
-                            r.contact.clone().into(),
-                        ]
-                    })
-                    .collect();
-                found.extend(
-                    query(
-                        &self.db,
-                        &format!(
-                            "{SELECT} WHERE (s.tenant_id, s.channel, s.contact) IN (VALUES {})",
-                            keys.join(", ")
-                        ),
-                        values,
-                    )
-                    .await
-                    .map_err(db_error)?,
-                );
-            }
-        }
-        let mut suppressed: HashMap<(String, i64, String), (String, bool)> = HashMap::new();
-        for r in &found {
-            suppressed.insert(
-                (
-                    r.try_get("", "tenant_id").map_err(db_error)?,
-                    r.try_get("", "channel").map_err(db_error)?,
-                    r.try_get("", "contact").map_err(db_error)?,
-                ),
-                (
-                    r.try_get("", "reason").map_err(db_error)?,
-                    r.try_get::<i64>("", "marketing_only").map_err(db_error)? == 1,
-                ),
-            );
-        }
+        let keys: Vec<(String, i64, String)> = rows
+            .iter()
+            .map(|r| (r.tenant_id.clone(), i64::from(r.channel), r.contact.clone()))
+            .collect();
+        let suppressed = self.suppressions_of(&keys).await?;
         Ok(rows
             .into_iter()
             .map(|row| {
@@ -495,7 +439,6 @@ impl Delivery {
                sent_at_us = CASE WHEN u.status = 3 THEN u.now ELSE m.sent_at_us END,
                next_attempt_us = CASE WHEN u.status = 1 THEN u.next ELSE m.next_attempt_us END,
                attempts = m.attempts - u.uncount";
-        let mut changed = std::collections::HashSet::new();
         if txn.get_database_backend() == DbBackend::Postgres {
             // Column arrays and UNNEST: one statement for the whole batch.
             let col = |f: fn(&NewValues<'_>) -> String| rows.iter().map(f).collect::<Vec<String>>();
@@ -521,53 +464,47 @@ impl Delivery {
                 ],
             )
             .await?;
-            let done: std::collections::HashSet<(String, String)> = done
+            return Ok(changed_of(&rows, &done));
+        }
+        // SQLite: the same join against a VALUES list, 500 messages per statement.
+        let mut returned = Vec::new();
+        for chunk in rows.chunks(500) {
+            let list: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", winback_platform::db::placeholders(8 * i + 1, 8)))
+                .collect();
+            let values: Vec<sea_orm::Value> = chunk
                 .iter()
-                .filter_map(|r| {
-                    Some((
-                        r.try_get::<String>("", "tenant_id").ok()?,
-                        r.try_get::<String>("", "message_id").ok()?,
-                    ))
+                .flat_map(|r| {
+                    [
+                        r.0.into(),
+                        r.1.into(),
+                        r.2.into(),
+                        r.3.into(),
+                        r.4.into(),
+                        r.5.into(),
+                        r.6.into(),
+                        now.into(),
+                    ]
                 })
                 .collect();
-            for r in &rows {
-                if done.contains(&(r.0.to_owned(), r.1.to_owned())) {
-                    changed.insert((r.0, r.1));
-                }
-            }
-            return Ok(changed);
-        }
-        // SQLite: one statement per message inside the transaction (no network between).
-        for r in &rows {
-            let n = winback_platform::db::execute(
+            let done = query(
                 txn,
                 &format!(
-                    "UPDATE messages AS m SET {}
-                     WHERE m.tenant_id = $1 AND m.message_id = $2 AND m.status = 2",
-                    SET.replace("u.status", "$3")
-                        .replace("u.detail", "$4")
-                        .replace("u.pid", "$5")
-                        .replace("u.now", "$6")
-                        .replace("u.next", "$7")
-                        .replace("u.uncount", "$8")
+                    "UPDATE messages AS m SET {SET}
+                     FROM (SELECT column1 AS tenant_id, column2 AS message_id, column3 AS status,
+                             column4 AS detail, column5 AS pid, column6 AS next, column7 AS uncount,
+                             column8 AS now
+                           FROM (VALUES {})) AS u
+                     WHERE m.tenant_id = u.tenant_id AND m.message_id = u.message_id AND m.status = 2
+                     RETURNING tenant_id, message_id",
+                    list.join(", ")
                 ),
-                vec![
-                    r.0.into(),
-                    r.1.into(),
-                    r.2.into(),
-                    r.3.into(),
-                    r.4.into(),
-                    now.into(),
-                    r.5.into(),
-                    r.6.into(),
-                ],
+                values,
             )
             .await?;
-            if n == 1 {
-                changed.insert((r.0, r.1));
-            }
+            returned.extend(done);
         }
-        Ok(changed)
+        Ok(changed_of(&rows, &returned))
     }
 
     /// The tenant's carrier for a channel, built once per settings version and re-read at
@@ -615,6 +552,26 @@ impl Delivery {
 /// A message's new values: tenant, message, status, detail, provider id, next attempt,
 /// and 1 when the attempt does not count.
 type NewValues<'a> = (&'a str, &'a str, i64, &'a str, &'a str, i64, i64);
+
+/// The messages of `rows` whose update `returned` (tenant, message id) rows say was made.
+fn changed_of<'a>(
+    rows: &[NewValues<'a>],
+    returned: &[sea_orm::QueryResult],
+) -> std::collections::HashSet<(&'a str, &'a str)> {
+    let done: std::collections::HashSet<(String, String)> = returned
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.try_get::<String>("", "tenant_id").ok()?,
+                r.try_get::<String>("", "message_id").ok()?,
+            ))
+        })
+        .collect();
+    rows.iter()
+        .filter(|r| done.contains(&(r.0.to_owned(), r.1.to_owned())))
+        .map(|r| (r.0, r.1))
+        .collect()
+}
 
 fn done(status: MessageStatus, detail: String) -> Ending {
     Ending::Done {

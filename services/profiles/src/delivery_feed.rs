@@ -5,6 +5,7 @@
 //! kept in the consent history like any other. Each event is handled in the consumer's
 //! transaction, so the change, the inbox row and the cursor commit together.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -19,6 +20,7 @@ use winback_proto::events::{Event, EventSource};
 
 use crate::consent::{ConsentChange, store_changes};
 use crate::context::Profiles;
+use crate::domain::facts::FactsState;
 use crate::store::rows;
 
 /// The handler of delivery's feed.
@@ -40,61 +42,78 @@ fn other(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::Other(e.to_string())
 }
 
-impl EventHandler for DeliveryReactions {
-    fn handle<'a>(
-        &'a self,
-        txn: &'a DatabaseTransaction,
-        event: &'a Event,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let (customer, change) = match &event.payload {
-                Some(Payload::MessageStatusChanged(m)) => {
-                    let change = match m.status.as_str() {
-                        "sent" => Change::Sent,
-                        "opened" => Change::Opened,
-                        "clicked" => Change::Clicked,
-                        "bounced" | "suppressed" => Change::Suppressed(m.channel),
-                        _ => return Ok(()),
-                    };
-                    (&m.customer_id, change)
-                }
-                Some(Payload::ContactUnsubscribed(u)) => (
-                    &u.customer_id,
-                    Change::Refused {
-                        channel: u.channel,
-                        source: "unsubscribe_link",
-                    },
-                ),
-                Some(Payload::ComplaintReceived(c)) => (
-                    &c.customer_id,
-                    Change::Refused {
-                        channel: c.channel,
-                        source: "complaint",
-                    },
-                ),
-                _ => return Ok(()),
+/// What `event` changes for which customer; `None` for events profiles does not keep.
+fn change_of(event: &Event) -> Option<(&str, Change)> {
+    let (customer, change) = match &event.payload {
+        Some(Payload::MessageStatusChanged(m)) => {
+            let change = match m.status.as_str() {
+                "sent" => Change::Sent,
+                "opened" => Change::Opened,
+                "clicked" => Change::Clicked,
+                "bounced" | "suppressed" => Change::Suppressed(m.channel),
+                _ => return None,
             };
-            if customer.is_empty() {
-                return Ok(());
-            }
-            let tenant = event.tenant_id.as_str();
-            let at_us = event
-                .occurred_at
-                .as_ref()
-                .and_then(from_timestamp)
-                .unwrap_or_else(|| self.profiles.clock.now())
-                .timestamp_micros();
-            let ids = [customer.clone()];
-            // A customer profiles does not know (or erased) has nothing to update.
-            let Some((erased, mut state)) = rows::customers_with_states(txn, tenant, &ids)
+            (&m.customer_id, change)
+        }
+        Some(Payload::ContactUnsubscribed(u)) => (
+            &u.customer_id,
+            Change::Refused {
+                channel: u.channel,
+                source: "unsubscribe_link",
+            },
+        ),
+        Some(Payload::ComplaintReceived(c)) => (
+            &c.customer_id,
+            Change::Refused {
+                channel: c.channel,
+                source: "complaint",
+            },
+        ),
+        _ => return None,
+    };
+    (!customer.is_empty()).then_some((customer.as_str(), change))
+}
+
+impl DeliveryReactions {
+    /// Applies `events` of one tenant in order: the customers' facts are read once (locked),
+    /// changed in memory event by event, and written once.
+    async fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        events: &[&Event],
+    ) -> Result<(), HandlerError> {
+        let changes: Vec<(&str, Change, i64)> = events
+            .iter()
+            .filter_map(|event| {
+                let (customer, change) = change_of(event)?;
+                let at_us = event
+                    .occurred_at
+                    .as_ref()
+                    .and_then(from_timestamp)
+                    .unwrap_or_else(|| self.profiles.clock.now())
+                    .timestamp_micros();
+                Some((customer, change, at_us))
+            })
+            .collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<String> = changes.iter().map(|(c, _, _)| (*c).to_owned()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // A customer profiles does not know (or erased) has nothing to update.
+        let mut states: HashMap<String, FactsState> =
+            rows::customers_with_states(txn, tenant, &ids)
                 .await?
-                .remove(customer.as_str())
-            else {
-                return Ok(());
+                .into_iter()
+                .filter_map(|(id, (erased, state))| (!erased).then_some((id, state)))
+                .collect();
+        let mut changed: Vec<String> = Vec::new();
+        for (customer, change, at_us) in changes {
+            let Some(state) = states.get_mut(customer) else {
+                continue;
             };
-            if erased {
-                return Ok(());
-            }
             match change {
                 Change::Sent => state.apply_sent(at_us),
                 Change::Opened => state.apply_open(at_us),
@@ -113,7 +132,7 @@ impl EventHandler for DeliveryReactions {
                         txn,
                         tenant,
                         customer,
-                        &mut state,
+                        state,
                         &[ConsentChange {
                             channel,
                             purpose: MessagePurpose::Advertising as i32,
@@ -127,8 +146,47 @@ impl EventHandler for DeliveryReactions {
                     .map_err(other)?;
                 }
             }
-            state.updated_at_us = self.profiles.clock.now().timestamp_micros();
-            rows::save_facts(txn, tenant, vec![(customer.clone(), state)]).await?;
+            changed.push(customer.to_owned());
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        let updated_at_us = self.profiles.clock.now().timestamp_micros();
+        let writes: Vec<(String, FactsState)> = changed
+            .into_iter()
+            .filter_map(|id| {
+                let mut state = states.remove(&id)?;
+                state.updated_at_us = updated_at_us;
+                Some((id, state))
+            })
+            .collect();
+        rows::save_facts(txn, tenant, writes).await?;
+        Ok(())
+    }
+}
+
+impl EventHandler for DeliveryReactions {
+    fn handle<'a>(
+        &'a self,
+        txn: &'a DatabaseTransaction,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move { self.apply(txn, &event.tenant_id, &[event]).await })
+    }
+
+    fn handle_all<'a>(
+        &'a self,
+        txn: &'a DatabaseTransaction,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            // Tenants are independent; within one the events keep their order.
+            let mut by_tenant: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+            for event in events {
+                by_tenant.entry(&event.tenant_id).or_default().push(event);
+            }
+            for (tenant, events) in by_tenant {
+                self.apply(txn, tenant, &events).await?;
+            }
             Ok(())
         })
     }

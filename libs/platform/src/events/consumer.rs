@@ -3,6 +3,7 @@
 //! (event id) and the cursor move are committed in one transaction. Delivery is
 //! at-least-once (a restart resumes from the stored cursor), the effect exactly-once.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +17,15 @@ use tonic::transport::Channel;
 use winback_proto::events::events_service_client::EventsServiceClient;
 use winback_proto::events::{Event, EventSource, SubscribeRequest};
 
-use crate::db::{WriteGate, statement};
+use crate::db::{WriteGate, multi_row_insert, placeholders, statement};
 use crate::grpc::client::CallCredentials;
 
 /// Events already received that one transaction takes at most.
 const MAX_BATCH: usize = 500;
+
+/// Inbox rows per lookup and per insert statement (3 values a row, well under SQLite's
+/// parameter limit).
+const INBOX_ROWS_PER_INSERT: usize = 500;
 
 /// What a handler may fail with; the event is retried later, never skipped.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,23 @@ pub trait EventHandler: Send + Sync + 'static {
         txn: &'a DatabaseTransaction,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+    /// Handles `events` in their order, in one transaction, as if one by one. A handler
+    /// that can read and write a whole batch at once overrides this (a backlog of
+    /// thousands of events is then a few statements, not a few per event); on failure the
+    /// consumer retries the events one by one, so the failing one is named.
+    fn handle_all<'a>(
+        &'a self,
+        txn: &'a DatabaseTransaction,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            for event in events {
+                self.handle(txn, event).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A source of event streams. The gRPC feed is the one implementation today; a deployment
@@ -134,7 +156,7 @@ pub enum ConsumerError {
     /// The handler failed; the transaction was rolled back.
     #[error("handler failed on event {event_id}: {source}")]
     Handler {
-        /// The event.
+        /// The event (the events of the batch, comma-separated, when a batch failed).
         event_id: String,
         /// Why.
         source: HandlerError,
@@ -266,40 +288,47 @@ impl EventConsumer {
     }
 
     /// Handles `events` in one transaction: every effect, the inbox rows and the last
-    /// cursor commit together, or nothing does. Returns how many were new (not redeliveries).
-    async fn handle_batch(&self, events: &[Event]) -> Result<usize, ConsumerError> {
+    /// cursor commit together, or nothing does. Returns how many were new (not redeliveries,
+    /// not repeated within `events`).
+    pub async fn handle_batch(&self, events: &[Event]) -> Result<usize, ConsumerError> {
         let (_writer, txn) = self.writer.begin(&self.db).await?;
         let backend = txn.get_database_backend();
         let now_us = chrono::Utc::now().timestamp_micros();
-        let mut new = 0;
-        for event in events {
-            let seen = txn
-                .query_one_raw(statement(
-                    backend,
-                    "SELECT 1 AS seen FROM event_inbox WHERE consumer = $1 AND event_id = $2",
-                    vec![self.name.clone().into(), event.event_id.clone().into()],
-                ))
-                .await?
-                .is_some();
-            if seen {
-                continue;
-            }
-            new += 1;
-            if let Err(source) = self.handler.handle(&txn, event).await {
-                txn.rollback().await?;
-                return Err(ConsumerError::Handler {
-                    event_id: event.event_id.clone(),
-                    source,
-                });
-            }
-            txn.execute_raw(statement(
+        // The inbox is read once for the whole batch and written once: a backlog of
+        // thousands of events cost two statements per event before.
+        let mut seen = self.already_handled(&txn, events).await?;
+        let fresh: Vec<&Event> = events
+            .iter()
+            .filter(|e| seen.insert(e.event_id.as_str()))
+            .collect();
+        let result = match fresh.as_slice() {
+            [] => Ok(()),
+            [one] => self.handler.handle(&txn, one).await,
+            all => self.handler.handle_all(&txn, all).await,
+        };
+        if let Err(source) = result {
+            txn.rollback().await?;
+            return Err(ConsumerError::Handler {
+                event_id: fresh
+                    .iter()
+                    .map(|e| e.event_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                source,
+            });
+        }
+        let handled: Vec<&str> = fresh.iter().map(|e| e.event_id.as_str()).collect();
+        for chunk in handled.chunks(INBOX_ROWS_PER_INSERT) {
+            txn.execute_raw(multi_row_insert(
                 backend,
-                "INSERT INTO event_inbox (consumer, event_id, handled_at_us) VALUES ($1, $2, $3)",
-                vec![
-                    self.name.clone().into(),
-                    event.event_id.clone().into(),
-                    now_us.into(),
-                ],
+                "INSERT INTO event_inbox (consumer, event_id, handled_at_us)",
+                chunk.iter().map(|id| {
+                    vec![
+                        self.name.clone().into(),
+                        (*id).to_owned().into(),
+                        now_us.into(),
+                    ]
+                }),
             ))
             .await?;
         }
@@ -318,7 +347,42 @@ impl EventConsumer {
             .await?;
         }
         txn.commit().await?;
-        Ok(new)
+        Ok(handled.len())
+    }
+
+    /// The ids among `events` this consumer has handled before.
+    async fn already_handled<'e>(
+        &self,
+        txn: &DatabaseTransaction,
+        events: &'e [Event],
+    ) -> Result<HashSet<&'e str>, DbErr> {
+        let backend = txn.get_database_backend();
+        let mut seen = HashSet::new();
+        for chunk in events.chunks(INBOX_ROWS_PER_INSERT) {
+            let mut values: Vec<sea_orm::Value> = vec![self.name.clone().into()];
+            values.extend(chunk.iter().map(|e| e.event_id.clone().into()));
+            let rows = txn
+                .query_all_raw(statement(
+                    backend,
+                    &format!(
+                        "SELECT event_id FROM event_inbox WHERE consumer = $1 AND event_id IN ({})",
+                        placeholders(2, chunk.len())
+                    ),
+                    values,
+                ))
+                .await?;
+            let ids: HashSet<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String>("", "event_id"))
+                .collect::<Result<_, _>>()?;
+            seen.extend(
+                chunk
+                    .iter()
+                    .map(|e| e.event_id.as_str())
+                    .filter(|id| ids.contains(*id)),
+            );
+        }
+        Ok(seen)
     }
 }
 
