@@ -26,6 +26,8 @@ pub(crate) struct Delivery {
     pub(crate) wake: Arc<tokio::sync::Notify>,
     /// Carriers by tenant and channel.
     pub(crate) carriers: crate::worker::Carriers,
+    /// Opens, clicks and reports waiting to commit together.
+    pub(crate) reaction_groups: Arc<crate::reactions::ReactionGroups>,
     /// Writers queue here on SQLite.
     sqlite_writer: WriteGate,
 }
@@ -48,6 +50,7 @@ impl Delivery {
             default_sink_dir,
             wake: Arc::default(),
             carriers: crate::worker::Carriers::default(),
+            reaction_groups: Arc::default(),
             sqlite_writer: WriteGate::default(),
         }
     }

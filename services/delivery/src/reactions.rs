@@ -2,6 +2,8 @@
 //! unsubscribes. Each changes the message once (a second open is not news), lands on its
 //! timeline and becomes an event, in one transaction.
 
+use sea_orm::DatabaseTransaction;
+use tokio::sync::oneshot;
 use winback_platform::ServiceError;
 use winback_proto::common::Channel;
 use winback_proto::delivery::MessageStatus;
@@ -54,6 +56,27 @@ fn steps(current: MessageStatus, reaction: Reaction) -> Vec<MessageStatus> {
     }
 }
 
+/// A reaction waiting for its group's commit, and where its outcome goes.
+#[derive(Debug)]
+struct Pending {
+    tenant: String,
+    message_id: String,
+    reaction: Reaction,
+    detail: String,
+    outcome: oneshot::Sender<Result<bool, ServiceError>>,
+}
+
+/// Reactions arriving together commit together (group commit): opens and clicks come in
+/// bursts after a send, and one transaction per pixel kept the single SQLite writer busy
+/// with commits. Whoever finds no commit running leads: it takes every reaction queued so
+/// far, applies them in arrival order in one transaction and hands each its outcome; the
+/// ones arriving meanwhile wait for the next leader.
+#[derive(Debug, Default)]
+pub(crate) struct ReactionGroups {
+    queue: std::sync::Mutex<Vec<Pending>>,
+    leader: tokio::sync::Mutex<()>,
+}
+
 impl Delivery {
     /// Applies a reaction to a message; returns whether anything changed.
     pub(crate) async fn react(
@@ -63,9 +86,86 @@ impl Delivery {
         reaction: Reaction,
         detail: &str,
     ) -> Result<bool, ServiceError> {
+        let (outcome, mut answer) = oneshot::channel();
+        self.reaction_groups
+            .queue
+            .lock()
+            .map_err(|_| ServiceError::internal("reaction queue poisoned"))?
+            .push(Pending {
+                tenant: tenant.to_owned(),
+                message_id: message_id.to_owned(),
+                reaction,
+                detail: detail.to_owned(),
+                outcome,
+            });
+        let lead = self.reaction_groups.leader.lock().await;
+        // The previous leader may have committed this one already.
+        if let Ok(result) = answer.try_recv() {
+            return result;
+        }
+        let group = std::mem::take(
+            &mut *self
+                .reaction_groups
+                .queue
+                .lock()
+                .map_err(|_| ServiceError::internal("reaction queue poisoned"))?,
+        );
+        // On a task of its own: a leader whose caller goes away (a closed connection drops
+        // the handler) must not take the others' reactions with it.
+        let delivery = self.clone();
+        let committing = tokio::spawn(async move {
+            match delivery.apply_group(&group).await {
+                Ok(changed) => {
+                    for (p, changed) in group.into_iter().zip(changed) {
+                        let _ = p.outcome.send(Ok(changed));
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    for p in group {
+                        let _ = p.outcome.send(Err(ServiceError::internal(why.clone())));
+                    }
+                }
+            }
+        });
+        let _ = committing.await;
+        drop(lead);
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ServiceError::internal("the reaction was not recorded")))
+    }
+
+    /// Applies `group` in order in one transaction; whether each changed its message.
+    async fn apply_group(&self, group: &[Pending]) -> Result<Vec<bool>, ServiceError> {
         let now = self.now_us();
         let (guard, txn) = self.begin_write().await.map_err(db_error)?;
-        let Some(row) = self.message_row(&txn, tenant, message_id).await? else {
+        let mut changed = Vec::with_capacity(group.len());
+        for p in group {
+            changed.push(
+                self.apply_reaction(&txn, now, &p.tenant, &p.message_id, p.reaction, &p.detail)
+                    .await?,
+            );
+        }
+        txn.commit().await.map_err(db_error)?;
+        drop(guard);
+        if changed.iter().any(|c| *c) {
+            self.outbox.notify_committed();
+        }
+        Ok(changed)
+    }
+
+    /// One reaction inside the group's transaction: the message's status, its timeline
+    /// steps and their events.
+    async fn apply_reaction(
+        &self,
+        txn: &DatabaseTransaction,
+        now: i64,
+        tenant: &str,
+        message_id: &str,
+        reaction: Reaction,
+        detail: &str,
+    ) -> Result<bool, ServiceError> {
+        let Some(row) = self.message_row(txn, tenant, message_id).await? else {
             return Ok(false);
         };
         let current = MessageStatus::try_from(row.status).unwrap_or(MessageStatus::Unspecified);
@@ -74,7 +174,7 @@ impl Delivery {
             return Ok(false);
         };
         let changed = execute(
-            &txn,
+            txn,
             "UPDATE messages SET status = $3 WHERE tenant_id = $1 AND message_id = $2 AND status = $4",
             vec![
                 tenant.into(),
@@ -89,10 +189,10 @@ impl Delivery {
             return Ok(false);
         }
         for step in &steps {
-            record_step(&txn, tenant, message_id, *step, now, detail).await?;
+            record_step(txn, tenant, message_id, *step, now, detail).await?;
             self.outbox
                 .append(
-                    &txn,
+                    txn,
                     tenant,
                     self.clock.now(),
                     status_event(&row, *step, detail),
@@ -103,7 +203,7 @@ impl Delivery {
         if let Reaction::Bounced { suppress: true } = reaction {
             let channel = Channel::try_from(row.channel).unwrap_or(Channel::Unspecified);
             self.suppress(
-                &txn,
+                txn,
                 tenant,
                 channel,
                 &row.contact,
@@ -113,9 +213,6 @@ impl Delivery {
             )
             .await?;
         }
-        txn.commit().await.map_err(db_error)?;
-        drop(guard);
-        self.outbox.notify_committed();
         Ok(true)
     }
 

@@ -222,6 +222,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     );
     print!("{}", crate::segments::render_summary(&summary));
 
+    let setting_up = Instant::now();
     let campaign_id = set_up_campaigns(&mut c).await?;
     // Abandoned carts arrive as engagement: the trigger enrols them.
     let carts: Vec<EngagementEvent> = shop
@@ -245,6 +246,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
 
     // Campaigns first reads the history the load wrote (every purchase is an event).
     caught_up(&config).await?;
+    println!(
+        "Campaigns set up, enrolled and caught up with the history in {:.1} s.",
+        setting_up.elapsed().as_secs_f64()
+    );
     let mut sim = Simulation::new(&shop, opts.seed, &opts.out, &tenant.tenant_id, start);
     sim.members = members(&mut c, &campaign_id).await?;
     let campaigns_db = winback_platform::db::connect(
@@ -259,17 +264,29 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     // Every step due at a time runs before the clock moves on: the steps enrolment made
     // due right now first.
     settle(&campaigns_db, clock.now()).await?;
+    // Where a tick's time goes: the services running the due steps, the customers reacting.
+    let (mut stepping, mut reacting) = (StdDuration::ZERO, StdDuration::ZERO);
     for _ in 0..ticks {
         clock.advance(Duration::hours(6));
+        let started = Instant::now();
         settle(&campaigns_db, clock.now()).await?;
+        stepping += started.elapsed();
+        let started = Instant::now();
         sim.react(&mut c, &campaigns_db, clock.now()).await?;
+        reacting += started.elapsed();
         progress.inc(1);
     }
     progress.finish_and_clear();
     println!(
-        "Ran {} days of chains in {:.1} s.",
+        "Ran {} days of chains in {:.1} s (steps {:.1} s; customers {:.1} s: reading {:.1} s, \
+         opening and clicking {:.1} s, buying {:.1} s).",
         opts.days,
-        chains.elapsed().as_secs_f64()
+        chains.elapsed().as_secs_f64(),
+        stepping.as_secs_f64(),
+        reacting.as_secs_f64(),
+        sim.spent[0].as_secs_f64(),
+        sim.spent[1].as_secs_f64(),
+        sim.spent[2].as_secs_f64()
     );
     // The last purchases, opens and redemptions reach campaigns, then the report.
     caught_up(&config).await?;
@@ -298,6 +315,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     written.push(html_path);
     written.push(opts.out.join("outbox"));
     stack.stop().await?;
+    if winback_platform::db::statement_profile::enabled() {
+        eprintln!("{}", winback_platform::db::statement_profile::report(40));
+    }
     Ok(DemoOutcome {
         report,
         summary,
@@ -872,6 +892,9 @@ struct Simulation<'a> {
     http: reqwest::Client,
     /// (day, treated return rate, holdout return rate).
     pub timeline: Vec<(i64, f64, f64)>,
+    /// Time spent reading the touches (feed and `.eml` files), opening and clicking through
+    /// the tracking server, and buying.
+    spent: [StdDuration; 3],
     start: DateTime<Utc>,
 }
 
@@ -898,6 +921,7 @@ impl<'a> Simulation<'a> {
                 .build()
                 .unwrap_or_default(),
             timeline: Vec::new(),
+            spent: [StdDuration::ZERO; 3],
             start,
         }
     }
@@ -944,6 +968,7 @@ impl<'a> Simulation<'a> {
                 }
             }
         }
+        let reading = Instant::now();
         // Decide first, then fetch the pixels and links side by side (as many recipients
         // do at once), then buy.
         let unread = std::mem::take(&mut self.unread);
@@ -974,6 +999,8 @@ impl<'a> Simulation<'a> {
                 buyers.push((customer, coupon));
             }
         }
+        self.spent[0] += reading.elapsed();
+        let fetching = Instant::now();
         let http = self.http.clone();
         futures::stream::iter(fetches.into_iter().map(|url| {
             let http = http.clone();
@@ -982,9 +1009,11 @@ impl<'a> Simulation<'a> {
                 let _ = http.get(url).send().await;
             }
         }))
-        .buffer_unordered(16)
+        .buffer_unordered(64)
         .collect::<Vec<()>>()
         .await;
+        self.spent[1] += fetching.elapsed();
+        let buying = Instant::now();
 
         // Natural returns, the same hazard for the treated and the holdout.
         let members: Vec<String> = self.members.keys().cloned().collect();
@@ -1004,6 +1033,7 @@ impl<'a> Simulation<'a> {
             }
         }
         self.purchase(c, buyers, now).await?;
+        self.spent[2] += buying.elapsed();
         let (mut treated, mut held, mut treated_back, mut held_back) = (0.0, 0.0, 0.0, 0.0);
         for (customer, holdout) in &self.members {
             let back = f64::from(u8::from(self.returned.contains_key(customer)));
