@@ -192,6 +192,23 @@ impl Campaigns {
         } else {
             ""
         };
+        // Idle workers look often: a read says whether anything is due before the write
+        // lock is taken (on SQLite an empty claim still held the single writer for a
+        // commit, delaying the event consumers and enrolment behind it).
+        let anything_due = query(
+            &self.db,
+            "SELECT 1 AS due FROM enrolments WHERE state = $1 AND due_at_us <= $2 AND lease_until_us < $3 LIMIT 1",
+            vec![
+                i64::from(EnrolmentState::Running as i32).into(),
+                now_us.into(),
+                wall.into(),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        if anything_due.is_empty() {
+            return Ok(Vec::new());
+        }
         let (_guard, txn) = self.begin_write().await.map_err(db_error)?;
         let rows = query(
             &txn,
