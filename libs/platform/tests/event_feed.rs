@@ -166,16 +166,23 @@ async fn wait_for_effects(db: &DatabaseConnection, n: usize) -> Vec<(String, i64
     panic!("only {} of {n} effects after 10 s", effects(db).await.len());
 }
 
-db_test!(
-    a_restarted_consumer_neither_loses_nor_repeats_an_event,
-    |db| async move {
-        let database: &TestDatabase = db;
-        let producer = database.connect::<PlatformMigrator>("producer").await;
-        let consumer_db = database.connect::<PlatformMigrator>("consumer").await;
-        consumer_db
+/// The producer's database and the consumer's, with the table the counting handler writes.
+async fn producer_and_consumer(
+    database: &TestDatabase,
+) -> (DatabaseConnection, DatabaseConnection) {
+    let producer = database.connect::<PlatformMigrator>("producer").await;
+    let consumer_db = database.connect::<PlatformMigrator>("consumer").await;
+    consumer_db
         .execute_unprepared("CREATE TABLE effects (event_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, times BIGINT NOT NULL)")
         .await
         .unwrap();
+    (producer, consumer_db)
+}
+
+db_test!(
+    a_restarted_consumer_neither_loses_nor_repeats_an_event,
+    |db| async move {
+        let (producer, consumer_db) = producer_and_consumer(db).await;
 
         let outbox = Outbox::new(EventSource::Profiles);
         let (signer, verifier) = test_keys();
@@ -265,13 +272,7 @@ db_test!(
 db_test!(
     a_batch_skips_the_events_handled_before_and_its_own_repeats,
     |db| async move {
-        let database: &TestDatabase = db;
-        let producer = database.connect::<PlatformMigrator>("producer").await;
-        let consumer_db = database.connect::<PlatformMigrator>("consumer").await;
-        consumer_db
-        .execute_unprepared("CREATE TABLE effects (event_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, times BIGINT NOT NULL)")
-        .await
-        .unwrap();
+        let (producer, consumer_db) = producer_and_consumer(db).await;
         let outbox = Outbox::new(EventSource::Profiles);
         produce(&producer, &outbox, "t-a", 0, 10, 10).await;
         let feed = FeedReader::new(producer.clone(), &outbox);
