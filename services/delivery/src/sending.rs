@@ -45,9 +45,9 @@ enum Prepared {
     New(NewMessage),
 }
 
-/// What the sends of one `SendBatch` read once for all: the messages their keys made
-/// before, their contacts' suppressions, and the templates and channel settings (a batch
-/// uses one or two of each; read on first use).
+/// What the sends of one `SendBatch` (or one `Send`, a batch of one) read once for all:
+/// the messages their keys made before, their contacts' suppressions, and the templates
+/// and channel settings (a batch uses one or two of each; read on first use).
 #[derive(Debug)]
 struct BatchLookups {
     existing: HashMap<String, MessageRow>,
@@ -111,7 +111,9 @@ fn checked_contact(
 impl Delivery {
     /// Queues one message, or returns the message an earlier call with the key made.
     pub(crate) async fn send(&self, tenant: &str, r: SendRequest) -> Result<Message, ServiceError> {
-        match self.prepare(tenant, r, None).await? {
+        // A batch of one: the same reads, the same checks.
+        let lookups = self.batch_lookups(tenant, std::slice::from_ref(&r)).await?;
+        match self.prepare(tenant, r, &lookups).await? {
             Prepared::Existing(message) => Ok(message),
             Prepared::New(new) => self
                 .store(tenant, vec![new])
@@ -127,7 +129,7 @@ impl Delivery {
         &self,
         tenant: &str,
         r: SendRequest,
-        batch: Option<&BatchLookups>,
+        lookups: &BatchLookups,
     ) -> Result<Prepared, ServiceError> {
         if r.idempotency_key.trim().is_empty() || r.idempotency_key.len() > 200 {
             return Err(ServiceError::invalid(
@@ -163,37 +165,20 @@ impl Delivery {
                 "at most 32 entries of keys ≤ 64 and values ≤ 256 bytes",
             ));
         }
-        let existing = match batch {
-            Some(b) => b.existing.get(&r.idempotency_key).cloned(),
-            None => self.by_key(tenant, &r.idempotency_key).await?,
-        };
-        if let Some(existing) = existing {
+        if let Some(existing) = lookups.existing.get(&r.idempotency_key).cloned() {
             return Ok(Prepared::Existing(
                 self.same_send(existing, ch, &recipient.customer_id).await?,
             ));
         }
-        let t = match batch {
-            Some(b) => {
-                b.template(self, tenant, &r.template_id, r.channel, &r.locale)
-                    .await?
-            }
-            None => {
-                self.template(tenant, &r.template_id, r.channel, &r.locale)
-                    .await?
-            }
-        };
-        let suppressed = match batch {
-            Some(b) => b
-                .suppressions
-                .get(&(tenant.to_owned(), ch as i32 as i64, contact.clone()))
-                .and_then(|(reason, marketing_only)| {
-                    crate::suppressions::applies(*marketing_only, purpose).then(|| reason.clone())
-                }),
-            None => {
-                self.suppressed(&self.db, tenant, ch, &contact, purpose)
-                    .await?
-            }
-        };
+        let t = lookups
+            .template(self, tenant, &r.template_id, r.channel, &r.locale)
+            .await?;
+        let suppressed = lookups
+            .suppressions
+            .get(&(tenant.to_owned(), ch as i32 as i64, contact.clone()))
+            .and_then(|(reason, marketing_only)| {
+                crate::suppressions::applies(*marketing_only, purpose).then(|| reason.clone())
+            });
         if let Some(reason) = suppressed {
             return Err(ServiceError::FailedPrecondition(format!(
                 "{field}: the contact is suppressed on this channel ({reason})"
@@ -208,10 +193,7 @@ impl Delivery {
             rendered.html = self.track_html(tenant, &message_id, &rendered.html);
         }
         let size = sms::size(&rendered.text);
-        let settings = match batch {
-            Some(b) => b.settings(self, tenant, ch).await?,
-            None => self.settings_for(tenant, ch).await?,
-        };
+        let settings = lookups.settings(self, tenant, ch).await?;
         let segments = if ch == Channel::Sms {
             i64::from(size.segments)
         } else {
@@ -388,7 +370,7 @@ impl Delivery {
         let prepared: Vec<Result<Prepared, ServiceError>> = futures::stream::iter(
             sends
                 .into_iter()
-                .map(|send| self.prepare(tenant, send, Some(&lookups))),
+                .map(|send| self.prepare(tenant, send, &lookups)),
         )
         .buffered(SEND_BATCH_CONCURRENCY)
         .collect()

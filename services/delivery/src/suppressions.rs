@@ -235,29 +235,6 @@ impl Delivery {
         Ok(suppressed)
     }
 
-    /// Why `contact` must not get a message of `purpose`, if it must not.
-    pub(crate) async fn suppressed<C: sea_orm::ConnectionTrait>(
-        &self,
-        db: &C,
-        tenant: &str,
-        ch: Channel,
-        contact: &str,
-        purpose: MessagePurpose,
-    ) -> Result<Option<String>, ServiceError> {
-        let rows = query(
-            db,
-            "SELECT reason, marketing_only FROM suppressions WHERE tenant_id = $1 AND channel = $2 AND contact = $3",
-            vec![tenant.into(), (ch as i32 as i64).into(), contact.into()],
-        )
-        .await
-        .map_err(db_error)?;
-        Ok(rows.first().and_then(|r| {
-            let marketing_only = r.try_get::<i64>("", "marketing_only").unwrap_or(0) == 1;
-            applies(marketing_only, purpose)
-                .then(|| r.try_get::<String>("", "reason").unwrap_or_default())
-        }))
-    }
-
     pub(crate) async fn list_suppressions(
         &self,
         tenant: &str,
