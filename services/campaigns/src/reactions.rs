@@ -9,7 +9,7 @@
 //!   stop chains at once.
 //! * offers: redemptions are the offer cost.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -225,13 +225,12 @@ impl EventHandler for Reactions {
             let enrolled = self.enrolled_among(txn, events).await?;
             let mut reactions = StepReactions::default();
             for event in events {
+                if let Some(customer) = enrolment_subject(event)
+                    && !enrolled.contains(&(event.tenant_id.as_str(), customer))
+                {
+                    continue;
+                }
                 match &event.payload {
-                    Some(Payload::PurchaseRecorded(p))
-                        if !enrolled
-                            .contains(&(event.tenant_id.as_str(), p.customer_id.as_str())) => {}
-                    Some(Payload::ConsentChanged(c))
-                        if !enrolled
-                            .contains(&(event.tenant_id.as_str(), c.customer_id.as_str())) => {}
                     // Statuses only raise flags and add costs: they commute, so a batch's are
                     // summed and written at the end.
                     Some(Payload::MessageStatusChanged(m)) => reactions.add(&event.tenant_id, m),
@@ -312,6 +311,16 @@ impl StepReactions {
     }
 }
 
+/// The customer of a purchase or consent change: events that change nothing for a
+/// customer in no campaign.
+fn enrolment_subject(event: &Event) -> Option<&str> {
+    match &event.payload {
+        Some(Payload::PurchaseRecorded(p)) => Some(&p.customer_id),
+        Some(Payload::ConsentChanged(c)) => Some(&c.customer_id),
+        _ => None,
+    }
+}
+
 /// What a status says about its step: (enrolment, step, column, cost); `None` when the
 /// message is not a chain step's or the status is not kept.
 fn step_reaction(
@@ -339,17 +348,14 @@ impl Reactions {
     ) -> Result<HashSet<(&'e str, &'e str)>, HandlerError> {
         let mut by_tenant: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for event in events {
-            let customer = match &event.payload {
-                Some(Payload::PurchaseRecorded(p)) => &p.customer_id,
-                Some(Payload::ConsentChanged(c)) => &c.customer_id,
-                _ => continue,
-            };
-            by_tenant
-                .entry(&event.tenant_id)
-                .or_default()
-                .push(customer.clone());
+            if let Some(customer) = enrolment_subject(event) {
+                by_tenant
+                    .entry(&event.tenant_id)
+                    .or_default()
+                    .push(customer.to_owned());
+            }
         }
-        let mut found: HashSet<(String, String)> = HashSet::new();
+        let mut found: HashMap<&str, HashSet<String>> = HashMap::new();
         for (tenant, mut customers) in by_tenant {
             customers.sort_unstable();
             customers.dedup();
@@ -361,21 +367,20 @@ impl Reactions {
                 &customers,
             )
             .await?;
+            let in_campaigns = found.entry(tenant).or_default();
             for row in rows {
-                found.insert((tenant.to_owned(), row.try_get("", "customer_id")?));
+                in_campaigns.insert(row.try_get("", "customer_id")?);
             }
         }
         Ok(events
             .iter()
             .filter_map(|event| {
-                let customer = match &event.payload {
-                    Some(Payload::PurchaseRecorded(p)) => &p.customer_id,
-                    Some(Payload::ConsentChanged(c)) => &c.customer_id,
-                    _ => return None,
-                };
+                let tenant = event.tenant_id.as_str();
+                let customer = enrolment_subject(event)?;
                 found
-                    .contains(&(event.tenant_id.clone(), customer.clone()))
-                    .then_some((event.tenant_id.as_str(), customer.as_str()))
+                    .get(tenant)
+                    .is_some_and(|in_campaigns| in_campaigns.contains(customer))
+                    .then_some((tenant, customer))
             })
             .collect())
     }
