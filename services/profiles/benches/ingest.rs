@@ -4,7 +4,8 @@
 //!
 //! Creates N customers, streams the orders through `StreamOrders` in chunks of 1000 (each
 //! chunk one transaction: orders, facts, events), then reads every customer's facts with
-//! `StreamFacts`. Prints the rates.
+//! `StreamFacts`. Prints the rates (and, with `WINBACK_STATEMENT_PROFILE=1`, the statements
+//! the service ran).
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, dead_code)]
 
 #[path = "../tests/harness/mod.rs"]
@@ -14,6 +15,7 @@ use std::time::Instant;
 
 use harness::{Harness, customer, order};
 use tokio_stream::StreamExt;
+use winback_platform::db::statement_profile;
 use winback_platform::testing::TestDatabase;
 use winback_proto::profiles::{StreamFactsRequest, StreamOrdersRequest, UpsertCustomersRequest};
 
@@ -106,6 +108,9 @@ async fn run(label: &str, db: &TestDatabase, args: &Args) {
         args.orders as f64 / ingest_s,
         streamed as f64 / stream_s,
     );
+    if statement_profile::enabled() {
+        print!("{}", statement_profile::report(12));
+    }
     h.stop();
 }
 

@@ -94,7 +94,7 @@ impl Profiles {
         state.bonus_points = result.points;
         state.bonus_nearest_expiry_us = result.nearest_expiry_at.as_ref().map(micros);
         state.updated_at_us = now_us;
-        rows::save_facts(txn, tenant, vec![(customer_id.to_owned(), state)]).await?;
+        rows::save_facts(txn, tenant, &[(customer_id, state)]).await?;
         Ok(result)
     }
 

@@ -275,7 +275,7 @@ impl Profiles {
             .iter()
             .filter_map(|id| states.remove(id).map(|state| (id.clone(), state)))
             .collect();
-        rows::save_facts(&txn, tenant, touched).await?;
+        rows::save_facts(&txn, tenant, &touched).await?;
         txn.commit().await?;
         self.outbox.notify_committed();
         Ok(stored)

@@ -139,7 +139,7 @@ impl Profiles {
             .map(|c| merge(stored.get(&c.customer_id), c, now_us))
             .collect();
         let mut states = rows::facts_states(&txn, tenant, &ids).await?;
-        let facts = merged
+        let facts: Vec<(String, FactsState)> = merged
             .iter()
             .map(|row| {
                 let mut state = states.remove(&row.customer_id).unwrap_or_default();
@@ -149,7 +149,7 @@ impl Profiles {
             })
             .collect();
         rows::save_customers(&txn, tenant, merged).await?;
-        rows::save_facts(&txn, tenant, facts).await?;
+        rows::save_facts(&txn, tenant, &facts).await?;
         txn.commit().await?;
         let updated = stored.len() as i32;
         Ok((customers.len() as i32 - updated, updated))
@@ -277,7 +277,7 @@ impl Profiles {
         apply_contacts(&mut state, &blank);
         state.updated_at_us = now_us;
         rows::save_customers(&txn, tenant, vec![blank]).await?;
-        rows::save_facts(&txn, tenant, vec![(customer_id.to_owned(), state)]).await?;
+        rows::save_facts(&txn, tenant, &[(customer_id, state)]).await?;
         // Free text a customer typed (searches, complaints, survey answers) is personal.
         rows::exec(
             &txn,

@@ -104,10 +104,10 @@ impl DeliveryReactions {
         ids.dedup();
         // A customer profiles does not know (or erased) has nothing to update.
         let mut states: HashMap<String, FactsState> =
-            rows::customers_with_states(txn, tenant, &ids)
+            rows::customers_with_states(txn, tenant, &ids, &[])
                 .await?
                 .into_iter()
-                .filter_map(|(id, (erased, state))| (!erased).then_some((id, state)))
+                .filter_map(|(id, (erased, state))| (!erased).then_some((id, state?)))
                 .collect();
         let mut changed: Vec<String> = Vec::new();
         for (customer, change, at_us) in changes {
@@ -159,7 +159,7 @@ impl DeliveryReactions {
                 Some((id, state))
             })
             .collect();
-        rows::save_facts(txn, tenant, writes).await?;
+        rows::save_facts(txn, tenant, &writes).await?;
         Ok(())
     }
 }

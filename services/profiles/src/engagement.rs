@@ -199,7 +199,7 @@ impl Profiles {
             rows_out,
         )
         .await?;
-        rows::save_touched_facts(&txn, tenant, &mut states, touched).await?;
+        rows::save_touched_facts(&txn, tenant, &states, &touched).await?;
         self.outbox.append_many(&txn, out_events).await?;
         txn.commit().await?;
         self.outbox.notify_committed();

@@ -12,6 +12,7 @@ use winback_proto::profiles::*;
 use crate::context::{Profiles, timestamp};
 use crate::domain::validate::MAX_BATCH;
 use crate::orders::{OnInvalid, OrderChunk};
+use crate::written_states::WrittenStates;
 
 const READ: &str = "profiles:read";
 const WRITE: &str = "profiles:write";
@@ -149,6 +150,7 @@ impl ProfilesService for ProfilesGrpc {
         let mut on_invalid = None;
         let mut index = 0usize;
         let mut ended = false;
+        let mut written = WrittenStates::default();
         while !ended {
             // A group: the next chunk, and the chunks that have already arrived behind it
             // (up to GROUP_ORDERS orders), recorded in one transaction.
@@ -195,7 +197,7 @@ impl ProfilesService for ProfilesGrpc {
                 let mode = on_invalid.unwrap_or(OnInvalid::RefuseBatch);
                 let result = self
                     .profiles
-                    .record_order_chunks(&tenant, group, mode)
+                    .record_order_chunks(&tenant, group, mode, Some(&mut written))
                     .await?;
                 for outcome in result.stored.iter().flat_map(|r| &r.outcomes) {
                     match outcome {

@@ -15,6 +15,7 @@ mod facts_stream;
 mod grpc;
 mod orders;
 pub mod store;
+mod written_states;
 
 use tokio_util::sync::CancellationToken;
 use winback_platform::config::Config;

@@ -3,6 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use sea_orm::ConnectionTrait;
+
 use winback_platform::{FieldViolation, ServiceError};
 use winback_proto::common::Money;
 use winback_proto::events::event::Payload;
@@ -15,6 +17,7 @@ use crate::context::{Profiles, micros};
 use crate::domain::facts::{FactsState, OrderFact};
 use crate::domain::validate::{self, MAX_BATCH, Violations};
 use crate::store::rows;
+use crate::written_states::{Looked, WrittenStates};
 
 /// What to do with a bad order in a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +263,7 @@ impl Profiles {
                     first_index: 0,
                 }],
                 on_invalid,
+                None,
             )
             .await?;
         match group.refused {
@@ -279,6 +283,7 @@ impl Profiles {
         tenant: &str,
         chunks: Vec<OrderChunk>,
         on_invalid: OnInvalid,
+        written: Option<&mut WrittenStates>,
     ) -> Result<GroupResult, ServiceError> {
         let now = self.clock.now();
         let mut refused = None;
@@ -318,15 +323,12 @@ impl Profiles {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let known = rows::customers_with_states(&txn, tenant, &customer_ids).await?;
-        let mut erased: HashSet<String> = HashSet::new();
-        let mut states: HashMap<String, FactsState> = HashMap::with_capacity(known.len());
-        for (id, (is_erased, state)) in known {
-            if is_erased {
-                erased.insert(id.clone());
-            }
-            states.insert(id, state);
-        }
+        // A unary batch keeps nothing (nor reads the write mark to keep it by).
+        let keeping = written.is_some();
+        let mut fresh = WrittenStates::default();
+        let written = written.unwrap_or(&mut fresh);
+        let looked = written.look_up(&txn, tenant, customer_ids).await?;
+        let Looked { mut states, erased } = looked;
 
         // 3. Each chunk in turn against what is stored and what the chunks before it did.
         let now_us = now.timestamp_micros();
@@ -405,12 +407,23 @@ impl Profiles {
         }
 
         // 5. One write of the group's orders, facts and events.
-        if !writes.orders.is_empty() {
+        let looked = Looked { states, erased };
+        if writes.orders.is_empty() {
+            written.put_back(looked);
+        } else {
             rows::insert_orders(&txn, tenant, writes.orders).await?;
-            rows::save_touched_facts(&txn, tenant, &mut states, writes.touched).await?;
+            rows::save_touched_facts(&txn, tenant, &looked.states, &writes.touched).await?;
             self.outbox.append_many(&txn, writes.events).await?;
+            let mark = match keeping {
+                true => Some(rows::facts_write_mark(&txn).await?),
+                false => None,
+            };
+            let backend = txn.get_database_backend();
             txn.commit().await?;
             self.outbox.notify_committed();
+            if let Some(mark) = mark {
+                written.keep(backend, mark, looked);
+            }
         }
         Ok(GroupResult {
             stored: results,
@@ -537,7 +550,7 @@ impl Profiles {
         .await?;
         state.updated_at_us = now.timestamp_micros();
         let facts = state.render(&order.customer_id);
-        rows::save_facts(&txn, tenant, vec![(order.customer_id.clone(), state)]).await?;
+        rows::save_facts(&txn, tenant, &[(&order.customer_id, &state)]).await?;
         self.outbox
             .append(
                 &txn,

@@ -393,6 +393,70 @@ db_test!(
 );
 
 db_test!(
+    a_stream_sees_what_other_writers_did_between_its_groups,
+    |db| async move {
+        let db: &TestDatabase = db;
+        let mut h = Harness::start(db).await;
+        upsert(&mut h.a, vec![customer("c1"), customer("c2")]).await;
+        // The stream keeps the facts it wrote between its groups; another writer in between
+        // must not be overwritten by them.
+        let (send, chunks) = tokio::sync::mpsc::channel(4);
+        let mut client = h.a.clone();
+        let stream = tokio::spawn(async move {
+            client
+                .stream_orders(tokio_stream::wrappers::ReceiverStream::new(chunks))
+                .await
+        });
+        let chunk = |orders| StreamOrdersRequest {
+            orders,
+            skip_invalid: true,
+        };
+        send.send(chunk(vec![
+            order("o1", "c1", 1, 100),
+            order("o2", "c2", 2, 200),
+        ]))
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while facts(&mut h.a, "c1").await.purchase_days != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "first group not stored"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Between the groups: another order for c1, and c2 erased.
+        record(&mut h.a, vec![order("o3", "c1", 5, 300)])
+            .await
+            .unwrap();
+        h.a.erase_customer(EraseCustomerRequest {
+            customer_id: "c2".into(),
+            reason: "asked to".into(),
+        })
+        .await
+        .unwrap();
+        send.send(chunk(vec![
+            order("o4", "c1", 9, 50),
+            order("o5", "c2", 10, 70),
+        ]))
+        .await
+        .unwrap();
+        drop(send);
+        let reply = stream.await.unwrap().unwrap().into_inner();
+        assert_eq!((reply.recorded, reply.duplicates), (3, 0));
+        let rejected: Vec<(i64, &str)> = reply
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.field.as_str()))
+            .collect();
+        assert_eq!(rejected, vec![(3, "orders[3].customer_id")]);
+        let c1 = facts(&mut h.a, "c1").await;
+        assert_eq!((c1.purchase_days, c1.total_spent_minor), (3, 450));
+        h.stop();
+    }
+);
+
+db_test!(
     refunds_and_cancellations_adjust_the_facts,
     |db| async move {
         let db: &TestDatabase = db;

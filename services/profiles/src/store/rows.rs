@@ -153,16 +153,18 @@ async fn select_in(
     tenant: &str,
     keys: &[String],
 ) -> Result<Vec<QueryResult>, DbErr> {
-    select_in_then(conn, sql_before_in, "", tenant, keys).await
+    select_in_then(conn, sql_before_in, "", tenant, keys, Vec::new()).await
 }
 
-/// [`select_in`] with a clause after the key condition on PostgreSQL (a row lock).
+/// [`select_in`] with a clause after the key condition on PostgreSQL (a row lock), and
+/// parameters after the keys (`$3`… on PostgreSQL).
 async fn select_in_then(
     conn: &impl ConnectionTrait,
     sql_before_in: &str,
     postgres_tail: &str,
     tenant: &str,
     keys: &[String],
+    postgres_extra: Vec<Value>,
 ) -> Result<Vec<QueryResult>, DbErr> {
     let backend = conn.get_database_backend();
     if keys.is_empty() {
@@ -175,9 +177,9 @@ async fn select_in_then(
         // whole tenant and filtered: 90 ms per 1,000 keys at 300,000 rows, growing.
         let keys = array(ArrayType::String, keys.to_vec());
         let sql = format!("{sql_before_in} (SELECT unnest($2::text[])){postgres_tail}");
-        return conn
-            .query_all_raw(statement(backend, &sql, vec![tenant.into(), keys]))
-            .await;
+        let mut values = vec![tenant.into(), keys];
+        values.extend(postgres_extra);
+        return conn.query_all_raw(statement(backend, &sql, values)).await;
     }
     let mut out = Vec::new();
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
@@ -326,18 +328,33 @@ fn facts_state(row: &QueryResult, customer_id: &str) -> Result<FactsState, DbErr
         .map_err(|e| DbErr::Custom(format!("facts state of {customer_id}: {e}")))
 }
 
-/// Writes the facts of the `touched` customers from `states`.
+/// Writes the facts of the `touched` customers from `states` (which keeps them).
 pub(crate) async fn save_touched_facts(
     conn: &impl ConnectionTrait,
     tenant: &str,
-    states: &mut HashMap<String, FactsState>,
-    touched: std::collections::HashSet<String>,
+    states: &HashMap<String, FactsState>,
+    touched: &std::collections::HashSet<String>,
 ) -> Result<(), DbErr> {
-    let facts = touched
-        .into_iter()
-        .filter_map(|id| states.remove(&id).map(|s| (id, s)))
+    let facts: Vec<(&String, &FactsState)> = touched
+        .iter()
+        .filter_map(|id| states.get(id).map(|s| (id, s)))
         .collect();
-    save_facts(conn, tenant, facts).await
+    save_facts(conn, tenant, &facts).await
+}
+
+/// What marks this transaction's facts writes: on PostgreSQL its transaction id (what
+/// `save_facts` stores in `tx_id`), on SQLite the change counter after its writes (one
+/// writer, so an unchanged counter later means nobody has written facts since).
+pub(crate) async fn facts_write_mark(conn: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    let backend = conn.get_database_backend();
+    let sql = match backend {
+        DbBackend::Sqlite => "SELECT value AS mark FROM change_counter WHERE name = 'facts'",
+        _ => "SELECT pg_current_xact_id()::text::bigint AS mark",
+    };
+    conn.query_one_raw(statement(backend, sql, vec![]))
+        .await?
+        .ok_or_else(|| DbErr::Custom("no facts write mark".into()))?
+        .try_get("", "mark")
 }
 
 /// Facts states by customer id.
@@ -355,6 +372,7 @@ pub(crate) async fn facts_states(
         " ORDER BY customer_id FOR UPDATE",
         tenant,
         ids,
+        Vec::new(),
     )
     .await?;
     rows.iter()
@@ -372,37 +390,62 @@ pub(crate) async fn customers_with_states(
     conn: &impl ConnectionTrait,
     tenant: &str,
     ids: &[String],
-) -> Result<HashMap<String, (bool, FactsState)>, DbErr> {
+    known_writes: &[i64],
+) -> Result<HashMap<String, (bool, Option<FactsState>)>, DbErr> {
     // Every stored customer has a facts row (upserts write both), so the facts rows drive
     // (locked like in `facts_states`) and the erased flag is a per-row key probe. A join
     // let PostgreSQL without statistics (a bulk load, autovacuum behind or off) merge-join
     // against a sort of the whole tenant's customers: 2.2 s per 10,000 keys at 10⁶.
+    // On PostgreSQL a row last written by one of `known_writes` (transaction ids the
+    // caller holds the states of) comes without its state.
+    let known = conn.get_database_backend() == DbBackend::Postgres && !known_writes.is_empty();
+    let (state, extra) = if known {
+        (
+            "CASE WHEN f.tx_id = ANY($3::bigint[]) THEN NULL ELSE f.state END AS state",
+            vec![array(ArrayType::BigInt, known_writes.to_vec())],
+        )
+    } else {
+        ("f.state", Vec::new())
+    };
     let rows = select_in_then(
         conn,
-        "SELECT f.customer_id, f.state, (SELECT c.erased FROM customers c \
-         WHERE c.tenant_id = f.tenant_id AND c.customer_id = f.customer_id) AS erased \
-         FROM facts f WHERE f.tenant_id = $1 AND f.customer_id IN",
+        &format!(
+            "SELECT f.customer_id, {state}, (SELECT c.erased FROM customers c \
+             WHERE c.tenant_id = f.tenant_id AND c.customer_id = f.customer_id) AS erased \
+             FROM facts f WHERE f.tenant_id = $1 AND f.customer_id IN"
+        ),
         " ORDER BY f.customer_id FOR UPDATE OF f",
         tenant,
         ids,
+        extra,
     )
     .await?;
     rows.iter()
         .map(|r| {
             let id: String = r.try_get("", "customer_id")?;
             let erased = r.try_get::<Option<i64>>("", "erased")?.unwrap_or(0) != 0;
-            let state = facts_state(r, &id)?;
+            let state = match r.try_get::<Option<Vec<u8>>>("", "state")? {
+                Some(bytes) => Some(
+                    FactsState::decode(bytes.as_slice())
+                        .map_err(|e| DbErr::Custom(format!("facts state of {id}: {e}")))?,
+                ),
+                None => None,
+            };
             Ok((id, (erased, state)))
         })
         .collect()
 }
 
 /// Writes facts rows, each with a new change position and its encoded `CustomerFacts`.
-pub(crate) async fn save_facts(
+pub(crate) async fn save_facts<K, S>(
     conn: &impl ConnectionTrait,
     tenant: &str,
-    states: Vec<(String, FactsState)>,
-) -> Result<(), DbErr> {
+    states: &[(K, S)],
+) -> Result<(), DbErr>
+where
+    K: AsRef<str> + Sync,
+    S: std::borrow::Borrow<FactsState> + Sync,
+{
     if states.is_empty() {
         return Ok(());
     }
@@ -433,9 +476,10 @@ pub(crate) async fn save_facts(
             Vec::with_capacity(n),
         );
         for (customer_id, state) in states {
+            let (customer_id, state) = (customer_id.as_ref(), state.borrow());
             state_bytes.push(state.encode_to_vec());
-            encoded.push(state.render(&customer_id).encode_to_vec());
-            ids.push(customer_id);
+            encoded.push(state.render(customer_id).encode_to_vec());
+            ids.push(customer_id.to_owned());
         }
         let sql = format!(
             "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded) \
@@ -451,12 +495,13 @@ pub(crate) async fn save_facts(
         conn.execute_raw(statement(backend, &sql, values)).await?;
         return Ok(());
     }
-    let mut states = states.into_iter().peekable();
+    let mut states = states.iter().peekable();
     let statements = std::iter::from_fn(move || {
         states.peek()?;
         let mut rows = Vec::with_capacity(ROWS_PER_STATEMENT);
         for (customer_id, state) in states.by_ref().take(ROWS_PER_STATEMENT) {
-            let encoded = state.render(&customer_id).encode_to_vec();
+            let (customer_id, state) = (customer_id.as_ref(), state.borrow());
+            let encoded = state.render(customer_id).encode_to_vec();
             rows.push(vec![
                 tenant.into(),
                 customer_id.into(),
