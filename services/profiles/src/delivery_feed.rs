@@ -103,12 +103,11 @@ impl DeliveryReactions {
         ids.sort_unstable();
         ids.dedup();
         // A customer profiles does not know (or erased) has nothing to update.
-        let mut states: HashMap<String, FactsState> =
-            rows::customers_with_states(txn, tenant, &ids, &[])
-                .await?
-                .into_iter()
-                .filter_map(|(id, (erased, state))| (!erased).then_some((id, state?)))
-                .collect();
+        let mut states: HashMap<String, FactsState> = rows::facts_states(txn, tenant, &ids)
+            .await?
+            .into_iter()
+            .filter(|(_, state)| !state.erased)
+            .collect();
         let mut changed: Vec<String> = Vec::new();
         for (customer, change, at_us) in changes {
             let Some(state) = states.get_mut(customer) else {

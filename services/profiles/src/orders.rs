@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::ConnectionTrait;
 
+use winback_platform::db::execute_all;
 use winback_platform::{FieldViolation, ServiceError};
 use winback_proto::common::Money;
 use winback_proto::events::event::Payload;
@@ -17,7 +18,7 @@ use crate::context::{Profiles, micros};
 use crate::domain::facts::{FactsState, OrderFact};
 use crate::domain::validate::{self, MAX_BATCH, Violations};
 use crate::store::rows;
-use crate::written_states::{Looked, WrittenStates};
+use crate::written_states::WrittenStates;
 
 /// What to do with a bad order in a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,12 +99,7 @@ fn category_spend(o: &Order) -> Vec<(String, i64)> {
 
 /// Why an order cannot be recorded for its customer: unknown, erased, or another
 /// currency than the customer's orders so far. `at` is the order's field path.
-fn customer_problem(
-    o: &Order,
-    states: &HashMap<String, FactsState>,
-    erased: &HashSet<String>,
-    at: &str,
-) -> Problem {
+fn customer_problem(o: &Order, states: &HashMap<String, FactsState>, at: &str) -> Problem {
     let customer_at = format!("{at}.customer_id");
     let Some(state) = states.get(&o.customer_id) else {
         return Some((
@@ -111,7 +107,7 @@ fn customer_problem(
             ServiceError::not_found_at("customer", &o.customer_id, customer_at),
         ));
     };
-    if erased.contains(&o.customer_id) {
+    if state.erased {
         return Some((
             FieldViolation::new(customer_at.clone(), "customer was erased"),
             ServiceError::FailedPrecondition(format!("{customer_at}: customer was erased")),
@@ -327,8 +323,7 @@ impl Profiles {
         let keeping = written.is_some();
         let mut fresh = WrittenStates::default();
         let written = written.unwrap_or(&mut fresh);
-        let looked = written.look_up(&txn, tenant, customer_ids).await?;
-        let Looked { mut states, erased } = looked;
+        let mut states = written.look_up(&txn, tenant, customer_ids).await?;
 
         // 3. Each chunk in turn against what is stored and what the chunks before it did.
         let now_us = now.timestamp_micros();
@@ -365,7 +360,6 @@ impl Profiles {
                         let problem = customer_problem(
                             o,
                             &states,
-                            &erased,
                             &format!("orders[{}]", chunk.first_index + i),
                         );
                         if problem.is_none() {
@@ -407,22 +401,26 @@ impl Profiles {
         }
 
         // 5. One write of the group's orders, facts and events.
-        let looked = Looked { states, erased };
         if writes.orders.is_empty() {
-            written.put_back(looked);
+            written.put_back(states);
         } else {
-            rows::insert_orders(&txn, tenant, writes.orders).await?;
-            rows::save_touched_facts(&txn, tenant, &looked.states, &writes.touched).await?;
-            self.outbox.append_many(&txn, writes.events).await?;
+            // One chain of statements: each is built (facts rendered, events encoded) while
+            // the one before it executes.
+            let backend = txn.get_database_backend();
+            let facts = rows::touched_states(&states, &writes.touched);
+            let facts = rows::facts_statements(&txn, tenant, &facts).await?;
+            let statements = rows::order_statements(backend, tenant, writes.orders)
+                .chain(facts)
+                .chain(self.outbox.append_statements(backend, writes.events));
+            execute_all(&txn, statements).await?;
             let mark = match keeping {
                 true => Some(rows::facts_write_mark(&txn).await?),
                 false => None,
             };
-            let backend = txn.get_database_backend();
             txn.commit().await?;
             self.outbox.notify_committed();
             if let Some(mark) = mark {
-                written.keep(backend, mark, looked);
+                written.keep(backend, mark, states);
             }
         }
         Ok(GroupResult {

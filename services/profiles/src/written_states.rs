@@ -8,7 +8,7 @@
 //! * SQLite (one writer): the change counter every facts write advances must be where the
 //!   stream's last write left it, otherwise everything kept is dropped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 
@@ -29,13 +29,8 @@ pub(crate) struct WrittenStates {
     marks: Vec<i64>,
 }
 
-/// A group's customers as the lookup and the kept states know them.
-pub(crate) struct Looked {
-    /// Known customers' states.
-    pub(crate) states: HashMap<String, FactsState>,
-    /// Known customers that were erased.
-    pub(crate) erased: HashSet<String>,
-}
+/// The facts states of a group's known customers.
+pub(crate) type States = HashMap<String, FactsState>;
 
 impl WrittenStates {
     /// Looks up `ids` (locking their facts rows on PostgreSQL), taking each state from
@@ -45,12 +40,9 @@ impl WrittenStates {
         conn: &impl ConnectionTrait,
         tenant: &str,
         ids: Vec<String>,
-    ) -> Result<Looked, DbErr> {
+    ) -> Result<States, DbErr> {
         let backend = conn.get_database_backend();
-        let mut out = Looked {
-            states: HashMap::with_capacity(ids.len()),
-            erased: HashSet::new(),
-        };
+        let mut out = States::with_capacity(ids.len());
         let ids = if backend == DbBackend::Sqlite {
             if !self.states.is_empty()
                 && self.marks.last() != Some(&rows::facts_write_mark(conn).await?)
@@ -63,7 +55,7 @@ impl WrittenStates {
                 ids.into_iter().partition(|id| self.states.contains_key(id));
             for id in kept {
                 if let Some(state) = self.states.remove(&id) {
-                    out.states.insert(id, state);
+                    out.insert(id, state);
                 }
             }
             rest
@@ -75,15 +67,12 @@ impl WrittenStates {
         } else {
             &[]
         };
-        let found = rows::customers_with_states(conn, tenant, &ids, known_writes).await?;
+        let found = rows::facts_states_except_known(conn, tenant, &ids, known_writes).await?;
         let mut missing = Vec::new();
-        for (id, (erased, state)) in found {
-            if erased {
-                out.erased.insert(id.clone());
-            }
+        for (id, state) in found {
             match state.or_else(|| self.states.remove(&id)) {
                 Some(state) => {
-                    out.states.insert(id, state);
+                    out.insert(id, state);
                 }
                 None => missing.push(id),
             }
@@ -91,16 +80,15 @@ impl WrittenStates {
         // A row marked as the stream's whose state is not kept cannot happen (states and
         // marks are dropped together); read it rather than trust that.
         if !missing.is_empty() {
-            out.states
-                .extend(rows::facts_states(conn, tenant, &missing).await?);
+            out.extend(rows::facts_states(conn, tenant, &missing).await?);
         }
         Ok(out)
     }
 
     /// Keeps the group's states after its transaction, marked `mark`
     /// ([`rows::facts_write_mark`] read just before the commit), committed.
-    pub(crate) fn keep(&mut self, backend: DbBackend, mark: i64, looked: Looked) {
-        if self.states.len() + looked.states.len() > MAX_STATES || self.marks.len() >= MAX_MARKS {
+    pub(crate) fn keep(&mut self, backend: DbBackend, mark: i64, looked: States) {
+        if self.states.len() + looked.len() > MAX_STATES || self.marks.len() >= MAX_MARKS {
             self.forget();
         }
         self.put_back(looked);
@@ -114,10 +102,9 @@ impl WrittenStates {
 
     /// Puts back the states of a group that wrote nothing (still current: the group's
     /// transaction held the customers).
-    pub(crate) fn put_back(&mut self, looked: Looked) {
-        let Looked { states, erased } = looked;
+    pub(crate) fn put_back(&mut self, looked: States) {
         self.states
-            .extend(states.into_iter().filter(|(id, _)| !erased.contains(id)));
+            .extend(looked.into_iter().filter(|(_, state)| !state.erased));
     }
 
     fn forget(&mut self) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use prost::Message;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
 use tokio::sync::Notify;
 use winback_proto::events::{Event, EventSource, event::Payload};
 
@@ -133,55 +133,67 @@ impl Outbox {
         txn: &C,
         events: Vec<(String, DateTime<Utc>, Payload)>,
     ) -> Result<(), DbErr> {
+        execute_all(
+            txn,
+            self.append_statements(txn.get_database_backend(), events),
+        )
+        .await
+    }
+
+    /// The statements that append `events`, each built (events encoded) only when the
+    /// iterator reaches it: chained after other statements in [`execute_all`], the
+    /// encoding runs while the statement before it executes.
+    pub fn append_statements(
+        &self,
+        backend: DbBackend,
+        events: Vec<(String, DateTime<Utc>, Payload)>,
+    ) -> Box<dyn Iterator<Item = Statement> + Send + '_> {
         const ROWS_PER_STATEMENT: usize = 400;
+        if events.is_empty() {
+            return Box::new(std::iter::empty());
+        }
         let traceparent = crate::telemetry::current_traceparent().unwrap_or_default();
-        let backend = txn.get_database_backend();
-        let mut rows: Vec<(String, String, &'static str, i64, Vec<u8>)> =
-            Vec::with_capacity(events.len());
-        for (tenant_id, occurred_at, payload) in events {
+        let row = move |(tenant_id, occurred_at, payload): (String, DateTime<Utc>, Payload)| {
             let event_id = uuid::Uuid::now_v7().to_string();
             let event_type = payload_type(&payload);
             let mut event = self.event(event_id.clone(), &tenant_id, occurred_at, payload);
             event.traceparent.clone_from(&traceparent);
             let encoded = event.encode_to_vec();
-            rows.push((
+            (
                 event_id,
                 tenant_id,
                 event_type,
                 occurred_at.timestamp_micros(),
                 encoded,
-            ));
-        }
+            )
+        };
         if backend == DbBackend::Postgres {
             // Column arrays and UNNEST: five parameters for any number of events.
-            let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (id, tenant, kind, at, payload) in rows {
-                columns.0.push(id);
-                columns.1.push(tenant);
-                columns.2.push(kind.to_owned());
-                columns.3.push(at);
-                columns.4.push(payload);
-            }
-            if columns.0.is_empty() {
-                return Ok(());
-            }
-            txn.execute_raw(statement(
-                backend,
-                "INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])",
-                vec![
-                    columns.0.into(),
-                    columns.1.into(),
-                    columns.2.into(),
-                    columns.3.into(),
-                    columns.4.into(),
-                ],
-            ))
-            .await?;
-            return Ok(());
+            return Box::new(std::iter::once_with(move || {
+                let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for (id, tenant, kind, at, payload) in events.into_iter().map(row) {
+                    columns.0.push(id);
+                    columns.1.push(tenant);
+                    columns.2.push(kind.to_owned());
+                    columns.3.push(at);
+                    columns.4.push(payload);
+                }
+                statement(
+                    backend,
+                    "INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload) \
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])",
+                    vec![
+                        columns.0.into(),
+                        columns.1.into(),
+                        columns.2.into(),
+                        columns.3.into(),
+                        columns.4.into(),
+                    ],
+                )
+            }));
         }
-        let mut rows = rows.into_iter().peekable();
-        let statements = std::iter::from_fn(|| {
+        let mut rows = events.into_iter().map(row).peekable();
+        Box::new(std::iter::from_fn(move || {
             rows.peek()?;
             let values =
                 rows.by_ref()
@@ -200,8 +212,7 @@ impl Outbox {
                 "INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload)",
                 values,
             ))
-        });
-        execute_all(txn, statements).await
+        }))
     }
 
     /// Wakes the subscribers of this outbox; call after the transaction committed.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use sea_orm::sea_query::ArrayType;
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Value};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, Value};
 use winback_platform::db::{execute_all, multi_row_insert, statement};
 use winback_platform::events::Cursor;
 
@@ -70,19 +70,21 @@ pub(crate) struct NewOrder {
 const ORDER_INSERT: &str = "INSERT INTO orders (tenant_id, order_id, customer_id, placed_at_us, currency, \
      total_minor, store, coupon_code, lines, fingerprint)";
 
-/// Stores new orders: on PostgreSQL one statement with a column array per field (ten
-/// parameters for any number of orders, nothing to parse per row), on SQLite multi-row
-/// inserts.
-pub(crate) async fn insert_orders(
-    conn: &impl ConnectionTrait,
+/// The statements that store new orders, each built when the iterator reaches it: on
+/// PostgreSQL one statement with a column array per field (ten parameters for any number
+/// of orders, nothing to parse per row), on SQLite multi-row inserts.
+pub(crate) fn order_statements(
+    backend: DbBackend,
     tenant: &str,
     orders: Vec<NewOrder>,
-) -> Result<(), DbErr> {
-    let backend = conn.get_database_backend();
+) -> Box<dyn Iterator<Item = Statement> + Send + '_> {
+    if orders.is_empty() {
+        return Box::new(std::iter::empty());
+    }
     if backend != DbBackend::Postgres {
-        let rows = orders
+        let mut rows = orders
             .into_iter()
-            .map(|o| {
+            .map(move |o| {
                 vec![
                     tenant.into(),
                     o.order_id.into(),
@@ -96,52 +98,60 @@ pub(crate) async fn insert_orders(
                     o.fingerprint.into(),
                 ]
             })
-            .collect();
-        return insert_many(conn, ORDER_INSERT, "", rows).await;
+            .peekable();
+        return Box::new(std::iter::from_fn(move || {
+            rows.peek()?;
+            Some(multi_row_insert(
+                backend,
+                ORDER_INSERT,
+                rows.by_ref().take(ROWS_PER_STATEMENT),
+            ))
+        }));
     }
-    let n = orders.len();
-    let (mut ids, mut customers, mut placed, mut currencies, mut totals) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut stores, mut coupons, mut lines, mut fingerprints) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for o in orders {
-        ids.push(o.order_id);
-        customers.push(o.customer_id);
-        placed.push(o.placed_at_us);
-        currencies.push(o.currency);
-        totals.push(o.total_minor);
-        stores.push(o.store);
-        coupons.push(o.coupon_code);
-        lines.push(o.lines);
-        fingerprints.push(o.fingerprint);
-    }
-    let sql = format!(
-        "{ORDER_INSERT} SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::text[], \
-         $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])"
-    );
-    let values = vec![
-        tenant.into(),
-        array(ArrayType::String, ids),
-        array(ArrayType::String, customers),
-        array(ArrayType::BigInt, placed),
-        array(ArrayType::String, currencies),
-        array(ArrayType::BigInt, totals),
-        array(ArrayType::String, stores),
-        array(ArrayType::String, coupons),
-        array(ArrayType::String, lines),
-        array(ArrayType::String, fingerprints),
-    ];
-    conn.execute_raw(statement(backend, &sql, values)).await?;
-    Ok(())
+    Box::new(std::iter::once_with(move || {
+        let n = orders.len();
+        let (mut ids, mut customers, mut placed, mut currencies, mut totals) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut stores, mut coupons, mut lines, mut fingerprints) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for o in orders {
+            ids.push(o.order_id);
+            customers.push(o.customer_id);
+            placed.push(o.placed_at_us);
+            currencies.push(o.currency);
+            totals.push(o.total_minor);
+            stores.push(o.store);
+            coupons.push(o.coupon_code);
+            lines.push(o.lines);
+            fingerprints.push(o.fingerprint);
+        }
+        let sql = format!(
+            "{ORDER_INSERT} SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::text[], \
+             $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])"
+        );
+        let values = vec![
+            tenant.into(),
+            array(ArrayType::String, ids),
+            array(ArrayType::String, customers),
+            array(ArrayType::BigInt, placed),
+            array(ArrayType::String, currencies),
+            array(ArrayType::BigInt, totals),
+            array(ArrayType::String, stores),
+            array(ArrayType::String, coupons),
+            array(ArrayType::String, lines),
+            array(ArrayType::String, fingerprints),
+        ];
+        statement(backend, &sql, values)
+    }))
 }
 
 /// Rows whose key is in `keys`. `sql_before_in` ends with `<column> IN`. PostgreSQL gets
@@ -335,11 +345,18 @@ pub(crate) async fn save_touched_facts(
     states: &HashMap<String, FactsState>,
     touched: &std::collections::HashSet<String>,
 ) -> Result<(), DbErr> {
-    let facts: Vec<(&String, &FactsState)> = touched
+    save_facts(conn, tenant, &touched_states(states, touched)).await
+}
+
+/// The states of the `touched` customers, for [`save_facts`] or [`facts_statements`].
+pub(crate) fn touched_states<'a>(
+    states: &'a HashMap<String, FactsState>,
+    touched: &'a std::collections::HashSet<String>,
+) -> Vec<(&'a String, &'a FactsState)> {
+    touched
         .iter()
         .filter_map(|id| states.get(id).map(|s| (id, s)))
-        .collect();
-    save_facts(conn, tenant, &facts).await
+        .collect()
 }
 
 /// What marks this transaction's facts writes: on PostgreSQL its transaction id (what
@@ -384,37 +401,28 @@ pub(crate) async fn facts_states(
         .collect()
 }
 
-/// For each known customer among `ids`: whether erased, and the facts state. One query
-/// for the ingest path instead of two.
-pub(crate) async fn customers_with_states(
+/// Facts states by customer id (whether a customer was erased is in its state), like
+/// [`facts_states`]; a row last written by one of `known_writes` (PostgreSQL transaction
+/// ids whose states the caller holds) comes without its state.
+pub(crate) async fn facts_states_except_known(
     conn: &impl ConnectionTrait,
     tenant: &str,
     ids: &[String],
     known_writes: &[i64],
-) -> Result<HashMap<String, (bool, Option<FactsState>)>, DbErr> {
-    // Every stored customer has a facts row (upserts write both), so the facts rows drive
-    // (locked like in `facts_states`) and the erased flag is a per-row key probe. A join
-    // let PostgreSQL without statistics (a bulk load, autovacuum behind or off) merge-join
-    // against a sort of the whole tenant's customers: 2.2 s per 10,000 keys at 10⁶.
-    // On PostgreSQL a row last written by one of `known_writes` (transaction ids the
-    // caller holds the states of) comes without its state.
+) -> Result<HashMap<String, Option<FactsState>>, DbErr> {
     let known = conn.get_database_backend() == DbBackend::Postgres && !known_writes.is_empty();
     let (state, extra) = if known {
         (
-            "CASE WHEN f.tx_id = ANY($3::bigint[]) THEN NULL ELSE f.state END AS state",
+            "CASE WHEN tx_id = ANY($3::bigint[]) THEN NULL ELSE state END AS state",
             vec![array(ArrayType::BigInt, known_writes.to_vec())],
         )
     } else {
-        ("f.state", Vec::new())
+        ("state", Vec::new())
     };
     let rows = select_in_then(
         conn,
-        &format!(
-            "SELECT f.customer_id, {state}, (SELECT c.erased FROM customers c \
-             WHERE c.tenant_id = f.tenant_id AND c.customer_id = f.customer_id) AS erased \
-             FROM facts f WHERE f.tenant_id = $1 AND f.customer_id IN"
-        ),
-        " ORDER BY f.customer_id FOR UPDATE OF f",
+        &format!("SELECT customer_id, {state} FROM facts WHERE tenant_id = $1 AND customer_id IN"),
+        " ORDER BY customer_id FOR UPDATE",
         tenant,
         ids,
         extra,
@@ -423,15 +431,11 @@ pub(crate) async fn customers_with_states(
     rows.iter()
         .map(|r| {
             let id: String = r.try_get("", "customer_id")?;
-            let erased = r.try_get::<Option<i64>>("", "erased")?.unwrap_or(0) != 0;
             let state = match r.try_get::<Option<Vec<u8>>>("", "state")? {
-                Some(bytes) => Some(
-                    FactsState::decode(bytes.as_slice())
-                        .map_err(|e| DbErr::Custom(format!("facts state of {id}: {e}")))?,
-                ),
+                Some(_) => Some(facts_state(r, &id)?),
                 None => None,
             };
-            Ok((id, (erased, state)))
+            Ok((id, state))
         })
         .collect()
 }
@@ -446,57 +450,68 @@ where
     K: AsRef<str> + Sync,
     S: std::borrow::Borrow<FactsState> + Sync,
 {
+    execute_all(conn, facts_statements(conn, tenant, states).await?).await
+}
+
+/// The statements of [`save_facts`], each built (facts rendered and encoded) when the
+/// iterator reaches it; on SQLite the change numbers are reserved now.
+pub(crate) async fn facts_statements<'a, K, S>(
+    conn: &impl ConnectionTrait,
+    tenant: &'a str,
+    states: &'a [(K, S)],
+) -> Result<Box<dyn Iterator<Item = Statement> + Send + 'a>, DbErr>
+where
+    K: AsRef<str> + Sync,
+    S: std::borrow::Borrow<FactsState> + Sync,
+{
     if states.is_empty() {
-        return Ok(());
+        return Ok(Box::new(std::iter::empty()));
     }
     let backend = conn.get_database_backend();
-    // SQLite: reserve a block of change numbers (one writer, so they are commit order).
-    let mut next_seq = if backend == DbBackend::Sqlite {
-        let row = conn
-            .query_one_raw(statement(
-                backend,
-                "UPDATE change_counter SET value = value + $1 WHERE name = 'facts' RETURNING value",
-                vec![(states.len() as i64).into()],
-            ))
-            .await?
-            .ok_or_else(|| DbErr::Custom("change counter missing".into()))?;
-        let last: i64 = row.try_get("", "value")?;
-        last - states.len() as i64 + 1
-    } else {
-        0
-    };
     const UPSERT: &str = " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET tx_id = excluded.tx_id, \
          change_seq = excluded.change_seq, state = excluded.state, encoded = excluded.encoded";
     if backend == DbBackend::Postgres {
         // Column arrays: four parameters for any number of customers.
-        let n = states.len();
-        let (mut ids, mut state_bytes, mut encoded) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (customer_id, state) in states {
-            let (customer_id, state) = (customer_id.as_ref(), state.borrow());
-            state_bytes.push(state.encode_to_vec());
-            encoded.push(state.render(customer_id).encode_to_vec());
-            ids.push(customer_id.to_owned());
-        }
-        let sql = format!(
-            "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded) \
-             SELECT $1, u.customer_id, pg_current_xact_id()::text::bigint, nextval('facts_change_seq'), \
-             u.state, u.encoded FROM UNNEST($2::text[], $3::bytea[], $4::bytea[]) AS u(customer_id, state, encoded){UPSERT}"
-        );
-        let values = vec![
-            tenant.into(),
-            array(ArrayType::String, ids),
-            array(ArrayType::Bytes, state_bytes),
-            array(ArrayType::Bytes, encoded),
-        ];
-        conn.execute_raw(statement(backend, &sql, values)).await?;
-        return Ok(());
+        return Ok(Box::new(std::iter::once_with(move || {
+            let n = states.len();
+            let (mut ids, mut state_bytes, mut encoded) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for (customer_id, state) in states {
+                let (customer_id, state) = (customer_id.as_ref(), state.borrow());
+                state_bytes.push(state.encode_to_vec());
+                encoded.push(state.render(customer_id).encode_to_vec());
+                ids.push(customer_id.to_owned());
+            }
+            let sql = format!(
+                "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded) \
+                 SELECT $1, u.customer_id, pg_current_xact_id()::text::bigint, nextval('facts_change_seq'), \
+                 u.state, u.encoded FROM UNNEST($2::text[], $3::bytea[], $4::bytea[]) AS u(customer_id, state, encoded){UPSERT}"
+            );
+            let values = vec![
+                tenant.into(),
+                array(ArrayType::String, ids),
+                array(ArrayType::Bytes, state_bytes),
+                array(ArrayType::Bytes, encoded),
+            ];
+            statement(backend, &sql, values)
+        })));
     }
+    // SQLite: reserve a block of change numbers (one writer, so they are commit order).
+    let row = conn
+        .query_one_raw(statement(
+            backend,
+            "UPDATE change_counter SET value = value + $1 WHERE name = 'facts' RETURNING value",
+            vec![(states.len() as i64).into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("change counter missing".into()))?;
+    let last: i64 = row.try_get("", "value")?;
+    let mut next_seq = last - states.len() as i64 + 1;
     let mut states = states.iter().peekable();
-    let statements = std::iter::from_fn(move || {
+    Ok(Box::new(std::iter::from_fn(move || {
         states.peek()?;
         let mut rows = Vec::with_capacity(ROWS_PER_STATEMENT);
         for (customer_id, state) in states.by_ref().take(ROWS_PER_STATEMENT) {
@@ -519,8 +534,7 @@ where
         );
         stmt.sql.push_str(UPSERT);
         Some(stmt)
-    });
-    execute_all(conn, statements).await
+    })))
 }
 
 /// The encoded facts of one customer.
