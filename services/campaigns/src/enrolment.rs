@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use futures::stream;
 use sea_orm::ConnectionTrait;
 use winback_platform::ServiceError;
 use winback_platform::db::multi_row_insert;
@@ -17,7 +16,7 @@ use winback_proto::campaigns::{
 use winback_proto::common::{Channel, MessagePurpose};
 use winback_proto::events::EnrolmentStarted;
 use winback_proto::events::event::Payload;
-use winback_proto::profiles::{GetCustomerRequest, GetCustomerResponse};
+use winback_proto::profiles::{GetCustomerResponse, GetCustomersRequest};
 use winback_proto::segmentation::{GetCustomerScoreRequest, ListSegmentMembersRequest};
 
 use crate::campaigns::audience;
@@ -167,40 +166,39 @@ impl Campaigns {
         })
     }
 
-    /// Looks candidates up in profiles (16 at a time). A candidate profiles does not know
-    /// is `None`.
+    /// Looks candidates up in profiles, a thousand per call. A candidate profiles does not
+    /// know (or erased) is `None`.
     async fn profiles_of(
         &self,
         tenant: &str,
         candidates: &[Candidate],
     ) -> Result<Vec<Option<Profile>>, ServiceError> {
+        // GetCustomers takes at most this many ids.
+        const IDS_PER_CALL: usize = 1000;
         let client = self.profiles(tenant)?;
-        let lookups: Vec<_> = candidates
-            .iter()
-            .map(|c| {
-                let mut client = client.clone();
-                let id = c.customer_id.clone();
-                async move {
-                    match client
-                        .get_customer(GetCustomerRequest { customer_id: id })
-                        .await
-                    {
-                        Ok(r) => {
-                            let r = r.into_inner();
-                            if r.customer.as_ref().is_some_and(|c| c.erased) {
-                                return Ok(None);
-                            }
-                            Ok(Some(profile_of(r)))
-                        }
-                        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-                        Err(s) => Err(upstream("profiles.GetCustomer", &s)),
-                    }
+        let mut profiles: HashMap<String, Profile> = HashMap::with_capacity(candidates.len());
+        for chunk in candidates.chunks(IDS_PER_CALL) {
+            let found = client
+                .clone()
+                .get_customers(GetCustomersRequest {
+                    customer_ids: chunk.iter().map(|c| c.customer_id.clone()).collect(),
+                })
+                .await
+                .map_err(|s| upstream("profiles.GetCustomers", &s))?
+                .into_inner();
+            for r in found.customers {
+                let Some(customer) = r.customer.as_ref() else {
+                    continue;
+                };
+                if !customer.erased {
+                    profiles.insert(customer.customer_id.clone(), profile_of(r));
                 }
-            })
-            .collect();
-        let results: Vec<Result<Option<Profile>, ServiceError>> =
-            stream::iter(lookups).buffered(16).collect().await;
-        results.into_iter().collect()
+            }
+        }
+        Ok(candidates
+            .iter()
+            .map(|c| profiles.remove(&c.customer_id))
+            .collect())
     }
 
     /// Decides and records every candidate (unknown customers are left out). Returns the

@@ -53,6 +53,18 @@ impl ProfilesService for ProfilesGrpc {
         ))
     }
 
+    async fn get_customers(
+        &self,
+        request: Request<GetCustomersRequest>,
+    ) -> Result<Response<GetCustomersResponse>, Status> {
+        let tenant = tenant_for(&request, READ)?;
+        Ok(Response::new(
+            self.profiles
+                .get_customers(&tenant, request.into_inner().customer_ids)
+                .await?,
+        ))
+    }
+
     async fn list_customers(
         &self,
         request: Request<ListCustomersRequest>,

@@ -393,6 +393,85 @@ db_test!(
 );
 
 db_test!(
+    many_customers_are_read_at_once_in_the_order_asked,
+    |db| async move {
+        let db: &TestDatabase = db;
+        let mut h = Harness::start(db).await;
+        upsert(
+            &mut h.a,
+            vec![customer("c1"), customer("c2"), customer("c3")],
+        )
+        .await;
+        upsert(&mut h.b, vec![customer("b-only")]).await;
+        record(&mut h.a, vec![order("o1", "c2", 3, 250)])
+            .await
+            .unwrap();
+        let consent = |channel: Channel| ConsentRecord {
+            channel: channel as i32,
+            purpose: MessagePurpose::Advertising as i32,
+            granted: true,
+            source: "signup_form".into(),
+            recorded_at: None,
+        };
+        for channel in [Channel::Sms, Channel::Email] {
+            h.a.record_consent(RecordConsentRequest {
+                customer_id: "c2".into(),
+                consent: Some(consent(channel)),
+                do_not_contact: false,
+            })
+            .await
+            .unwrap();
+        }
+
+        let ids = ["c3", "ghost", "c2", "b-only", "c3"]
+            .map(String::from)
+            .to_vec();
+        let reply =
+            h.a.get_customers(GetCustomersRequest { customer_ids: ids })
+                .await
+                .unwrap()
+                .into_inner();
+        let order: Vec<&str> = reply
+            .customers
+            .iter()
+            .map(|c| c.customer.as_ref().unwrap().customer_id.as_str())
+            .collect();
+        assert_eq!(order, vec!["c3", "c2"]);
+        // Another tenant's customer is as unknown as one nobody has.
+        assert_eq!(reply.not_found, vec!["ghost", "b-only"]);
+        // Each entry is what GetCustomer returns for that customer.
+        let one =
+            h.a.get_customer(GetCustomerRequest {
+                customer_id: "c2".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.customers[1], one);
+        assert_eq!(one.consents.len(), 2);
+        assert_eq!(one.facts.as_ref().unwrap().total_spent_minor, 250);
+
+        for (ids, field) in [
+            (Vec::new(), "customer_ids"),
+            (vec!["c1".to_owned(), String::new()], "customer_ids[1]"),
+            ((0..1001).map(|i| format!("c{i}")).collect(), "customer_ids"),
+        ] {
+            let status =
+                h.a.get_customers(GetCustomersRequest { customer_ids: ids })
+                    .await
+                    .unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            let fields: Vec<String> = field_violations(&status)
+                .into_iter()
+                .map(|v| v.field)
+                .collect();
+            assert!(fields.contains(&field.to_owned()), "{fields:?}");
+        }
+        h.stop();
+    }
+);
+
+db_test!(
     a_stream_sees_what_other_writers_did_between_its_groups,
     |db| async move {
         let db: &TestDatabase = db;

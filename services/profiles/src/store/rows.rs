@@ -537,6 +537,40 @@ where
     })))
 }
 
+/// The encoded facts of the customers among `ids`.
+pub(crate) async fn encoded_facts_of(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    ids: &[String],
+) -> Result<HashMap<String, Vec<u8>>, DbErr> {
+    select_in(
+        conn,
+        "SELECT customer_id, encoded FROM facts WHERE tenant_id = $1 AND customer_id IN",
+        tenant,
+        ids,
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("", "customer_id")?, r.try_get("", "encoded")?)))
+    .collect()
+}
+
+/// The current consent rows of the customers among `ids` (with `customer_id`, unordered).
+pub(crate) async fn consents_of(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    ids: &[String],
+) -> Result<Vec<QueryResult>, DbErr> {
+    select_in(
+        conn,
+        "SELECT customer_id, channel, purpose, granted, source, recorded_at_us FROM consents \
+         WHERE tenant_id = $1 AND customer_id IN",
+        tenant,
+        ids,
+    )
+    .await
+}
+
 /// The encoded facts of one customer.
 pub(crate) async fn encoded_facts(
     conn: &impl ConnectionTrait,
