@@ -10,7 +10,7 @@ use winback_proto::delivery::{
 };
 
 use crate::context::{Delivery, db_error, page_size, timestamp};
-use crate::store::{execute, query};
+use crate::store::query;
 
 pub(crate) const COLUMNS: &str = "message_id, idempotency_key, channel, provider, customer_id, contact, template_id, purpose, status, \
      subject, body_text, body_html, body_json, metadata, attempts, provider_message_id, cost_minor, currency, sms_segments, \
@@ -118,31 +118,6 @@ pub(crate) fn status_name(status: MessageStatus) -> &'static str {
         MessageStatus::Failed => "failed",
         MessageStatus::Suppressed => "suppressed",
     }
-}
-
-/// Appends a step to a message's timeline.
-pub(crate) async fn record_step<C: ConnectionTrait>(
-    db: &C,
-    tenant: &str,
-    message_id: &str,
-    status: MessageStatus,
-    at_us: i64,
-    detail: &str,
-) -> Result<(), ServiceError> {
-    execute(
-        db,
-        "INSERT INTO message_timeline (tenant_id, message_id, status, at_us, detail) VALUES ($1, $2, $3, $4, $5)",
-        vec![
-            tenant.into(),
-            message_id.into(),
-            (status as i32 as i64).into(),
-            at_us.into(),
-            detail.into(),
-        ],
-    )
-    .await
-    .map_err(db_error)?;
-    Ok(())
 }
 
 impl Delivery {

@@ -2,16 +2,19 @@
 //! unsubscribes. Each changes the message once (a second open is not news), lands on its
 //! timeline and becomes an event, in one transaction.
 
-use sea_orm::DatabaseTransaction;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend};
 use tokio::sync::oneshot;
 use winback_platform::ServiceError;
+use winback_platform::db::multi_row_insert;
 use winback_proto::common::Channel;
 use winback_proto::delivery::MessageStatus;
 use winback_proto::events::ContactUnsubscribed;
 use winback_proto::events::event::Payload;
 
 use crate::context::{Delivery, db_error};
-use crate::messages::{COLUMNS, MessageRow, record_step};
+use crate::messages::{COLUMNS, MessageRow};
 use crate::sending::status_event;
 use crate::store::{execute, query};
 
@@ -135,16 +138,84 @@ impl Delivery {
             .unwrap_or_else(|_| Err(ServiceError::internal("the reaction was not recorded")))
     }
 
-    /// Applies `group` in order in one transaction; whether each changed its message.
+    /// Applies `group` in order in one transaction; whether each changed its message. The
+    /// group's messages are read (locked on PostgreSQL) at once, the reactions applied to
+    /// them in memory in arrival order, and the statuses, timeline steps and events written
+    /// in a few multi-row statements.
     async fn apply_group(&self, group: &[Pending]) -> Result<Vec<bool>, ServiceError> {
         let now = self.now_us();
+        let at = self.clock.now();
         let (guard, txn) = self.begin_write().await.map_err(db_error)?;
+        let mut messages = self.messages_of(&txn, group).await?;
+        let read: HashMap<(String, String), i32> = messages
+            .iter()
+            .map(|(key, row)| (key.clone(), row.status))
+            .collect();
         let mut changed = Vec::with_capacity(group.len());
+        let mut timeline: Vec<Vec<sea_orm::Value>> = Vec::new();
+        let mut events = Vec::new();
+        let mut bounced = Vec::new();
         for p in group {
-            changed.push(
-                self.apply_reaction(&txn, now, &p.tenant, &p.message_id, p.reaction, &p.detail)
-                    .await?,
-            );
+            let key = (p.tenant.clone(), p.message_id.clone());
+            let Some(row) = messages.get_mut(&key) else {
+                changed.push(false);
+                continue;
+            };
+            let current = MessageStatus::try_from(row.status).unwrap_or(MessageStatus::Unspecified);
+            let steps = steps(current, p.reaction);
+            let Some(last) = steps.last() else {
+                changed.push(false);
+                continue;
+            };
+            for step in &steps {
+                timeline.push(vec![
+                    p.tenant.clone().into(),
+                    p.message_id.clone().into(),
+                    (*step as i32 as i64).into(),
+                    now.into(),
+                    p.detail.clone().into(),
+                ]);
+                events.push((p.tenant.clone(), at, status_event(row, *step, &p.detail)));
+            }
+            row.status = *last as i32;
+            if let Reaction::Bounced { suppress: true } = p.reaction {
+                bounced.push((row.clone(), p.detail.clone()));
+            }
+            changed.push(true);
+        }
+        let moved: Vec<(&(String, String), i32, i32)> = messages
+            .iter()
+            .filter_map(|(key, row)| {
+                let was = *read.get(key)?;
+                (was != row.status).then_some((key, was, row.status))
+            })
+            .collect();
+        self.set_statuses(&txn, &moved).await?;
+        for chunk in timeline.chunks(500) {
+            txn.execute_raw(multi_row_insert(
+                txn.get_database_backend(),
+                "INSERT INTO message_timeline (tenant_id, message_id, status, at_us, detail)",
+                chunk.to_vec(),
+            ))
+            .await
+            .map_err(db_error)?;
+        }
+        self.outbox
+            .append_many(&txn, events)
+            .await
+            .map_err(db_error)?;
+        for (row, detail) in bounced {
+            let channel = Channel::try_from(row.channel).unwrap_or(Channel::Unspecified);
+            self.suppress(
+                &txn,
+                &row.tenant_id,
+                channel,
+                &row.contact,
+                &detail,
+                &row.customer_id,
+                false,
+            )
+            .await?;
         }
         txn.commit().await.map_err(db_error)?;
         drop(guard);
@@ -154,66 +225,94 @@ impl Delivery {
         Ok(changed)
     }
 
-    /// One reaction inside the group's transaction: the message's status, its timeline
-    /// steps and their events.
-    async fn apply_reaction(
+    /// The group's messages by (tenant, message id), locked on PostgreSQL (in key order,
+    /// like every writer of messages takes them).
+    async fn messages_of(
         &self,
         txn: &DatabaseTransaction,
-        now: i64,
-        tenant: &str,
-        message_id: &str,
-        reaction: Reaction,
-        detail: &str,
-    ) -> Result<bool, ServiceError> {
-        let Some(row) = self.message_row(txn, tenant, message_id).await? else {
-            return Ok(false);
-        };
-        let current = MessageStatus::try_from(row.status).unwrap_or(MessageStatus::Unspecified);
-        let steps = steps(current, reaction);
-        let Some(last) = steps.last() else {
-            return Ok(false);
-        };
-        let changed = execute(
-            txn,
-            "UPDATE messages SET status = $3 WHERE tenant_id = $1 AND message_id = $2 AND status = $4",
-            vec![
-                tenant.into(),
-                message_id.into(),
-                (*last as i32 as i64).into(),
-                i64::from(row.status).into(),
-            ],
-        )
-        .await
-        .map_err(db_error)?;
-        if changed == 0 {
-            return Ok(false);
+        group: &[Pending],
+    ) -> Result<HashMap<(String, String), MessageRow>, ServiceError> {
+        let mut ids: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for p in group {
+            ids.entry(p.tenant.as_str())
+                .or_default()
+                .insert(p.message_id.as_str());
         }
-        for step in &steps {
-            record_step(txn, tenant, message_id, *step, now, detail).await?;
-            self.outbox
-                .append(
+        let lock = match txn.get_database_backend() {
+            DbBackend::Postgres => " ORDER BY message_id FOR UPDATE",
+            _ => "",
+        };
+        let mut out = HashMap::new();
+        for (tenant, ids) in ids {
+            let ids: Vec<&str> = ids.into_iter().collect();
+            for chunk in ids.chunks(500) {
+                let mut values: Vec<sea_orm::Value> = vec![tenant.into()];
+                values.extend(chunk.iter().map(|id| (*id).into()));
+                let rows = query(
                     txn,
-                    tenant,
-                    self.clock.now(),
-                    status_event(&row, *step, detail),
+                    &format!(
+                        "SELECT {COLUMNS} FROM messages WHERE tenant_id = $1 AND message_id IN ({}){lock}",
+                        winback_platform::db::placeholders(2, chunk.len())
+                    ),
+                    values,
                 )
                 .await
                 .map_err(db_error)?;
+                for row in &rows {
+                    let row = MessageRow::from_row(tenant, row)?;
+                    out.insert((row.tenant_id.clone(), row.message_id.clone()), row);
+                }
+            }
         }
-        if let Reaction::Bounced { suppress: true } = reaction {
-            let channel = Channel::try_from(row.channel).unwrap_or(Channel::Unspecified);
-            self.suppress(
+        Ok(out)
+    }
+
+    /// Moves each message from the status it was read with to its new one. A message whose
+    /// status changed underneath (nothing should: the rows are locked or the writer is
+    /// single) fails the group, which its callers retry.
+    async fn set_statuses(
+        &self,
+        txn: &DatabaseTransaction,
+        moved: &[(&(String, String), i32, i32)],
+    ) -> Result<(), ServiceError> {
+        let mut updated = 0u64;
+        for chunk in moved.chunks(300) {
+            let list: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", winback_platform::db::placeholders(4 * i + 1, 4)))
+                .collect();
+            let values: Vec<sea_orm::Value> = chunk
+                .iter()
+                .flat_map(|((tenant, id), was, now)| {
+                    [
+                        tenant.clone().into(),
+                        id.clone().into(),
+                        i64::from(*was).into(),
+                        i64::from(*now).into(),
+                    ]
+                })
+                .collect();
+            // The same join on both databases (a VALUES list's columns are column1… on both).
+            updated += execute(
                 txn,
-                tenant,
-                channel,
-                &row.contact,
-                detail,
-                &row.customer_id,
-                false,
+                &format!(
+                    "UPDATE messages SET status = u.next
+                     FROM (SELECT column1 AS tenant_id, column2 AS message_id, column3 AS was,
+                                  column4 AS next FROM (VALUES {}) AS v) AS u
+                     WHERE messages.tenant_id = u.tenant_id AND messages.message_id = u.message_id
+                       AND messages.status = u.was",
+                    list.join(", ")
+                ),
+                values,
             )
-            .await?;
+            .await
+            .map_err(db_error)?;
         }
-        Ok(true)
+        if updated != moved.len() as u64 {
+            return Err(ServiceError::Unavailable(
+                "a message changed while its reactions were applied; retry".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The message a provider's id stands for.

@@ -466,6 +466,62 @@ async fn send(h: &mut Harness, r: SendRequest) -> Message {
 }
 
 db_test!(
+    reactions_arriving_together_each_move_their_message_once_in_order,
+    |db| async move {
+        let mut h = Harness::start(db).await;
+        h.a.upsert_template(UpsertTemplateRequest {
+            template: Some(welcome_back()),
+        })
+        .await
+        .unwrap();
+        let mut links = Vec::new();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let m = send(
+                &mut h,
+                email_to(&format!("t{i}"), &format!("c{i}@example.ru")),
+            )
+            .await;
+            wait_for_status(&mut h, &m.message_id, MessageStatus::Sent).await;
+            let eml = outbox_copy(db, &m.message_id);
+            // Pixels and clicks of one message mixed: several land in one group commit.
+            for _ in 0..3 {
+                links.push(link_starting(&eml, &format!("{}/o/", h.tracking)));
+                links.push(link_starting(&eml, &format!("{}/c/", h.tracking)));
+            }
+            ids.push(m.message_id);
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let fetches = links.into_iter().map(|link| {
+            let http = http.clone();
+            async move { http.get(link).send().await.unwrap().status().as_u16() }
+        });
+        let codes = futures::future::join_all(fetches).await;
+        assert!(codes.iter().all(|c| *c == 200 || *c == 302), "{codes:?}");
+        for id in ids {
+            let m = wait_for_status(&mut h, &id, MessageStatus::Clicked).await;
+            let steps: Vec<i32> = m
+                .timeline
+                .iter()
+                .map(|s| s.status)
+                .filter(|s| {
+                    *s == MessageStatus::Opened as i32 || *s == MessageStatus::Clicked as i32
+                })
+                .collect();
+            assert_eq!(
+                steps,
+                vec![MessageStatus::Opened as i32, MessageStatus::Clicked as i32],
+                "one open then one click for {id}"
+            );
+        }
+        h.stop();
+    }
+);
+
+db_test!(
     opens_clicks_and_one_click_unsubscribes_come_back_and_stop_the_next_send,
     |db| async move {
         let mut h = Harness::start(db).await;
