@@ -5,6 +5,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
+use tokio::sync::watch;
 
 /// Now on the wall clock, in Unix microseconds, whatever the service clock says. Leases of
 /// work in flight run on it: a manual clock that jumps ahead (tests, the demo) must not
@@ -17,6 +18,25 @@ pub fn wall_micros() -> i64 {
 pub trait Clock: Send + Sync + Debug {
     /// The current time.
     fn now(&self) -> DateTime<Utc>;
+
+    /// For a clock moved by hand: a receiver that sees every move, so that workers waiting
+    /// for due work wake when the clock jumps instead of polling for it. `None` for a
+    /// clock that moves by itself.
+    fn moves(&self) -> Option<watch::Receiver<()>> {
+        None
+    }
+}
+
+/// Waits for the next move of a clock ([`Clock::moves`]); forever when there is none (or
+/// the clock is gone, after which `moves` is cleared).
+pub async fn next_move(moves: &mut Option<watch::Receiver<()>>) {
+    if let Some(receiver) = moves.as_mut() {
+        if receiver.changed().await.is_ok() {
+            return;
+        }
+        *moves = None;
+    }
+    std::future::pending::<()>().await;
 }
 
 /// A shared clock handle.
@@ -36,6 +56,7 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     now: Arc<Mutex<DateTime<Utc>>>,
+    moved: Arc<watch::Sender<()>>,
 }
 
 impl ManualClock {
@@ -43,25 +64,32 @@ impl ManualClock {
     pub fn new(start: DateTime<Utc>) -> Self {
         Self {
             now: Arc::new(Mutex::new(start)),
+            moved: Arc::new(watch::Sender::new(())),
         }
     }
 
     /// Moves the clock forward (or back, with a negative duration).
     pub fn advance(&self, by: Duration) {
-        let mut now = self
-            .now
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *now += by;
+        {
+            let mut now = self
+                .now
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            *now += by;
+        }
+        self.moved.send_replace(());
     }
 
     /// Sets the clock to `to`.
     pub fn set(&self, to: DateTime<Utc>) {
-        let mut now = self
-            .now
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *now = to;
+        {
+            let mut now = self
+                .now
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            *now = to;
+        }
+        self.moved.send_replace(());
     }
 }
 
@@ -71,6 +99,10 @@ impl Clock for ManualClock {
             .now
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn moves(&self) -> Option<watch::Receiver<()>> {
+        Some(self.moved.subscribe())
     }
 }
 
@@ -88,6 +120,11 @@ mod tests {
         assert_eq!(clock.now(), start);
         clock.advance(Duration::days(30));
         assert_eq!(shared.now(), start + Duration::days(30));
+        let moves = shared.moves().unwrap();
+        assert!(!moves.has_changed().unwrap());
+        clock.advance(Duration::hours(6));
+        assert!(moves.has_changed().unwrap(), "a move is seen by every clone's receivers");
+        assert!(SystemClock.moves().is_none());
         shared.set(start);
         assert_eq!(clock.now(), start);
     }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::{ConnectionTrait, DbBackend};
 use tokio_util::sync::CancellationToken;
 use winback_platform::ServiceError;
-use winback_platform::clock::wall_micros;
+use winback_platform::clock::{next_move, wall_micros};
 use winback_platform::db::{multi_row_insert, placeholders};
 use winback_platform::time::from_timestamp;
 use winback_proto::campaigns::{Chain, EnrolmentState, Step};
@@ -144,6 +144,8 @@ impl Campaigns {
     /// the poll interval (or until woken) when there is nothing to do.
     pub(crate) async fn run_worker(self, shutdown: CancellationToken) {
         let idle = StdDuration::from_millis(self.config.poll_interval_ms);
+        // A clock moved by hand (tests, the demo) makes steps due at once: look then.
+        let mut moves = self.clock.moves();
         while !shutdown.is_cancelled() {
             let mut busy = false;
             match self.drain_enrolment_requests().await {
@@ -161,6 +163,7 @@ impl Campaigns {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(idle) => {}
                     _ = self.wake.notified() => {}
+                    _ = next_move(&mut moves) => {}
                 }
             }
         }

@@ -17,7 +17,7 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use winback_platform::ServiceError;
-use winback_platform::clock::wall_micros;
+use winback_platform::clock::{next_move, wall_micros};
 use winback_platform::db::multi_row_insert;
 use winback_proto::common::{Channel, MessagePurpose};
 use winback_proto::delivery::MessageStatus;
@@ -79,6 +79,8 @@ impl Delivery {
     /// Runs a worker until `shutdown`; then waits for the messages in flight and records them.
     pub(crate) async fn run_worker(self, shutdown: CancellationToken) {
         let idle = Duration::from_millis(self.config.poll_interval_ms);
+        // A clock moved by hand (tests, the demo) makes delayed sends due at once.
+        let mut moves = self.clock.moves();
         let batch = self.config.claim_batch.max(1) as usize;
         // Claimed messages in flight at most: a batch sending, a batch claimed ahead.
         let in_flight = Arc::new(Semaphore::new(batch * 2));
@@ -125,6 +127,7 @@ impl Delivery {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(idle) => {}
+                () = next_move(&mut moves) => {}
             }
         }
         // Let the messages in flight finish and be recorded.

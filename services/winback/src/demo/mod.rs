@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use winback_platform::clock::{Clock, ManualClock};
-use winback_platform::config::{CampaignsConfig, Config, DeliveryConfig, EventsConfig};
+use winback_platform::config::{Config, DeliveryConfig, EventsConfig};
 use winback_platform::grpc::CallCredentials;
 use winback_platform::time::{to_duration, to_timestamp};
 use winback_proto::campaigns::campaigns_service_client::CampaignsServiceClient;
@@ -134,15 +134,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         delivery: DeliveryConfig {
             tracking_listen: format!("127.0.0.1:{tracking}").parse()?,
             public_url: format!("http://127.0.0.1:{tracking}"),
-            poll_interval_ms: 20,
             ..DeliveryConfig::default()
         },
-        // The demo moves the clock as soon as the work of a tick is done: idle services
-        // look for work often.
-        campaigns: CampaignsConfig {
-            poll_interval_ms: 10,
-            ..CampaignsConfig::default()
-        },
+        // The demo moves the clock as soon as the work of a tick is done: the step and send
+        // workers wake on every move of the manual clock (they polled every 10–20 ms, a
+        // fifth of the demo's statements); the event feeds look for news often (they also
+        // wake on their outbox's commits; 200 ms here measured no faster).
         events: EventsConfig {
             poll_interval_ms: 20,
             ..EventsConfig::default()
