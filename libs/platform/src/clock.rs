@@ -123,7 +123,10 @@ mod tests {
         let moves = shared.moves().unwrap();
         assert!(!moves.has_changed().unwrap());
         clock.advance(Duration::hours(6));
-        assert!(moves.has_changed().unwrap(), "a move is seen by every clone's receivers");
+        assert!(
+            moves.has_changed().unwrap(),
+            "a move is seen by every clone's receivers"
+        );
         assert!(SystemClock.moves().is_none());
         shared.set(start);
         assert_eq!(clock.now(), start);

@@ -191,11 +191,12 @@ impl Delivery {
             })
             .collect();
         self.set_statuses(&txn, &moved).await?;
-        for chunk in timeline.chunks(500) {
+        let mut timeline = timeline.into_iter().peekable();
+        while timeline.peek().is_some() {
             txn.execute_raw(multi_row_insert(
                 txn.get_database_backend(),
                 "INSERT INTO message_timeline (tenant_id, message_id, status, at_us, detail)",
-                chunk.to_vec(),
+                timeline.by_ref().take(500),
             ))
             .await
             .map_err(db_error)?;
