@@ -1013,22 +1013,23 @@ impl<'a> Simulation<'a> {
         let buying = Instant::now();
 
         // Natural returns, the same hazard for the treated and the holdout.
-        let members: Vec<String> = self.members.keys().cloned().collect();
-        for customer in members {
-            if self.returned.contains_key(&customer) {
+        let mut natural = Vec::new();
+        for customer in self.members.keys() {
+            if self.returned.contains_key(customer) {
                 continue;
             }
-            let Some((kind, _)) = self.kind(&customer) else {
+            let Some((kind, _)) = self.kind(customer) else {
                 continue;
             };
             let p = 1.0 - (1.0 - respond::natural_daily(kind)).powf(0.25);
             let key = format!("{customer}:{}", now.timestamp());
             if respond::draw(self.seed, &key, "natural") < p
-                && !buyers.iter().any(|(b, _)| *b == customer)
+                && !buyers.iter().any(|(b, _)| b == customer)
             {
-                buyers.push((customer, String::new()));
+                natural.push((customer.clone(), String::new()));
             }
         }
+        buyers.extend(natural);
         self.purchase(c, buyers, now).await?;
         self.spent[2] += buying.elapsed();
         let (mut treated, mut held, mut treated_back, mut held_back) = (0.0, 0.0, 0.0, 0.0);
