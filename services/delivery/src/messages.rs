@@ -120,6 +120,36 @@ pub(crate) fn status_name(status: MessageStatus) -> &'static str {
     }
 }
 
+/// A tenant's messages whose `column` (`message_id`, `idempotency_key`) is one of `keys`,
+/// 500 keys a statement; `tail` follows the key condition (a lock, on PostgreSQL).
+pub(crate) async fn messages_where_in<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    column: &str,
+    keys: &[&str],
+    tail: &str,
+) -> Result<Vec<MessageRow>, ServiceError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(500) {
+        let mut values: Vec<sea_orm::Value> = vec![tenant.into()];
+        values.extend(chunk.iter().map(|k| (*k).into()));
+        let rows = query(
+            db,
+            &format!(
+                "SELECT {COLUMNS} FROM messages WHERE tenant_id = $1 AND {column} IN ({}){tail}",
+                winback_platform::db::placeholders(2, chunk.len())
+            ),
+            values,
+        )
+        .await
+        .map_err(db_error)?;
+        for row in &rows {
+            out.push(MessageRow::from_row(tenant, row)?);
+        }
+    }
+    Ok(out)
+}
+
 impl Delivery {
     /// A message by id, with its timeline.
     pub(crate) async fn message(

@@ -14,7 +14,7 @@ use winback_proto::events::ContactUnsubscribed;
 use winback_proto::events::event::Payload;
 
 use crate::context::{Delivery, db_error};
-use crate::messages::{COLUMNS, MessageRow};
+use crate::messages::{COLUMNS, MessageRow, messages_where_in};
 use crate::sending::status_event;
 use crate::store::{execute, query};
 
@@ -246,23 +246,8 @@ impl Delivery {
         let mut out = HashMap::new();
         for (tenant, ids) in ids {
             let ids: Vec<&str> = ids.into_iter().collect();
-            for chunk in ids.chunks(500) {
-                let mut values: Vec<sea_orm::Value> = vec![tenant.into()];
-                values.extend(chunk.iter().map(|id| (*id).into()));
-                let rows = query(
-                    txn,
-                    &format!(
-                        "SELECT {COLUMNS} FROM messages WHERE tenant_id = $1 AND message_id IN ({}){lock}",
-                        winback_platform::db::placeholders(2, chunk.len())
-                    ),
-                    values,
-                )
-                .await
-                .map_err(db_error)?;
-                for row in &rows {
-                    let row = MessageRow::from_row(tenant, row)?;
-                    out.insert((row.tenant_id.clone(), row.message_id.clone()), row);
-                }
+            for row in messages_where_in(txn, tenant, "message_id", &ids, lock).await? {
+                out.insert((row.tenant_id.clone(), row.message_id.clone()), row);
             }
         }
         Ok(out)

@@ -19,7 +19,7 @@ use winback_proto::events::event::Payload;
 use crate::context::{Delivery, channel, db_error, struct_to_json, timestamp};
 use crate::domain::token::Tracked;
 use crate::domain::{contact, render, sms};
-use crate::messages::{COLUMNS, MessageRow};
+use crate::messages::{COLUMNS, MessageRow, messages_where_in};
 use crate::store::query;
 use crate::suppressions::SuppressionKey;
 
@@ -429,26 +429,12 @@ impl Delivery {
         tenant: &str,
         sends: &[SendRequest],
     ) -> Result<BatchLookups, ServiceError> {
-        let keys: Vec<String> = sends.iter().map(|s| s.idempotency_key.clone()).collect();
-        let mut existing = HashMap::new();
-        for chunk in keys.chunks(500) {
-            let mut values: Vec<sea_orm::Value> = vec![tenant.into()];
-            values.extend(chunk.iter().map(|k| k.clone().into()));
-            let rows = query(
-                &self.db,
-                &format!(
-                    "SELECT {COLUMNS} FROM messages WHERE tenant_id = $1 AND idempotency_key IN ({})",
-                    winback_platform::db::placeholders(2, chunk.len())
-                ),
-                values,
-            )
-            .await
-            .map_err(db_error)?;
-            for row in &rows {
-                let row = MessageRow::from_row(tenant, row)?;
-                existing.insert(row.idempotency_key.clone(), row);
-            }
-        }
+        let keys: Vec<&str> = sends.iter().map(|s| s.idempotency_key.as_str()).collect();
+        let existing = messages_where_in(&self.db, tenant, "idempotency_key", &keys, "")
+            .await?
+            .into_iter()
+            .map(|row| (row.idempotency_key.clone(), row))
+            .collect();
         // Sends that fail their checks are refused in `prepare`; their contacts need no look.
         let contacts: Vec<SuppressionKey> = sends
             .iter()
