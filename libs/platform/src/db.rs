@@ -192,6 +192,15 @@ pub fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// `($first, …), (…), …`: `rows` rows of `width` numbered placeholders each, for a
+/// `VALUES` list joined in an `UPDATE … FROM`.
+pub fn value_rows(first: usize, width: usize, rows: usize) -> String {
+    (0..rows)
+        .map(|i| format!("({})", placeholders(first + width * i, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One multi-row insert: `head` (`INSERT INTO t (a, b)`) followed by `VALUES ($1, $2),
 /// ($3, $4), …` for `rows`, with the values in placeholder order. Callers chunk their rows
 /// so a statement stays within the backends' parameter limits.
@@ -305,6 +314,7 @@ mod tests {
         let lite = multi_row_insert(DbBackend::Sqlite, "INSERT INTO t (n, s)", rows);
         assert_eq!(lite.sql, "INSERT INTO t (n, s) VALUES (?, ?), (?, ?)");
         assert_eq!(placeholders(3, 2), "$3, $4");
+        assert_eq!(value_rows(2, 2, 2), "($2, $3), ($4, $5)");
     }
 
     #[test]

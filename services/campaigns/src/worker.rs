@@ -12,7 +12,7 @@ use sea_orm::{ConnectionTrait, DbBackend};
 use tokio_util::sync::CancellationToken;
 use winback_platform::ServiceError;
 use winback_platform::clock::{next_move, wall_micros};
-use winback_platform::db::{multi_row_insert, placeholders};
+use winback_platform::db::{multi_row_insert, value_rows};
 use winback_platform::time::from_timestamp;
 use winback_proto::campaigns::{Chain, EnrolmentState, Step};
 use winback_proto::common::{Channel, MessagePurpose};
@@ -1039,9 +1039,6 @@ impl Campaigns {
         } else {
             // SQLite: the same join against a VALUES list, 400 enrolments per statement.
             for chunk in updates.chunks(400) {
-                let list: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("({})", placeholders(10 * i + 2, 10)))
-                    .collect();
                 let mut values: Vec<sea_orm::Value> = vec![tenant.into()];
                 for u in chunk {
                     values.extend([
@@ -1069,7 +1066,7 @@ impl Campaigns {
                                FROM (VALUES {})) AS u
                          WHERE enrolments.tenant_id = $1 AND enrolments.enrolment_id = u.enrolment_id
                            AND enrolments.state = 1",
-                        list.join(", ")
+                        value_rows(2, 10, chunk.len())
                     ),
                     values,
                 )

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend};
 use tokio::sync::oneshot;
 use winback_platform::ServiceError;
-use winback_platform::db::multi_row_insert;
+use winback_platform::db::{multi_row_insert, value_rows};
 use winback_proto::common::Channel;
 use winback_proto::delivery::MessageStatus;
 use winback_proto::events::ContactUnsubscribed;
@@ -263,9 +263,6 @@ impl Delivery {
     ) -> Result<(), ServiceError> {
         let mut updated = 0u64;
         for chunk in moved.chunks(300) {
-            let list: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", winback_platform::db::placeholders(4 * i + 1, 4)))
-                .collect();
             let values: Vec<sea_orm::Value> = chunk
                 .iter()
                 .flat_map(|((tenant, id), was, now)| {
@@ -286,7 +283,7 @@ impl Delivery {
                                   column4 AS next FROM (VALUES {}) AS v) AS u
                      WHERE messages.tenant_id = u.tenant_id AND messages.message_id = u.message_id
                        AND messages.status = u.was",
-                    list.join(", ")
+                    value_rows(1, 4, chunk.len())
                 ),
                 values,
             )

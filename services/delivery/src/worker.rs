@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use winback_platform::ServiceError;
 use winback_platform::clock::{next_move, wall_micros};
-use winback_platform::db::multi_row_insert;
+use winback_platform::db::{multi_row_insert, value_rows};
 use winback_proto::common::{Channel, MessagePurpose};
 use winback_proto::delivery::MessageStatus;
 
@@ -472,9 +472,6 @@ impl Delivery {
         // SQLite: the same join against a VALUES list, 500 messages per statement.
         let mut returned = Vec::new();
         for chunk in rows.chunks(500) {
-            let list: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", winback_platform::db::placeholders(8 * i + 1, 8)))
-                .collect();
             let values: Vec<sea_orm::Value> = chunk
                 .iter()
                 .flat_map(|r| {
@@ -500,7 +497,7 @@ impl Delivery {
                            FROM (VALUES {})) AS u
                      WHERE m.tenant_id = u.tenant_id AND m.message_id = u.message_id AND m.status = 2
                      RETURNING tenant_id, message_id",
-                    list.join(", ")
+                    value_rows(1, 8, chunk.len())
                 ),
                 values,
             )
