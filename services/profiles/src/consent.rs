@@ -1,7 +1,11 @@
 //! Consent per channel and purpose, with full history. A "do not contact me" refuses every
 //! channel and purpose at once and is remembered until the customer grants consent again.
 
-use sea_orm::ConnectionTrait;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, Value};
 use winback_platform::ServiceError;
 use winback_proto::common::{Channel, MessagePurpose};
 use winback_proto::events::ConsentChanged;
@@ -42,73 +46,106 @@ pub(crate) fn refuse_everything(source: &str, at_us: i64) -> Vec<ConsentChange> 
         .collect()
 }
 
-/// Stores consent changes with history, updates the facts state and writes the events,
-/// inside the caller's transaction.
-pub(crate) async fn store_changes(
-    profiles: &Profiles,
-    txn: &impl ConnectionTrait,
-    tenant: &str,
-    customer_id: &str,
-    state: &mut FactsState,
-    changes: &[ConsentChange],
-    do_not_contact: bool,
-) -> Result<(), ServiceError> {
-    let mut consent_rows = Vec::new();
-    let mut events = Vec::new();
-    for c in changes {
-        consent_rows.push(vec![
-            tenant.into(),
-            customer_id.into(),
-            i64::from(c.channel).into(),
-            i64::from(c.purpose).into(),
-            i64::from(c.granted).into(),
-            c.source.clone().into(),
-            c.at_us.into(),
-        ]);
-        let flags = state.consent.entry(c.channel).or_default();
-        if c.purpose == MessagePurpose::Advertising as i32 {
-            flags.advertising = c.granted;
-        } else {
-            flags.service_refused = !c.granted;
+/// The consent changes of one transaction: each is folded into the customer's facts state
+/// as it is added, and all are written at the end with a few multi-row statements (the
+/// current decision per channel and purpose, the history, the events).
+#[derive(Default)]
+pub(crate) struct ConsentWrites {
+    /// Current decisions, the last one per (customer, channel, purpose): one upsert cannot
+    /// touch a row twice.
+    current: Vec<Vec<Value>>,
+    current_at: HashMap<(String, i32, i32), usize>,
+    history: Vec<Vec<Value>>,
+    events: Vec<(String, DateTime<Utc>, Payload)>,
+}
+
+impl ConsentWrites {
+    /// Adds `changes` for one customer and folds them into `state`.
+    pub(crate) fn add(
+        &mut self,
+        now: DateTime<Utc>,
+        tenant: &str,
+        customer_id: &str,
+        state: &mut FactsState,
+        changes: &[ConsentChange],
+        do_not_contact: bool,
+    ) {
+        for c in changes {
+            let row: Vec<Value> = vec![
+                tenant.into(),
+                customer_id.into(),
+                i64::from(c.channel).into(),
+                i64::from(c.purpose).into(),
+                i64::from(c.granted).into(),
+                c.source.clone().into(),
+                c.at_us.into(),
+            ];
+            match self
+                .current_at
+                .entry((customer_id.to_owned(), c.channel, c.purpose))
+            {
+                Entry::Occupied(at) => self.current[*at.get()] = row.clone(),
+                Entry::Vacant(slot) => {
+                    slot.insert(self.current.len());
+                    self.current.push(row.clone());
+                }
+            }
+            self.history.push(row);
+            let flags = state.consent.entry(c.channel).or_default();
+            if c.purpose == MessagePurpose::Advertising as i32 {
+                flags.advertising = c.granted;
+            } else {
+                flags.service_refused = !c.granted;
+            }
+            self.events.push((
+                tenant.to_owned(),
+                now,
+                Payload::ConsentChanged(ConsentChanged {
+                    customer_id: customer_id.to_owned(),
+                    channel: c.channel,
+                    purpose: c.purpose,
+                    granted: c.granted,
+                    source: c.source.clone(),
+                    do_not_contact,
+                }),
+            ));
         }
-        events.push((
-            tenant.to_owned(),
-            profiles.clock.now(),
-            Payload::ConsentChanged(ConsentChanged {
-                customer_id: customer_id.to_owned(),
-                channel: c.channel,
-                purpose: c.purpose,
-                granted: c.granted,
-                source: c.source.clone(),
-                do_not_contact,
-            }),
-        ));
+        if do_not_contact {
+            state.do_not_contact = true;
+        } else if changes.iter().any(|c| c.granted) {
+            // Granting consent again is the customer taking back a "do not contact me".
+            state.do_not_contact = false;
+        }
     }
-    if do_not_contact {
-        state.do_not_contact = true;
-    } else if changes.iter().any(|c| c.granted) {
-        // Granting consent again is the customer taking back a "do not contact me".
-        state.do_not_contact = false;
+
+    /// Writes everything added, inside the caller's transaction (the facts states are the
+    /// caller's to save).
+    pub(crate) async fn write(
+        self,
+        profiles: &Profiles,
+        txn: &impl ConnectionTrait,
+    ) -> Result<(), ServiceError> {
+        if self.history.is_empty() {
+            return Ok(());
+        }
+        rows::insert_many(
+            txn,
+            "INSERT INTO consents (tenant_id, customer_id, channel, purpose, granted, source, recorded_at_us)",
+            "ON CONFLICT (tenant_id, customer_id, channel, purpose) DO UPDATE SET granted = excluded.granted, \
+             source = excluded.source, recorded_at_us = excluded.recorded_at_us",
+            self.current,
+        )
+        .await?;
+        rows::insert_many(
+            txn,
+            "INSERT INTO consent_history (tenant_id, customer_id, channel, purpose, granted, source, recorded_at_us)",
+            "",
+            self.history,
+        )
+        .await?;
+        profiles.outbox.append_many(txn, self.events).await?;
+        Ok(())
     }
-    // The same rows go to the current consent (last decision per channel and purpose) and
-    // to the history.
-    rows::insert_many(
-        txn,
-        "INSERT INTO consents (tenant_id, customer_id, channel, purpose, granted, source, recorded_at_us)",
-        "ON CONFLICT (tenant_id, customer_id, channel, purpose) DO UPDATE SET granted = excluded.granted, \
-         source = excluded.source, recorded_at_us = excluded.recorded_at_us",
-        consent_rows.clone(),
-    )
-    .await?;
-    rows::insert_many(
-        txn,
-        "INSERT INTO consent_history (tenant_id, customer_id, channel, purpose, granted, source, recorded_at_us)",
-        "",
-        consent_rows,
-    )
-    .await?;
-    profiles.outbox.append_many(txn, events).await?;
-    Ok(())
 }
 
 /// The changes one consent request asks for, checked; `prefix` names the request in the
@@ -256,21 +293,22 @@ impl Profiles {
         }
         let mut states = rows::facts_states(&txn, tenant, &ids).await?;
         let mut stored = Vec::with_capacity(requests.len());
+        let mut writes = ConsentWrites::default();
+        let now = self.clock.now();
         for (r, changes) in requests.iter().zip(&checked) {
             let state = states.entry(r.customer_id.clone()).or_default();
-            store_changes(
-                self,
-                &txn,
+            writes.add(
+                now,
                 tenant,
                 &r.customer_id,
                 state,
                 changes,
                 r.do_not_contact,
-            )
-            .await?;
+            );
             state.updated_at_us = self.now_us();
             stored.extend(stored_record(changes, r.do_not_contact));
         }
+        writes.write(self, &txn).await?;
         let touched: Vec<(String, FactsState)> = ids
             .iter()
             .filter_map(|id| states.remove(id).map(|state| (id.clone(), state)))

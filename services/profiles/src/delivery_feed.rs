@@ -18,7 +18,7 @@ use winback_proto::common::MessagePurpose;
 use winback_proto::events::event::Payload;
 use winback_proto::events::{Event, EventSource};
 
-use crate::consent::{ConsentChange, store_changes};
+use crate::consent::{ConsentChange, ConsentWrites};
 use crate::context::Profiles;
 use crate::domain::facts::FactsState;
 use crate::store::rows;
@@ -109,6 +109,8 @@ impl DeliveryReactions {
             .filter(|(_, state)| !state.erased)
             .collect();
         let mut changed: Vec<String> = Vec::new();
+        let mut refusals = ConsentWrites::default();
+        let now = self.profiles.clock.now();
         for (customer, change, at_us) in changes {
             let Some(state) = states.get_mut(customer) else {
                 continue;
@@ -126,9 +128,8 @@ impl DeliveryReactions {
                     }
                 }
                 Change::Refused { channel, source } => {
-                    store_changes(
-                        &self.profiles,
-                        txn,
+                    refusals.add(
+                        now,
                         tenant,
                         customer,
                         state,
@@ -140,9 +141,7 @@ impl DeliveryReactions {
                             at_us,
                         }],
                         false,
-                    )
-                    .await
-                    .map_err(other)?;
+                    );
                 }
             }
             changed.push(customer.to_owned());
@@ -158,6 +157,7 @@ impl DeliveryReactions {
                 Some((id, state))
             })
             .collect();
+        refusals.write(&self.profiles, txn).await.map_err(other)?;
         rows::save_facts(txn, tenant, &writes).await?;
         Ok(())
     }

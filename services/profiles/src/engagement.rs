@@ -10,7 +10,7 @@ use winback_proto::events::event::Payload;
 use winback_proto::profiles::EngagementEvent;
 use winback_proto::profiles::engagement_event::Kind;
 
-use crate::consent::{refuse_everything, store_changes};
+use crate::consent::{ConsentWrites, refuse_everything};
 use crate::context::{Profiles, micros};
 use crate::domain::facts::FactsState;
 use crate::domain::validate::{self, MAX_BATCH, MAX_CLOCK_SKEW, Violations};
@@ -150,6 +150,7 @@ impl Profiles {
         let mut rows_out = Vec::new();
         let mut out_events = Vec::new();
         let mut touched = HashSet::new();
+        let mut refusals = ConsentWrites::default();
         for e in &fresh {
             let Some(kind) = &e.kind else { continue };
             let at_us = e.occurred_at.as_ref().map(micros).unwrap_or_default();
@@ -164,7 +165,7 @@ impl Profiles {
             };
             if let Some(source) = refusal {
                 let changes = refuse_everything(source, at_us);
-                store_changes(self, &txn, tenant, &e.customer_id, state, &changes, true).await?;
+                refusals.add(now, tenant, &e.customer_id, state, &changes, true);
             }
             rows_out.push(vec![
                 tenant.into(),
@@ -199,6 +200,7 @@ impl Profiles {
             rows_out,
         )
         .await?;
+        refusals.write(self, &txn).await?;
         rows::save_touched_facts(&txn, tenant, &states, &touched).await?;
         self.outbox.append_many(&txn, out_events).await?;
         txn.commit().await?;

@@ -850,6 +850,20 @@ db_test!(
         assert!(!advertising(&f1, Channel::Email));
         assert!(advertising(&f1, Channel::Push));
         assert!(advertising(&facts(&mut h.a, "c2").await, Channel::Sms));
+        // The current consent holds one decision per channel and purpose, the last one.
+        let current =
+            h.a.get_customer(GetCustomerRequest {
+                customer_id: "c1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .consents;
+        let decisions: Vec<(i32, bool)> = current.iter().map(|c| (c.channel, c.granted)).collect();
+        assert_eq!(
+            decisions,
+            vec![(Channel::Email as i32, false), (Channel::Push as i32, true)]
+        );
         // Another tenant cannot record consent for these customers.
         let status =
             h.b.record_consents(RecordConsentsRequest {

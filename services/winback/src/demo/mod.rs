@@ -175,12 +175,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     let shop = match &opts.import {
         None => {
             let shop = shop::generate(opts.customers, opts.seed, clock.now());
-            load(&mut c, &shop, &clock, opts.progress).await?;
+            let generated = loading.elapsed();
+            let split = load(&mut c, &shop, &clock, opts.progress).await?;
             println!(
-                "Loaded {} customers and {} orders through the profiles API in {:.1} s.",
+                "Loaded {} customers and {} orders through the profiles API in {:.1} s \
+                 (generating {:.1} s, customers {:.1} s, consents {:.1} s, orders {:.1} s).",
                 shop.customers.len(),
                 shop.orders.len(),
-                loading.elapsed().as_secs_f64()
+                loading.elapsed().as_secs_f64(),
+                generated.as_secs_f64(),
+                split[0].as_secs_f64(),
+                split[1].as_secs_f64(),
+                split[2].as_secs_f64()
             );
             shop
         }
@@ -248,7 +254,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         setting_up.elapsed().as_secs_f64()
     );
     let mut sim = Simulation::new(&shop, opts.seed, &opts.out, &tenant.tenant_id, start);
-    sim.members = members(&mut c, &campaign_id).await?;
+    sim.set_members(members(&mut c, &campaign_id).await?);
     let campaigns_db = winback_platform::db::connect(
         &config.database.url_for("campaigns", &config.data_dir),
         "campaigns",
@@ -339,7 +345,9 @@ async fn load(
     shop: &Shop,
     clock: &ManualClock,
     progress: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<[StdDuration; 3]> {
+    let mut split = [StdDuration::ZERO; 3];
+    let started = Instant::now();
     let customers = bar(progress, shop.customers.len() as u64, "customers");
     for chunk in shop.customers.chunks(1000) {
         c.profiles
@@ -369,6 +377,8 @@ async fn load(
         customers.inc(chunk.len() as u64);
     }
     customers.finish_and_clear();
+    split[0] = started.elapsed();
+    let started = Instant::now();
     let consents: Vec<(String, Medium)> = shop
         .customers
         .iter()
@@ -407,6 +417,8 @@ async fn load(
         consent_bar.inc(chunk.len() as u64);
     }
     consent_bar.finish_and_clear();
+    split[1] = started.elapsed();
+    let started = Instant::now();
     // One client stream, as `winback import` sends orders: the service records the chunks
     // that arrive together in one transaction.
     let orders = bar(progress, shop.orders.len() as u64, "orders");
@@ -443,7 +455,8 @@ async fn load(
         shop.orders.len()
     );
     orders.finish_and_clear();
-    Ok(())
+    split[2] = started.elapsed();
+    Ok(split)
 }
 
 /// Where the clock of an imported history starts: 08:00 UTC of the day after its last
@@ -874,17 +887,32 @@ fn cursor_seq(cursor: &str) -> i64 {
 }
 
 /// The customers' side of the demo: reading mail, clicking, buying, coming back.
+/// Pixel and link fetches in flight at once: recipients read their mail side by side, and
+/// the tracking server records the reactions that arrive together in one commit.
+const FETCHES_AT_ONCE: usize = 256;
+
+/// A member of the win-back campaign, as the simulation sees them.
+struct Member<'a> {
+    id: &'a str,
+    /// Index in the shop.
+    index: usize,
+    holdout: bool,
+    /// Chance of coming back on their own within one 6-hour tick.
+    tick_chance: f64,
+}
+
 struct Simulation<'a> {
     shop: &'a Shop,
     seed: u64,
     outbox: PathBuf,
     index: HashMap<&'a str, usize>,
-    /// Customer → held out, for the win-back campaign.
-    members: HashMap<String, bool>,
+    /// The win-back campaign's members, treated and held out.
+    members: Vec<Member<'a>>,
     cursor: String,
     /// Emails not yet on disk when first looked for: (message id, customer, coupon).
     unread: Vec<(String, String, String)>,
-    returned: HashMap<String, DateTime<Utc>>,
+    /// Came back during the run, by index in the shop.
+    returned: Vec<bool>,
     orders: u64,
     http: reqwest::Client,
     /// (day, treated return rate, holdout return rate).
@@ -907,10 +935,10 @@ impl<'a> Simulation<'a> {
                 .enumerate()
                 .map(|(i, c)| (c.id.as_str(), i))
                 .collect(),
-            members: HashMap::new(),
+            members: Vec::new(),
             cursor: String::new(),
             unread: Vec::new(),
-            returned: HashMap::new(),
+            returned: vec![false; shop.customers.len()],
             orders: 0,
             // Redirects are not followed: the tracked link points at a made-up shop.
             http: reqwest::Client::builder()
@@ -926,6 +954,30 @@ impl<'a> Simulation<'a> {
     fn kind(&self, customer: &str) -> Option<(Kind, bool)> {
         let c = &self.shop.customers[*self.index.get(customer)?];
         Some((c.kind, c.email.ends_with("@old-mail.example")))
+    }
+
+    /// Who is in the win-back campaign (customer → held out), in a stable order; each
+    /// member's chance of coming back on their own in a 6-hour tick is worked out once.
+    fn set_members(&mut self, members: HashMap<String, bool>) {
+        let mut members: Vec<Member<'a>> = members
+            .into_iter()
+            .filter_map(|(customer, holdout)| {
+                let (&id, &index) = self.index.get_key_value(customer.as_str())?;
+                let kind = self.shop.customers[index].kind;
+                Some(Member {
+                    id,
+                    index,
+                    holdout,
+                    tick_chance: 1.0 - (1.0 - respond::natural_daily(kind)).powf(0.25),
+                })
+            })
+            .collect();
+        members.sort_unstable_by_key(|m| m.index);
+        self.members = members;
+    }
+
+    fn has_returned(&self, customer: &str) -> bool {
+        self.index.get(customer).is_some_and(|&i| self.returned[i])
     }
 
     /// One 6-hour tick: new touches are read (or not), clicked, bought from; everyone in
@@ -989,7 +1041,7 @@ impl<'a> Simulation<'a> {
                 continue;
             }
             fetches.extend(links.iter().find(|l| l.contains("/c/")).cloned());
-            if !self.returned.contains_key(&customer)
+            if !self.has_returned(&customer)
                 && respond::draw(self.seed, &message_id, "buy")
                     < respond::buy(kind, !coupon.is_empty())
             {
@@ -1006,36 +1058,33 @@ impl<'a> Simulation<'a> {
                 let _ = http.get(url).send().await;
             }
         }))
-        .buffer_unordered(64)
+        .buffer_unordered(FETCHES_AT_ONCE)
         .collect::<Vec<()>>()
         .await;
         self.spent[1] += fetching.elapsed();
         let buying = Instant::now();
 
         // Natural returns, the same hazard for the treated and the holdout.
+        let stamp = format!(":{}", now.timestamp());
         let mut natural = Vec::new();
-        for customer in self.members.keys() {
-            if self.returned.contains_key(customer) {
+        for m in &self.members {
+            if self.returned[m.index] {
                 continue;
             }
-            let Some((kind, _)) = self.kind(customer) else {
-                continue;
-            };
-            let p = 1.0 - (1.0 - respond::natural_daily(kind)).powf(0.25);
-            let key = format!("{customer}:{}", now.timestamp());
-            if respond::draw(self.seed, &key, "natural") < p
-                && !buyers.iter().any(|(b, _)| b == customer)
+            let key = [m.id.as_bytes(), stamp.as_bytes()];
+            if respond::draw_parts(self.seed, key, "natural") < m.tick_chance
+                && !buyers.iter().any(|(b, _)| b == m.id)
             {
-                natural.push((customer.clone(), String::new()));
+                natural.push((m.id.to_owned(), String::new()));
             }
         }
         buyers.extend(natural);
         self.purchase(c, buyers, now).await?;
         self.spent[2] += buying.elapsed();
         let (mut treated, mut held, mut treated_back, mut held_back) = (0.0, 0.0, 0.0, 0.0);
-        for (customer, holdout) in &self.members {
-            let back = f64::from(u8::from(self.returned.contains_key(customer)));
-            if *holdout {
+        for m in &self.members {
+            let back = f64::from(u8::from(self.returned[m.index]));
+            if m.holdout {
                 held += 1.0;
                 held_back += back;
             } else {
@@ -1072,7 +1121,7 @@ impl<'a> Simulation<'a> {
             let Some(&i) = self.index.get(customer.as_str()) else {
                 continue;
             };
-            if self.returned.contains_key(&customer) {
+            if self.returned[i] {
                 continue;
             }
             let check = self.shop.customers[i].mean_check_minor;
@@ -1104,7 +1153,7 @@ impl<'a> Simulation<'a> {
                 coupon_code: coupon,
                 ..Order::default()
             });
-            self.returned.insert(customer, placed);
+            self.returned[i] = true;
         }
         let offers = c.offers.clone();
         let mut redeemed = futures::stream::iter(redemptions.into_iter().map(|r| {
