@@ -963,6 +963,23 @@ async fn stream_all(client: &mut harness::Client, cursor: &str) -> (Vec<Customer
     (all, last)
 }
 
+/// The number of facts in each chunk of a whole-tenant stream of 7 per chunk.
+async fn chunk_sizes(client: &mut harness::Client) -> Vec<usize> {
+    let mut stream = client
+        .stream_facts(StreamFactsRequest {
+            changed_since_cursor: String::new(),
+            chunk_size: 7,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sizes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        sizes.push(chunk.unwrap().facts.len());
+    }
+    sizes
+}
+
 db_test!(
     facts_stream_for_the_whole_tenant_and_since_a_cursor,
     |db| async move {
@@ -970,10 +987,17 @@ db_test!(
         let mut h = Harness::start(db).await;
         let customers: Vec<Customer> = (0..30).map(|i| customer(&format!("c{i:02}"))).collect();
         upsert(&mut h.a, customers).await;
+        // An empty tenant gets one empty chunk (with the cursor to resume from).
+        assert_eq!(chunk_sizes(&mut h.b).await, vec![0]);
         upsert(&mut h.b, vec![customer("other-tenant")]).await;
         let (all, cursor) = stream_all(&mut h.a, "").await;
         assert_eq!(all.len(), 30, "only this tenant's customers");
         assert!(all.windows(2).all(|w| w[0].customer_id < w[1].customer_id));
+        assert_eq!(chunk_sizes(&mut h.a).await, vec![7, 7, 7, 7, 2]);
+        // A tenant of whole chunks ends without an empty one.
+        let six: Vec<Customer> = (0..6).map(|i| customer(&format!("b{i}"))).collect();
+        upsert(&mut h.b, six).await;
+        assert_eq!(chunk_sizes(&mut h.b).await, vec![7]);
 
         record(
             &mut h.a,
