@@ -63,7 +63,6 @@ impl Profiles {
         tx: &mpsc::Sender<Result<EncodedChunk, Status>>,
     ) -> Result<(), Status> {
         use sea_orm::{StreamTrait, TransactionTrait};
-        let internal = |e: sea_orm::DbErr| Status::from(ServiceError::from(e));
         let cursor = rows::facts_horizon(&self.db)
             .await
             .map_err(internal)?
@@ -97,7 +96,6 @@ impl Profiles {
         chunk: usize,
         tx: &mpsc::Sender<Result<EncodedChunk, Status>>,
     ) -> Result<(), Status> {
-        let internal = |e: sea_orm::DbErr| Status::from(ServiceError::from(e));
         loop {
             let page = rows::facts_changed(&self.db, tenant, after, chunk as u64)
                 .await
@@ -126,7 +124,6 @@ async fn send_chunks(
     tx: &mpsc::Sender<Result<EncodedChunk, Status>>,
 ) -> Result<(), Status> {
     use tokio_stream::StreamExt;
-    let internal = |e: sea_orm::DbErr| Status::from(ServiceError::from(e));
     let mut page: Vec<Vec<u8>> = Vec::with_capacity(chunk);
     let mut sent_any = false;
     while let Some(row) = rows.next().await {
@@ -150,4 +147,9 @@ async fn send_chunks(
             .await;
     }
     Ok(())
+}
+
+/// A database error as the stream's status.
+fn internal(e: sea_orm::DbErr) -> Status {
+    Status::from(ServiceError::from(e))
 }
