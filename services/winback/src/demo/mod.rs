@@ -886,7 +886,6 @@ fn cursor_seq(cursor: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// The customers' side of the demo: reading mail, clicking, buying, coming back.
 /// Pixel and link fetches in flight at once: recipients read their mail side by side, and
 /// the tracking server records the reactions that arrive together in one commit.
 const FETCHES_AT_ONCE: usize = 256;
@@ -901,6 +900,7 @@ struct Member<'a> {
     tick_chance: f64,
 }
 
+/// The customers' side of the demo: reading mail, clicking, buying, coming back.
 struct Simulation<'a> {
     shop: &'a Shop,
     seed: u64,
@@ -1066,7 +1066,6 @@ impl<'a> Simulation<'a> {
 
         // Natural returns, the same hazard for the treated and the holdout.
         let stamp = format!(":{}", now.timestamp());
-        let mut natural = Vec::new();
         for m in &self.members {
             if self.returned[m.index] {
                 continue;
@@ -1075,10 +1074,9 @@ impl<'a> Simulation<'a> {
             if respond::draw_parts(self.seed, key, "natural") < m.tick_chance
                 && !buyers.iter().any(|(b, _)| b == m.id)
             {
-                natural.push((m.id.to_owned(), String::new()));
+                buyers.push((m.id.to_owned(), String::new()));
             }
         }
-        buyers.extend(natural);
         self.purchase(c, buyers, now).await?;
         self.spent[2] += buying.elapsed();
         let (mut treated, mut held, mut treated_back, mut held_back) = (0.0, 0.0, 0.0, 0.0);
