@@ -818,8 +818,10 @@ async fn settle(db: &sea_orm::DatabaseConnection, now: DateTime<Utc>) -> anyhow:
     for _ in 0..24_000 {
         let rows = winback_platform::db::query(
             db,
-            "SELECT (SELECT COUNT(*) FROM enrolments WHERE state = 1 AND due_at_us <= $1)
-                  + (SELECT COUNT(*) FROM enrolment_requests) AS n",
+            // EXISTS, not COUNT: while thousands of steps are due, a count walks all of
+            // them every 5 ms (2,200 counts, 2.4 s of a 50,000-customer run).
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM enrolments WHERE state = 1 AND due_at_us <= $1)
+                  OR EXISTS (SELECT 1 FROM enrolment_requests) THEN 1 ELSE 0 END AS n",
             vec![now.timestamp_micros().into()],
         )
         .await?;
