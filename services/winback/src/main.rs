@@ -81,7 +81,7 @@ enum Command {
     /// manual clock, and the report (printed, report.json, report.html, outbox/).
     Demo {
         /// Customers to generate.
-        #[arg(long, default_value_t = 35_000)]
+        #[arg(long, default_value_t = 50_000)]
         customers: usize,
         /// Seed of the shop and of the response model.
         #[arg(long, default_value_t = 42)]
