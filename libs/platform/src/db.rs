@@ -302,6 +302,32 @@ impl WriteGate {
     }
 }
 
+/// Makes the text keys of a service's tables compare byte by byte (`COLLATE "C"`) on
+/// PostgreSQL, or puts them back to the database's default collation (`to_c == false`);
+/// nothing on SQLite, whose text already compares bytes. `keys` lists each table with its
+/// key and index columns. Ids are opaque: under a locale collation (`C.UTF-8` here) every
+/// key comparison of an index went through `strcoll`; byte order sorts UTF-8 as code
+/// points, the order `C.UTF-8` gives anyway.
+pub async fn collate_keys(
+    db: &impl ConnectionTrait,
+    keys: &[(&str, &[&str])],
+    to_c: bool,
+) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let collation = if to_c { "\"C\"" } else { "\"default\"" };
+    for (table, columns) in keys {
+        let alters: Vec<String> = columns
+            .iter()
+            .map(|c| format!("ALTER COLUMN {c} TYPE TEXT COLLATE {collation}"))
+            .collect();
+        db.execute_unprepared(&format!("ALTER TABLE {table} {}", alters.join(", ")))
+            .await?;
+    }
+    Ok(())
+}
+
 /// True when the connection is PostgreSQL.
 pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DbBackend::Postgres

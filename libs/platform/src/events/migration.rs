@@ -10,7 +10,7 @@ pub struct PlatformMigrator;
 
 impl MigratorTrait for PlatformMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateEventTables)]
+        vec![Box::new(CreateEventTables), Box::new(EventKeysInByteOrder)]
     }
 
     fn migration_table_name() -> sea_orm::DynIden {
@@ -90,5 +90,35 @@ impl MigrationTrait for CreateEventTables {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// The feed's text keys compare bytes on PostgreSQL (`crate::db::collate_keys`): every
+/// event appended inserts its id into a unique index and its tenant into another.
+#[derive(Debug)]
+struct EventKeysInByteOrder;
+
+impl MigrationName for EventKeysInByteOrder {
+    fn name(&self) -> &str {
+        "m20261205_000002_event_keys_in_byte_order"
+    }
+}
+
+const EVENT_KEYS: &[(&str, &[&str])] = &[
+    ("event_outbox", &["event_id", "tenant_id"]),
+    ("event_cursor", &["consumer", "source"]),
+    ("event_inbox", &["consumer", "event_id"]),
+];
+
+// async_trait's expansion needs the elided lifetime.
+#[allow(elided_lifetimes_in_paths)]
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for EventKeysInByteOrder {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        crate::db::collate_keys(manager.get_connection(), EVENT_KEYS, true).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        crate::db::collate_keys(manager.get_connection(), EVENT_KEYS, false).await
     }
 }

@@ -1,6 +1,7 @@
 //! Storage of the profiles service: migrations and the queries behind the handlers.
 
 mod migration;
+mod migration_keys;
 pub(crate) mod rows;
 
 use sea_orm_migration::prelude::*;
@@ -11,6 +12,9 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(migration::CreateProfiles)]
+        vec![
+            Box::new(migration::CreateProfiles),
+            Box::new(migration_keys::KeysInByteOrder),
+        ]
     }
 }
