@@ -213,7 +213,14 @@ pub fn multi_row_insert(
     head: &str,
     rows: impl IntoIterator<Item = Vec<sea_orm::Value>>,
 ) -> Statement {
-    let mut sql = format!("{head} VALUES ");
+    let mut sql = match head.strip_prefix("INSERT INTO ") {
+        // A multi-row statement that may abort makes SQLite copy every page it changes
+        // into a statement journal, to undo just that statement. A failed statement fails
+        // its whole transaction here (as it must on PostgreSQL), so FAIL — stop, keep
+        // nothing undone — is enough, and needs no journal.
+        Some(rest) if backend == DbBackend::Sqlite => format!("INSERT OR FAIL INTO {rest} VALUES "),
+        _ => format!("{head} VALUES "),
+    };
     let mut values = Vec::new();
     for (i, row) in rows.into_iter().enumerate() {
         if i > 0 {
@@ -342,7 +349,11 @@ mod tests {
         assert_eq!(pg.sql, "INSERT INTO t (n, s) VALUES ($1, $2), ($3, $4)");
         assert_eq!(pg.values.map(|v| v.0.len()), Some(4));
         let lite = multi_row_insert(DbBackend::Sqlite, "INSERT INTO t (n, s)", rows);
-        assert_eq!(lite.sql, "INSERT INTO t (n, s) VALUES (?, ?), (?, ?)");
+        // FAIL: no statement journal (see multi_row_insert).
+        assert_eq!(
+            lite.sql,
+            "INSERT OR FAIL INTO t (n, s) VALUES (?, ?), (?, ?)"
+        );
         assert_eq!(placeholders(3, 2), "$3, $4");
         assert_eq!(value_rows(2, 2, 2), "($2, $3), ($4, $5)");
     }
