@@ -358,6 +358,43 @@ mod tests {
         assert_eq!(value_rows(2, 2, 2), "($2, $3), ($4, $5)");
     }
 
+    // `INSERT OR FAIL` keeps the rows before a failing one until the transaction ends:
+    // what callers rely on is that the failure fails the transaction and nothing of it,
+    // nor of the statements before it, is stored.
+    crate::db_test!(
+        a_failing_multi_row_insert_stores_nothing_of_its_transaction,
+        |db| async move {
+            let conn = connect(&db.url("platform"), "platform", 2).await.unwrap();
+            let backend = conn.get_database_backend();
+            conn.execute_unprepared("CREATE TABLE kept (n BIGINT PRIMARY KEY)")
+                .await
+                .unwrap();
+            let row = |n: i64| vec![sea_orm::Value::from(n)];
+            let txn = sea_orm::TransactionTrait::begin(&conn).await.unwrap();
+            txn.execute_raw(multi_row_insert(
+                backend,
+                "INSERT INTO kept (n)",
+                [row(1), row(2)],
+            ))
+            .await
+            .unwrap();
+            let failed = txn
+                .execute_raw(multi_row_insert(
+                    backend,
+                    "INSERT INTO kept (n)",
+                    [row(3), row(4), row(3)],
+                ))
+                .await;
+            assert!(failed.is_err(), "a repeated key must fail the statement");
+            drop(txn);
+            let rows = query(&conn, "SELECT COUNT(*) AS n FROM kept", vec![])
+                .await
+                .unwrap();
+            let stored: i64 = rows[0].try_get("", "n").unwrap();
+            assert_eq!(stored, 0);
+        }
+    );
+
     #[test]
     fn ddl_adapts_blobs_and_serial_keys() {
         let sql = "CREATE TABLE t (seq {serial}, b BYTEA)";
