@@ -216,8 +216,8 @@ pub fn multi_row_insert(
     let mut sql = match head.strip_prefix("INSERT INTO ") {
         // A multi-row statement that may abort makes SQLite copy every page it changes
         // into a statement journal, to undo just that statement. A failed statement fails
-        // its whole transaction here (as it must on PostgreSQL), so FAIL — stop, keep
-        // nothing undone — is enough, and needs no journal.
+        // its whole transaction here (as it must on PostgreSQL), so FAIL — stop at the
+        // failing row without undoing the rows before it — is enough, and needs no journal.
         Some(rest) if backend == DbBackend::Sqlite => format!("INSERT OR FAIL INTO {rest} VALUES "),
         _ => format!("{head} VALUES "),
     };

@@ -52,8 +52,7 @@ impl Carrier for FileSink {
         let dir = self.dir.clone();
         let written = tokio::task::spawn_blocking(move || write_file(&dir, &file, &bytes, append))
             .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
+            .unwrap_or_else(|joined| Err(std::io::Error::other(joined)));
         written.map_err(|e| Failure::Transient {
             reason: format!("file sink {}: {e}", self.dir.display()),
             retry_after_ms: None,
