@@ -1,8 +1,6 @@
 //! Handlers of `winback.profiles.v1.ProfilesService`: translate, check the tenant, call the
 //! service, translate back.
 
-use futures::FutureExt as _;
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use winback_platform::ServiceError;
 use winback_platform::auth::tenant_for;
@@ -11,15 +9,12 @@ use winback_proto::profiles::*;
 
 use crate::context::{Profiles, timestamp};
 use crate::domain::validate::MAX_BATCH;
-use crate::orders::{OnInvalid, OrderChunk};
+use crate::order_stream::GroupReader;
+use crate::orders::OnInvalid;
 use crate::written_states::WrittenStates;
 
 const READ: &str = "profiles:read";
 const WRITE: &str = "profiles:write";
-/// Orders of a stream recorded in one transaction at most: the chunks that arrived while
-/// the last group was being written. Ten chunks of 1,000 write each customer's facts once
-/// instead of up to ten times.
-const GROUP_ORDERS: usize = 10_000;
 
 /// The handlers.
 #[derive(Debug, Clone)]
@@ -157,59 +152,16 @@ impl ProfilesService for ProfilesGrpc {
         request: Request<Streaming<StreamOrdersRequest>>,
     ) -> Result<Response<StreamOrdersResponse>, Status> {
         let tenant = tenant_for(&request, WRITE)?;
-        let mut stream = request.into_inner();
+        let mut reader = GroupReader::spawn(self.profiles.clone(), request.into_inner());
         let mut response = StreamOrdersResponse::default();
-        let mut on_invalid = None;
-        let mut index = 0usize;
-        let mut ended = false;
         let mut written = WrittenStates::default();
-        while !ended {
-            // A group: the next chunk, and the chunks that have already arrived behind it
-            // (up to GROUP_ORDERS orders), recorded in one transaction.
-            let mut group = Vec::new();
-            let mut orders = 0usize;
-            let mut broken = None;
-            let mut next = stream.next().await;
-            loop {
-                match next {
-                    None => {
-                        ended = true;
-                        break;
-                    }
-                    Some(Err(status)) => {
-                        broken = Some(status);
-                        break;
-                    }
-                    Some(Ok(chunk)) => {
-                        on_invalid.get_or_insert(if chunk.skip_invalid {
-                            OnInvalid::SkipOrder
-                        } else {
-                            OnInvalid::RefuseBatch
-                        });
-                        let n = chunk.orders.len();
-                        if n > 0 {
-                            group.push(OrderChunk {
-                                orders: chunk.orders,
-                                first_index: index,
-                            });
-                            index += n;
-                            orders += n;
-                        }
-                    }
-                }
-                if orders >= GROUP_ORDERS {
-                    break;
-                }
-                match stream.next().now_or_never() {
-                    Some(arrived) => next = arrived,
-                    None => break,
-                }
-            }
-            if !group.is_empty() {
-                let mode = on_invalid.unwrap_or(OnInvalid::RefuseBatch);
+        loop {
+            let read = reader.next().await?;
+            if !read.group.is_empty() {
+                let mode = read.on_invalid.unwrap_or(OnInvalid::RefuseBatch);
                 let result = self
                     .profiles
-                    .record_order_chunks(&tenant, group, mode, Some(&mut written))
+                    .record_prepared_chunks(&tenant, read.group, mode, Some(&mut written))
                     .await?;
                 for outcome in result.stored.iter().flat_map(|r| &r.outcomes) {
                     match outcome {
@@ -225,11 +177,13 @@ impl ProfilesService for ProfilesGrpc {
                     return Err(err.into());
                 }
             }
-            if let Some(status) = broken {
+            if let Some(status) = read.broken {
                 return Err(status);
             }
+            if read.ended {
+                return Ok(Response::new(response));
+            }
         }
-        Ok(Response::new(response))
     }
 
     async fn adjust_order(

@@ -13,6 +13,7 @@ mod engagement;
 mod facts_route;
 mod facts_stream;
 mod grpc;
+mod order_stream;
 mod orders;
 pub mod store;
 mod written_states;

@@ -129,50 +129,36 @@ fn customer_problem(o: &Order, states: &HashMap<String, FactsState>, at: &str) -
     })
 }
 
-/// The rows, facts and events a group of chunks will write.
+/// The rows and events a group of chunks will write, and the orders to fold into facts.
 #[derive(Default)]
 struct Writes {
     orders: Vec<rows::NewOrder>,
     events: Vec<(String, chrono::DateTime<chrono::Utc>, Payload)>,
     touched: HashSet<String>,
+    to_fold: Vec<(Order, PreparedOrder)>,
 }
 
 impl Writes {
-    /// Folds a new order into its customer's facts and queues its row and event.
+    /// Queues a new order's row and event, and the order for the fold.
     fn add(
         &mut self,
         tenant: &str,
         now: chrono::DateTime<chrono::Utc>,
-        now_us: i64,
-        o: &Order,
-        fingerprint: &str,
-        states: &mut HashMap<String, FactsState>,
+        o: Order,
+        prepared: PreparedOrder,
     ) {
         let total = o.total.clone().unwrap_or_default();
-        let placed_at_us = o.placed_at.as_ref().map(micros).unwrap_or_default();
-        let spend = category_spend(o);
-        let state = states.entry(o.customer_id.clone()).or_default();
-        if state.currency.is_empty() {
-            state.currency = total.currency.clone();
-        }
-        state.apply_order(&OrderFact {
-            order_id: o.order_id.clone(),
-            placed_at_us,
-            total_minor: total.amount_minor,
-            category_spend: spend.clone(),
-        });
-        state.updated_at_us = now_us;
         self.touched.insert(o.customer_id.clone());
         self.orders.push(rows::NewOrder {
             order_id: o.order_id.clone(),
             customer_id: o.customer_id.clone(),
-            placed_at_us,
+            placed_at_us: o.placed_at.as_ref().map(micros).unwrap_or_default(),
             currency: total.currency.clone(),
             total_minor: total.amount_minor,
             store: o.store.clone(),
             coupon_code: o.coupon_code.clone(),
-            lines: serde_json::to_string(&spend).unwrap_or_default(),
-            fingerprint: fingerprint.to_owned(),
+            lines: prepared.lines.clone(),
+            fingerprint: prepared.fingerprint.clone(),
         });
         self.events.push((
             tenant.to_owned(),
@@ -186,6 +172,82 @@ impl Writes {
                 store: o.store.clone(),
             }),
         ));
+        self.to_fold.push((o, prepared));
+    }
+}
+
+/// Folds a new order into its customer's facts (the customer's currency is set already).
+fn fold(states: &mut HashMap<String, FactsState>, now_us: i64, o: Order, prepared: PreparedOrder) {
+    let Some(state) = states.get_mut(&o.customer_id) else {
+        return;
+    };
+    state.apply_order(&OrderFact {
+        order_id: o.order_id,
+        placed_at_us: o.placed_at.as_ref().map(micros).unwrap_or_default(),
+        total_minor: o.total.map_or(0, |m| m.amount_minor),
+        category_spend: prepared.spend,
+    });
+    state.updated_at_us = now_us;
+}
+
+/// Orders folded per statement asked for on SQLite, where the rows go in many small
+/// statements: a fold step takes about as long as one of them runs.
+const FOLD_STEP: usize = 500;
+
+/// A group's write as a chain of statements, each built when [`execute_all`] asks for it —
+/// that is, while the statement before it runs: first the orders' and events' rows, each
+/// ask also folding the next orders into their customers' facts, then the touched
+/// customers' facts. The fold and the rendering of facts so run beside the database's work
+/// instead of before it.
+struct GroupWrite<'a, R> {
+    backend: sea_orm::DbBackend,
+    tenant: &'a str,
+    rows: R,
+    /// Statements handed out so far (the first one runs with nothing beside it).
+    asked: usize,
+    to_fold: std::vec::IntoIter<(Order, PreparedOrder)>,
+    now_us: i64,
+    states: HashMap<String, FactsState>,
+    touched: Vec<String>,
+    facts_written: usize,
+    next_change: i64,
+}
+
+impl<R: Iterator<Item = sea_orm::Statement>> Iterator for GroupWrite<'_, R> {
+    type Item = sea_orm::Statement;
+
+    fn next(&mut self) -> Option<sea_orm::Statement> {
+        self.asked += 1;
+        if let Some(statement) = self.rows.next() {
+            if self.asked > 1 {
+                // PostgreSQL takes the rows in one statement each: fold everything while
+                // the orders are inserted.
+                let step = match self.backend {
+                    sea_orm::DbBackend::Postgres => usize::MAX,
+                    _ => FOLD_STEP,
+                };
+                for (o, prepared) in self.to_fold.by_ref().take(step) {
+                    fold(&mut self.states, self.now_us, o, prepared);
+                }
+            }
+            return Some(statement);
+        }
+        for (o, prepared) in self.to_fold.by_ref() {
+            fold(&mut self.states, self.now_us, o, prepared);
+        }
+        let ids = self.touched.get(self.facts_written..)?;
+        let ids = &ids[..ids.len().min(rows::facts_per_statement(self.backend))];
+        if ids.is_empty() {
+            return None;
+        }
+        let facts: Vec<(&String, &FactsState)> = ids
+            .iter()
+            .filter_map(|id| self.states.get(id).map(|s| (id, s)))
+            .collect();
+        let statement = rows::facts_statement(self.backend, self.tenant, &facts, self.next_change);
+        self.facts_written += ids.len();
+        self.next_change += ids.len() as i64;
+        Some(statement)
     }
 }
 
@@ -208,6 +270,51 @@ pub(crate) struct GroupResult {
 
 /// A bad order: the violation reported for it and the error that refuses its chunk.
 type Problem = Option<(FieldViolation, ServiceError)>;
+
+/// What an order contributes that needs no database: its fingerprint, its spend per
+/// category and the lines column (JSON) of its row.
+#[derive(Debug, Default)]
+pub(crate) struct PreparedOrder {
+    fingerprint: String,
+    spend: Vec<(String, i64)>,
+    lines: String,
+}
+
+impl PreparedOrder {
+    fn of(o: &Order) -> Self {
+        let spend = category_spend(o);
+        Self {
+            fingerprint: fingerprint(o),
+            lines: serde_json::to_string(&spend).unwrap_or_default(),
+            spend,
+        }
+    }
+}
+
+/// A chunk whose orders' shape was checked and whose good orders were prepared.
+#[derive(Debug)]
+pub(crate) struct CheckedChunk {
+    chunk: OrderChunk,
+    problems: Vec<Problem>,
+    /// One per order (default for an order with a shape problem).
+    prepared: Vec<PreparedOrder>,
+}
+
+/// A group of chunks checked and prepared before its transaction.
+#[derive(Debug, Default)]
+pub(crate) struct PreparedGroup {
+    pub(crate) checked: Vec<CheckedChunk>,
+    /// The shape error that refused the chunk after the checked ones (none of the chunks
+    /// after it was read).
+    pub(crate) refused: Option<ServiceError>,
+}
+
+impl PreparedGroup {
+    /// Nothing to record and nothing refused.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.checked.is_empty() && self.refused.is_none()
+    }
+}
 
 /// Shape problems of each order of a chunk (no database needed), or the error that
 /// refuses the whole chunk.
@@ -268,6 +375,46 @@ impl Profiles {
         }
     }
 
+    /// Checks the shape of each order of a chunk and prepares the good ones (no database
+    /// needed); `Err` refuses the chunk. A stream runs this as its chunks arrive, while the
+    /// group before them is written.
+    pub(crate) fn prepare_chunk(
+        &self,
+        chunk: OrderChunk,
+        on_invalid: OnInvalid,
+    ) -> Result<CheckedChunk, ServiceError> {
+        let problems = shape_problems(&chunk, self.clock.now(), on_invalid)?;
+        let prepared = chunk
+            .orders
+            .iter()
+            .zip(&problems)
+            .map(|(o, problem)| match problem {
+                None => PreparedOrder::of(o),
+                Some(_) => PreparedOrder::default(),
+            })
+            .collect();
+        Ok(CheckedChunk {
+            chunk,
+            problems,
+            prepared,
+        })
+    }
+
+    /// Prepares chunks in turn until one is refused.
+    fn prepare_chunks(&self, chunks: Vec<OrderChunk>, on_invalid: OnInvalid) -> PreparedGroup {
+        let mut group = PreparedGroup::default();
+        for chunk in chunks {
+            match self.prepare_chunk(chunk, on_invalid) {
+                Ok(checked) => group.checked.push(checked),
+                Err(err) => {
+                    group.refused = Some(err);
+                    break;
+                }
+            }
+        }
+        group
+    }
+
     /// Records chunks of orders in one transaction, as if each were recorded in turn: a
     /// chunk sees the orders and facts of the chunks before it; with
     /// [`OnInvalid::RefuseBatch`] the first bad chunk is refused and the group ends there
@@ -281,26 +428,31 @@ impl Profiles {
         on_invalid: OnInvalid,
         written: Option<&mut WrittenStates>,
     ) -> Result<GroupResult, ServiceError> {
-        let now = self.clock.now();
-        let mut refused = None;
+        let group = self.prepare_chunks(chunks, on_invalid);
+        self.record_prepared_chunks(tenant, group, on_invalid, written)
+            .await
+    }
 
-        // 1. Shape of each order.
-        let mut checked: Vec<(OrderChunk, Vec<Problem>)> = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            match shape_problems(&chunk, now, on_invalid) {
-                Ok(problems) => checked.push((chunk, problems)),
-                Err(err) => {
-                    refused = Some(err);
-                    break;
-                }
-            }
-        }
+    /// The second part of [`Self::record_order_chunks`]: the group's transaction.
+    pub(crate) async fn record_prepared_chunks(
+        &self,
+        tenant: &str,
+        group: PreparedGroup,
+        on_invalid: OnInvalid,
+        written: Option<&mut WrittenStates>,
+    ) -> Result<GroupResult, ServiceError> {
+        // 1. The shape of each order was checked when its chunk was prepared.
+        let PreparedGroup {
+            checked,
+            mut refused,
+        } = group;
         if checked.is_empty() {
             return Ok(GroupResult {
                 stored: Vec::new(),
                 refused,
             });
         }
+        let now = self.clock.now();
 
         // 2. The group's stored orders and customers (their facts rows locked, in key order
         //    on PostgreSQL — the lookup's ORDER BY: one lock order for every writer), looked
@@ -308,14 +460,14 @@ impl Profiles {
         let (_writer, txn) = self.begin_write().await?;
         let order_ids: Vec<String> = checked
             .iter()
-            .flat_map(|(c, _)| c.orders.iter().map(|o| o.order_id.clone()))
+            .flat_map(|c| c.chunk.orders.iter().map(|o| o.order_id.clone()))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         let stored = rows::orders(&txn, tenant, &order_ids).await?;
         let customer_ids: Vec<String> = checked
             .iter()
-            .flat_map(|(c, _)| c.orders.iter().map(|o| o.customer_id.clone()))
+            .flat_map(|c| c.chunk.orders.iter().map(|o| o.customer_id.clone()))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -330,9 +482,13 @@ impl Profiles {
         let mut recorded: HashMap<String, String> = HashMap::new();
         let mut writes = Writes::default();
         let mut results = Vec::with_capacity(checked.len());
-        for (chunk, mut problems) in checked {
+        for CheckedChunk {
+            chunk,
+            mut problems,
+            prepared,
+        } in checked
+        {
             let field = |i: usize, f: &str| format!("orders[{}].{f}", chunk.first_index + i);
-            let fingerprints: Vec<String> = chunk.orders.iter().map(fingerprint).collect();
             let mut outcomes = vec![OrderOutcome::Unspecified; chunk.orders.len()];
             let mut in_chunk: HashMap<&str, &str> = HashMap::new();
             for (i, o) in chunk.orders.iter().enumerate() {
@@ -345,7 +501,7 @@ impl Profiles {
                     .or_else(|| recorded.get(&o.order_id).map(String::as_str))
                     .or_else(|| in_chunk.get(o.order_id.as_str()).copied());
                 problems[i] = match earlier {
-                    Some(fp) if fp == fingerprints[i] => {
+                    Some(fp) if fp == prepared[i].fingerprint => {
                         outcomes[i] = OrderOutcome::Duplicate;
                         None
                     }
@@ -363,7 +519,7 @@ impl Profiles {
                             &format!("orders[{}]", chunk.first_index + i),
                         );
                         if problem.is_none() {
-                            in_chunk.insert(o.order_id.as_str(), fingerprints[i].as_str());
+                            in_chunk.insert(o.order_id.as_str(), prepared[i].fingerprint.as_str());
                             outcomes[i] = OrderOutcome::Recorded;
                         }
                         problem
@@ -377,14 +533,9 @@ impl Profiles {
                 break;
             }
 
-            // 4. Fold the chunk's new orders into the facts; queue the rows and events.
-            for (i, o) in chunk.orders.iter().enumerate() {
-                if outcomes[i] != OrderOutcome::Recorded {
-                    continue;
-                }
-                writes.add(tenant, now, now_us, o, &fingerprints[i], &mut states);
-                recorded.insert(o.order_id.clone(), fingerprints[i].clone());
-            }
+            // 4. Queue the chunk's new orders: their rows and events now, their facts in
+            //    the write below. A customer's first order sets the currency the chunks
+            //    after it are checked against.
             let rejected = problems
                 .into_iter()
                 .enumerate()
@@ -397,22 +548,47 @@ impl Profiles {
                     })
                 })
                 .collect();
+            for ((o, prepared), outcome) in chunk.orders.into_iter().zip(prepared).zip(&outcomes) {
+                if *outcome != OrderOutcome::Recorded {
+                    continue;
+                }
+                if let Some(state) = states.get_mut(&o.customer_id)
+                    && state.currency.is_empty()
+                {
+                    state.currency = o
+                        .total
+                        .as_ref()
+                        .map(|m| m.currency.clone())
+                        .unwrap_or_default();
+                }
+                recorded.insert(o.order_id.clone(), prepared.fingerprint.clone());
+                writes.add(tenant, now, o, prepared);
+            }
             results.push(BatchResult { outcomes, rejected });
         }
 
-        // 5. One write of the group's orders, facts and events.
+        // 5. One write of the group's orders, events and facts.
         if writes.orders.is_empty() {
             written.put_back(states);
         } else {
-            // One chain of statements: each is built (facts rendered, events encoded) while
-            // the one before it executes.
             let backend = txn.get_database_backend();
-            let facts = rows::touched_states(&states, &writes.touched);
-            let facts = rows::facts_statements(&txn, tenant, &facts).await?;
-            let statements = rows::order_statements(backend, tenant, writes.orders)
-                .chain(facts)
-                .chain(self.outbox.append_statements(backend, writes.events));
-            execute_all(&txn, statements).await?;
+            let touched: Vec<String> = writes.touched.into_iter().collect();
+            let first_change = rows::reserve_facts_changes(&txn, touched.len()).await?;
+            let mut write = GroupWrite {
+                backend,
+                tenant,
+                rows: rows::order_statements(backend, tenant, writes.orders)
+                    .chain(self.outbox.append_statements(backend, writes.events)),
+                asked: 0,
+                to_fold: writes.to_fold.into_iter(),
+                now_us,
+                states,
+                touched,
+                facts_written: 0,
+                next_change: first_change,
+            };
+            execute_all(&txn, &mut write).await?;
+            let states = write.states;
             let mark = match keeping {
                 true => Some(rows::facts_write_mark(&txn).await?),
                 false => None,

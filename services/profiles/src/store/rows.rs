@@ -464,77 +464,113 @@ where
     K: AsRef<str> + Sync,
     S: std::borrow::Borrow<FactsState> + Sync,
 {
-    if states.is_empty() {
-        return Ok(Box::new(std::iter::empty()));
-    }
     let backend = conn.get_database_backend();
-    const UPSERT: &str = " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET tx_id = excluded.tx_id, \
-         change_seq = excluded.change_seq, state = excluded.state, encoded = excluded.encoded";
-    if backend == DbBackend::Postgres {
-        // Column arrays: four parameters for any number of customers.
-        return Ok(Box::new(std::iter::once_with(move || {
-            let n = states.len();
-            let (mut ids, mut state_bytes, mut encoded) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            for (customer_id, state) in states {
-                let (customer_id, state) = (customer_id.as_ref(), state.borrow());
-                state_bytes.push(state.encode_to_vec());
-                encoded.push(state.render(customer_id).encode_to_vec());
-                ids.push(customer_id.to_owned());
-            }
-            let sql = format!(
-                "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded) \
-                 SELECT $1, u.customer_id, pg_current_xact_id()::text::bigint, nextval('facts_change_seq'), \
-                 u.state, u.encoded FROM UNNEST($2::text[], $3::bytea[], $4::bytea[]) AS u(customer_id, state, encoded){UPSERT}"
-            );
-            let values = vec![
-                tenant.into(),
-                array(ArrayType::String, ids),
-                array(ArrayType::Bytes, state_bytes),
-                array(ArrayType::Bytes, encoded),
-            ];
-            statement(backend, &sql, values)
-        })));
+    let mut next_seq = reserve_facts_changes(conn, states.len()).await?;
+    let mut parts = states.chunks(facts_per_statement(backend));
+    Ok(Box::new(std::iter::from_fn(move || {
+        let part = parts.next()?;
+        let statement = facts_statement(backend, tenant, part, next_seq);
+        next_seq += part.len() as i64;
+        Some(statement)
+    })))
+}
+
+/// Facts rows written by one statement at most: all of them on PostgreSQL (column arrays),
+/// a multi-row insert's worth on SQLite.
+pub(crate) fn facts_per_statement(backend: DbBackend) -> usize {
+    match backend {
+        DbBackend::Postgres => usize::MAX,
+        _ => ROWS_PER_STATEMENT,
     }
-    // SQLite: reserve a block of change numbers (one writer, so they are commit order).
+}
+
+/// Reserves `n` change numbers for facts rows about to be written and returns the first.
+/// SQLite only (one writer, so they are commit order); PostgreSQL numbers rows as it writes
+/// them (0 is returned).
+pub(crate) async fn reserve_facts_changes(
+    conn: &impl ConnectionTrait,
+    n: usize,
+) -> Result<i64, DbErr> {
+    let backend = conn.get_database_backend();
+    if backend == DbBackend::Postgres || n == 0 {
+        return Ok(0);
+    }
     let row = conn
         .query_one_raw(statement(
             backend,
             "UPDATE change_counter SET value = value + $1 WHERE name = 'facts' RETURNING value",
-            vec![(states.len() as i64).into()],
+            vec![(n as i64).into()],
         ))
         .await?
         .ok_or_else(|| DbErr::Custom("change counter missing".into()))?;
     let last: i64 = row.try_get("", "value")?;
-    let mut next_seq = last - states.len() as i64 + 1;
-    let mut states = states.iter().peekable();
-    Ok(Box::new(std::iter::from_fn(move || {
-        states.peek()?;
-        let mut rows = Vec::with_capacity(ROWS_PER_STATEMENT);
-        for (customer_id, state) in states.by_ref().take(ROWS_PER_STATEMENT) {
+    Ok(last - n as i64 + 1)
+}
+
+/// One statement writing `states` (at most [`facts_per_statement`]), each row with a new
+/// change position and its encoded `CustomerFacts`; on SQLite the rows take the reserved
+/// change numbers from `first_seq` on.
+pub(crate) fn facts_statement<K, S>(
+    backend: DbBackend,
+    tenant: &str,
+    states: &[(K, S)],
+    first_seq: i64,
+) -> Statement
+where
+    K: AsRef<str>,
+    S: std::borrow::Borrow<FactsState>,
+{
+    const UPSERT: &str = " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET tx_id = excluded.tx_id, \
+         change_seq = excluded.change_seq, state = excluded.state, encoded = excluded.encoded";
+    if backend == DbBackend::Postgres {
+        // Column arrays: four parameters for any number of customers.
+        let n = states.len();
+        let (mut ids, mut state_bytes, mut encoded) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (customer_id, state) in states {
+            let (customer_id, state) = (customer_id.as_ref(), state.borrow());
+            state_bytes.push(state.encode_to_vec());
+            encoded.push(state.render(customer_id).encode_to_vec());
+            ids.push(customer_id.to_owned());
+        }
+        let sql = format!(
+            "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded) \
+             SELECT $1, u.customer_id, pg_current_xact_id()::text::bigint, nextval('facts_change_seq'), \
+             u.state, u.encoded FROM UNNEST($2::text[], $3::bytea[], $4::bytea[]) AS u(customer_id, state, encoded){UPSERT}"
+        );
+        let values = vec![
+            tenant.into(),
+            array(ArrayType::String, ids),
+            array(ArrayType::Bytes, state_bytes),
+            array(ArrayType::Bytes, encoded),
+        ];
+        return statement(backend, &sql, values);
+    }
+    let rows = states
+        .iter()
+        .zip(first_seq..)
+        .map(|((customer_id, state), seq)| {
             let (customer_id, state) = (customer_id.as_ref(), state.borrow());
             let encoded = state.render(customer_id).encode_to_vec();
-            rows.push(vec![
+            vec![
                 tenant.into(),
                 customer_id.into(),
                 0i64.into(),
-                next_seq.into(),
+                seq.into(),
                 state.encode_to_vec().into(),
                 encoded.into(),
-            ]);
-            next_seq += 1;
-        }
-        let mut stmt = multi_row_insert(
-            backend,
-            "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded)",
-            rows,
-        );
-        stmt.sql.push_str(UPSERT);
-        Some(stmt)
-    })))
+            ]
+        });
+    let mut stmt = multi_row_insert(
+        backend,
+        "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded)",
+        rows,
+    );
+    stmt.sql.push_str(UPSERT);
+    stmt
 }
 
 /// The encoded facts of the customers among `ids`.
