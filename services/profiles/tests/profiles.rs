@@ -393,6 +393,47 @@ db_test!(
 );
 
 db_test!(
+    a_refused_stream_is_answered_while_the_client_still_holds_it_open,
+    |db| async move {
+        let db: &TestDatabase = db;
+        let mut h = Harness::start(db).await;
+        upsert(&mut h.a, vec![customer("c1")]).await;
+        // The chunks are read ahead by a task of their own; a refusal must end the call
+        // at once, not when the client closes its side.
+        let (send, chunks) = tokio::sync::mpsc::channel(4);
+        let mut client = h.a.clone();
+        let stream = tokio::spawn(async move {
+            client
+                .stream_orders(tokio_stream::wrappers::ReceiverStream::new(chunks))
+                .await
+        });
+        let chunk = |orders| StreamOrdersRequest {
+            orders,
+            skip_invalid: false,
+        };
+        send.send(chunk(vec![order("o1", "c1", 1, 100)]))
+            .await
+            .unwrap();
+        let mut bad = order("o2", "c1", 2, 100);
+        bad.total = rub(-1);
+        send.send(chunk(vec![bad])).await.unwrap();
+        let status = tokio::time::timeout(std::time::Duration::from_secs(20), stream)
+            .await
+            .expect("the refusal waited for the client to close the stream")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains("orders[1].total.amount_minor"),
+            "{status:?}"
+        );
+        assert_eq!(facts(&mut h.a, "c1").await.purchase_days, 1);
+        drop(send);
+        h.stop();
+    }
+);
+
+db_test!(
     many_customers_are_read_at_once_in_the_order_asked,
     |db| async move {
         let db: &TestDatabase = db;
