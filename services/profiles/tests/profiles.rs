@@ -392,6 +392,23 @@ db_test!(
     }
 );
 
+/// A `StreamOrders` call whose chunks the test sends one by one, and the call's answer.
+fn open_order_stream(
+    h: &Harness,
+) -> (
+    tokio::sync::mpsc::Sender<StreamOrdersRequest>,
+    tokio::task::JoinHandle<Result<tonic::Response<StreamOrdersResponse>, tonic::Status>>,
+) {
+    let (send, chunks) = tokio::sync::mpsc::channel(4);
+    let mut client = h.a.clone();
+    let stream = tokio::spawn(async move {
+        client
+            .stream_orders(tokio_stream::wrappers::ReceiverStream::new(chunks))
+            .await
+    });
+    (send, stream)
+}
+
 db_test!(
     a_refused_stream_is_answered_while_the_client_still_holds_it_open,
     |db| async move {
@@ -400,13 +417,7 @@ db_test!(
         upsert(&mut h.a, vec![customer("c1")]).await;
         // The chunks are read ahead by a task of their own; a refusal must end the call
         // at once, not when the client closes its side.
-        let (send, chunks) = tokio::sync::mpsc::channel(4);
-        let mut client = h.a.clone();
-        let stream = tokio::spawn(async move {
-            client
-                .stream_orders(tokio_stream::wrappers::ReceiverStream::new(chunks))
-                .await
-        });
+        let (send, stream) = open_order_stream(&h);
         let chunk = |orders| StreamOrdersRequest {
             orders,
             skip_invalid: false,
@@ -520,13 +531,7 @@ db_test!(
         upsert(&mut h.a, vec![customer("c1"), customer("c2")]).await;
         // The stream keeps the facts it wrote between its groups; another writer in between
         // must not be overwritten by them.
-        let (send, chunks) = tokio::sync::mpsc::channel(4);
-        let mut client = h.a.clone();
-        let stream = tokio::spawn(async move {
-            client
-                .stream_orders(tokio_stream::wrappers::ReceiverStream::new(chunks))
-                .await
-        });
+        let (send, stream) = open_order_stream(&h);
         let chunk = |orders| StreamOrdersRequest {
             orders,
             skip_invalid: true,
