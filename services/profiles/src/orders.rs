@@ -2,6 +2,7 @@
 //! order id, each batch updating its customers' facts in the same transaction.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use sea_orm::ConnectionTrait;
 
@@ -98,16 +99,19 @@ fn category_spend(o: &Order) -> Vec<(String, i64)> {
 }
 
 /// Why an order cannot be recorded for its customer: unknown, erased, or another
-/// currency than the customer's orders so far. `at` is the order's field path.
-fn customer_problem(o: &Order, states: &HashMap<String, FactsState>, at: &str) -> Problem {
-    let customer_at = format!("{at}.customer_id");
+/// currency than the customer's orders so far. `index` is the order's position in the
+/// request or stream (its field paths are written only for a problem).
+fn customer_problem(o: &Order, states: &HashMap<String, FactsState>, index: usize) -> Problem {
+    let customer_at = || format!("orders[{index}].customer_id");
     let Some(state) = states.get(&o.customer_id) else {
+        let customer_at = customer_at();
         return Some((
             FieldViolation::new(customer_at.clone(), "unknown customer"),
             ServiceError::not_found_at("customer", &o.customer_id, customer_at),
         ));
     };
     if state.erased {
+        let customer_at = customer_at();
         return Some((
             FieldViolation::new(customer_at.clone(), "customer was erased"),
             ServiceError::FailedPrecondition(format!("{customer_at}: customer was erased")),
@@ -120,7 +124,7 @@ fn customer_problem(o: &Order, states: &HashMap<String, FactsState>, at: &str) -
         .unwrap_or_default();
     let known = state.currency.as_str();
     (!known.is_empty() && known != currency).then(|| {
-        let currency_at = format!("{at}.total.currency");
+        let currency_at = format!("orders[{index}].total.currency");
         let why = format!("the customer's orders are in {known}");
         (
             FieldViolation::new(currency_at.clone(), why.clone()),
@@ -129,63 +133,60 @@ fn customer_problem(o: &Order, states: &HashMap<String, FactsState>, at: &str) -
     })
 }
 
-/// The rows and events a group of chunks will write, and the orders to fold into facts.
+/// The new orders of a group (rows, events and facts are built from them as the write
+/// asks for them) and the customers they touch.
 #[derive(Default)]
 struct Writes {
-    orders: Vec<rows::NewOrder>,
-    events: Vec<(String, chrono::DateTime<chrono::Utc>, Payload)>,
     touched: HashSet<String>,
-    to_fold: Vec<(Order, PreparedOrder)>,
+    recorded: Vec<(Order, PreparedOrder)>,
 }
 
-impl Writes {
-    /// Queues a new order's row and event, and the order for the fold.
-    fn add(
-        &mut self,
-        tenant: &str,
-        now: chrono::DateTime<chrono::Utc>,
-        o: Order,
-        prepared: PreparedOrder,
-    ) {
-        let total = o.total.clone().unwrap_or_default();
-        self.touched.insert(o.customer_id.clone());
-        self.orders.push(rows::NewOrder {
-            order_id: o.order_id.clone(),
-            customer_id: o.customer_id.clone(),
-            placed_at_us: o.placed_at.as_ref().map(micros).unwrap_or_default(),
-            currency: total.currency.clone(),
-            total_minor: total.amount_minor,
-            store: o.store.clone(),
-            coupon_code: o.coupon_code.clone(),
-            lines: prepared.lines.clone(),
-            fingerprint: prepared.fingerprint.clone(),
-        });
-        self.events.push((
-            tenant.to_owned(),
-            now,
-            Payload::PurchaseRecorded(PurchaseRecorded {
-                customer_id: o.customer_id.clone(),
-                order_id: o.order_id.clone(),
-                placed_at: o.placed_at,
-                total: Some(total),
-                coupon_code: o.coupon_code.clone(),
-                store: o.store.clone(),
-            }),
-        ));
-        self.to_fold.push((o, prepared));
+/// The row that stores a new order.
+fn order_row(o: &Order, prepared: &PreparedOrder) -> rows::NewOrder {
+    let (currency, total_minor) = o
+        .total
+        .as_ref()
+        .map_or((String::new(), 0), |m| (m.currency.clone(), m.amount_minor));
+    rows::NewOrder {
+        order_id: o.order_id.clone(),
+        customer_id: o.customer_id.clone(),
+        placed_at_us: o.placed_at.as_ref().map(micros).unwrap_or_default(),
+        currency,
+        total_minor,
+        store: o.store.clone(),
+        coupon_code: o.coupon_code.clone(),
+        lines: prepared.lines.clone(),
+        fingerprint: prepared.fingerprint.clone(),
     }
 }
 
+/// The event that tells the other services of a new order.
+fn purchase_recorded(o: &Order) -> Payload {
+    Payload::PurchaseRecorded(PurchaseRecorded {
+        customer_id: o.customer_id.clone(),
+        order_id: o.order_id.clone(),
+        placed_at: o.placed_at,
+        total: Some(o.total.clone().unwrap_or_default()),
+        coupon_code: o.coupon_code.clone(),
+        store: o.store.clone(),
+    })
+}
+
 /// Folds a new order into its customer's facts (the customer's currency is set already).
-fn fold(states: &mut HashMap<String, FactsState>, now_us: i64, o: Order, prepared: PreparedOrder) {
+fn fold(
+    states: &mut HashMap<String, FactsState>,
+    now_us: i64,
+    o: &Order,
+    prepared: &PreparedOrder,
+) {
     let Some(state) = states.get_mut(&o.customer_id) else {
         return;
     };
     state.apply_order(&OrderFact {
-        order_id: o.order_id,
+        order_id: o.order_id.clone(),
         placed_at_us: o.placed_at.as_ref().map(micros).unwrap_or_default(),
-        total_minor: o.total.map_or(0, |m| m.amount_minor),
-        category_spend: prepared.spend,
+        total_minor: o.total.as_ref().map_or(0, |m| m.amount_minor),
+        category_spend: prepared.spend.clone(),
     });
     state.updated_at_us = now_us;
 }
@@ -205,12 +206,24 @@ struct GroupWrite<'a, R> {
     rows: R,
     /// Statements handed out so far (the first one runs with nothing beside it).
     asked: usize,
-    to_fold: std::vec::IntoIter<(Order, PreparedOrder)>,
+    recorded: Arc<Vec<(Order, PreparedOrder)>>,
+    folded: usize,
     now_us: i64,
     states: HashMap<String, FactsState>,
     touched: Vec<String>,
     facts_written: usize,
     next_change: i64,
+}
+
+impl<R> GroupWrite<'_, R> {
+    /// Folds the next `n` orders not yet folded.
+    fn fold(&mut self, n: usize) {
+        let end = self.recorded.len().min(self.folded.saturating_add(n));
+        for (o, prepared) in &self.recorded[self.folded..end] {
+            fold(&mut self.states, self.now_us, o, prepared);
+        }
+        self.folded = end;
+    }
 }
 
 impl<R: Iterator<Item = sea_orm::Statement>> Iterator for GroupWrite<'_, R> {
@@ -226,15 +239,11 @@ impl<R: Iterator<Item = sea_orm::Statement>> Iterator for GroupWrite<'_, R> {
                     sea_orm::DbBackend::Postgres => usize::MAX,
                     _ => FOLD_STEP,
                 };
-                for (o, prepared) in self.to_fold.by_ref().take(step) {
-                    fold(&mut self.states, self.now_us, o, prepared);
-                }
+                self.fold(step);
             }
             return Some(statement);
         }
-        for (o, prepared) in self.to_fold.by_ref() {
-            fold(&mut self.states, self.now_us, o, prepared);
-        }
+        self.fold(usize::MAX);
         let ids = self.touched.get(self.facts_written..)?;
         let ids = &ids[..ids.len().min(rows::facts_per_statement(self.backend))];
         if ids.is_empty() {
@@ -513,11 +522,7 @@ impl Profiles {
                         ServiceError::already_exists_at("order", &o.order_id, field(i, "order_id")),
                     )),
                     None => {
-                        let problem = customer_problem(
-                            o,
-                            &states,
-                            &format!("orders[{}]", chunk.first_index + i),
-                        );
+                        let problem = customer_problem(o, &states, chunk.first_index + i);
                         if problem.is_none() {
                             in_chunk.insert(o.order_id.as_str(), prepared[i].fingerprint.as_str());
                             outcomes[i] = OrderOutcome::Recorded;
@@ -562,25 +567,35 @@ impl Profiles {
                         .unwrap_or_default();
                 }
                 recorded.insert(o.order_id.clone(), prepared.fingerprint.clone());
-                writes.add(tenant, now, o, prepared);
+                writes.touched.insert(o.customer_id.clone());
+                writes.recorded.push((o, prepared));
             }
             results.push(BatchResult { outcomes, rejected });
         }
 
         // 5. One write of the group's orders, events and facts.
-        if writes.orders.is_empty() {
+        if writes.recorded.is_empty() {
             written.put_back(states);
         } else {
             let backend = txn.get_database_backend();
             let touched: Vec<String> = writes.touched.into_iter().collect();
             let first_change = rows::reserve_facts_changes(&txn, touched.len()).await?;
+            let recorded = Arc::new(writes.recorded);
+            let (for_rows, for_events) = (recorded.clone(), recorded.clone());
+            let order_rows = (0..recorded.len()).map(move |i| {
+                let (o, prepared) = &for_rows[i];
+                order_row(o, prepared)
+            });
+            let events = (0..recorded.len())
+                .map(move |i| (tenant.to_owned(), now, purchase_recorded(&for_events[i].0)));
             let mut write = GroupWrite {
                 backend,
                 tenant,
-                rows: rows::order_statements(backend, tenant, writes.orders)
-                    .chain(self.outbox.append_statements(backend, writes.events)),
+                rows: rows::order_statements(backend, tenant, order_rows)
+                    .chain(self.outbox.append_statements(backend, events)),
                 asked: 0,
-                to_fold: writes.to_fold.into_iter(),
+                recorded,
+                folded: 0,
                 now_us,
                 states,
                 touched,

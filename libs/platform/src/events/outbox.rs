@@ -143,13 +143,14 @@ impl Outbox {
     /// The statements that append `events`, each built (events encoded) only when the
     /// iterator reaches it: chained after other statements in [`execute_all`], the
     /// encoding runs while the statement before it executes.
-    pub fn append_statements(
-        &self,
+    pub fn append_statements<'a>(
+        &'a self,
         backend: DbBackend,
-        events: Vec<(String, DateTime<Utc>, Payload)>,
-    ) -> Box<dyn Iterator<Item = Statement> + Send + '_> {
+        events: impl IntoIterator<Item = (String, DateTime<Utc>, Payload), IntoIter: Send + 'a>,
+    ) -> Box<dyn Iterator<Item = Statement> + Send + 'a> {
         const ROWS_PER_STATEMENT: usize = 400;
-        if events.is_empty() {
+        let mut events = events.into_iter().peekable();
+        if events.peek().is_none() {
             return Box::new(std::iter::empty());
         }
         let traceparent = crate::telemetry::current_traceparent().unwrap_or_default();
@@ -171,7 +172,7 @@ impl Outbox {
             // Column arrays and UNNEST: five parameters for any number of events.
             return Box::new(std::iter::once_with(move || {
                 let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                for (id, tenant, kind, at, payload) in events.into_iter().map(row) {
+                for (id, tenant, kind, at, payload) in events.map(row) {
                     columns.0.push(id);
                     columns.1.push(tenant);
                     columns.2.push(kind.to_owned());
@@ -192,7 +193,7 @@ impl Outbox {
                 )
             }));
         }
-        let mut rows = events.into_iter().map(row).peekable();
+        let mut rows = events.map(row).peekable();
         Box::new(std::iter::from_fn(move || {
             rows.peek()?;
             let values =

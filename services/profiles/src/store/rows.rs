@@ -73,17 +73,17 @@ const ORDER_INSERT: &str = "INSERT INTO orders (tenant_id, order_id, customer_id
 /// The statements that store new orders, each built when the iterator reaches it: on
 /// PostgreSQL one statement with a column array per field (ten parameters for any number
 /// of orders, nothing to parse per row), on SQLite multi-row inserts.
-pub(crate) fn order_statements(
+pub(crate) fn order_statements<'a>(
     backend: DbBackend,
-    tenant: &str,
-    orders: Vec<NewOrder>,
-) -> Box<dyn Iterator<Item = Statement> + Send + '_> {
-    if orders.is_empty() {
+    tenant: &'a str,
+    orders: impl IntoIterator<Item = NewOrder, IntoIter: Send + 'a>,
+) -> Box<dyn Iterator<Item = Statement> + Send + 'a> {
+    let mut orders = orders.into_iter().peekable();
+    if orders.peek().is_none() {
         return Box::new(std::iter::empty());
     }
     if backend != DbBackend::Postgres {
         let mut rows = orders
-            .into_iter()
             .map(move |o| {
                 vec![
                     tenant.into(),
@@ -109,7 +109,7 @@ pub(crate) fn order_statements(
         }));
     }
     Box::new(std::iter::once_with(move || {
-        let n = orders.len();
+        let n = orders.size_hint().0;
         let (mut ids, mut customers, mut placed, mut currencies, mut totals) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
