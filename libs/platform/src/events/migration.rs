@@ -1,7 +1,7 @@
 //! Tables of the event feed, created in every service's database: the outbox it serves,
 //! and the cursor and inbox of the consumers it runs.
 
-use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait};
 use sea_orm_migration::prelude::*;
 
 /// Migrations of the platform's own tables, tracked apart from the service's.
@@ -10,7 +10,11 @@ pub struct PlatformMigrator;
 
 impl MigratorTrait for PlatformMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateEventTables), Box::new(EventKeysInByteOrder)]
+        vec![
+            Box::new(CreateEventTables),
+            Box::new(EventKeysInByteOrder),
+            Box::new(OutboxWithoutEventIdIndex),
+        ]
     }
 
     fn migration_table_name() -> sea_orm::DynIden {
@@ -121,4 +125,156 @@ impl MigrationTrait for EventKeysInByteOrder {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         crate::db::collate_keys(manager.get_connection(), EVENT_KEYS, false).await
     }
+}
+
+/// The outbox keeps no unique index on `event_id`: the id is a UUIDv7 made where the event
+/// is appended, nothing looks an event up by it (consumers deduplicate in their own inbox),
+/// and the index cost an insert into a text-keyed B-tree for every event of every service.
+/// SQLite cannot drop a column's `UNIQUE`, so there the table is copied without it (rows
+/// and their `seq` kept; AUTOINCREMENT's counter follows the rename).
+#[derive(Debug)]
+struct OutboxWithoutEventIdIndex;
+
+impl MigrationName for OutboxWithoutEventIdIndex {
+    fn name(&self) -> &str {
+        "m20261206_000001_outbox_without_event_id_index"
+    }
+}
+
+// async_trait's expansion needs the elided lifetime.
+#[allow(elided_lifetimes_in_paths)]
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for OutboxWithoutEventIdIndex {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let statements: &[&str] = match db.get_database_backend() {
+            DbBackend::Sqlite => &[
+                "CREATE TABLE event_outbox_copy (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    tx_id INTEGER NOT NULL DEFAULT 0,
+                    event_id TEXT NOT NULL,
+                    tenant_id TEXT NOT NULL,
+                    event_type TEXT NOT NULL,
+                    occurred_at_us BIGINT NOT NULL,
+                    payload BLOB NOT NULL)",
+                "INSERT INTO event_outbox_copy (seq, tx_id, event_id, tenant_id, event_type, occurred_at_us, payload) \
+                 SELECT seq, tx_id, event_id, tenant_id, event_type, occurred_at_us, payload FROM event_outbox",
+                // AUTOINCREMENT never reuses a `seq` the old table handed out, even one
+                // whose row was deleted since.
+                "UPDATE sqlite_sequence SET seq = (SELECT seq FROM sqlite_sequence WHERE name = 'event_outbox') \
+                 WHERE name = 'event_outbox_copy' AND EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'event_outbox')",
+                "DROP TABLE event_outbox",
+                "ALTER TABLE event_outbox_copy RENAME TO event_outbox",
+                "CREATE INDEX event_outbox_tenant ON event_outbox (tenant_id, seq)",
+            ],
+            _ => &["ALTER TABLE event_outbox DROP CONSTRAINT IF EXISTS event_outbox_event_id_key"],
+        };
+        // One transaction on one connection: the pool would hand each statement to any of
+        // its connections, and the copy must be all or nothing.
+        let txn = db.begin().await?;
+        for sql in statements {
+            txn.execute_unprepared(sql).await?;
+        }
+        txn.commit().await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(match db.get_database_backend() {
+            DbBackend::Sqlite => {
+                "CREATE UNIQUE INDEX IF NOT EXISTS event_outbox_event_id ON event_outbox (event_id)"
+            }
+            _ => "ALTER TABLE event_outbox ADD CONSTRAINT event_outbox_event_id_key UNIQUE (event_id)",
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    use sea_orm_migration::MigratorTrait;
+
+    use super::PlatformMigrator;
+    use crate::testing::TestDatabase;
+
+    async fn seqs(db: &impl ConnectionTrait) -> Vec<i64> {
+        db.query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT seq FROM event_outbox ORDER BY seq",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<i64>("", "seq").unwrap())
+        .collect()
+    }
+
+    async fn append(db: &impl ConnectionTrait, event_id: &str) {
+        db.execute_raw(crate::db::statement(
+            db.get_database_backend(),
+            "INSERT INTO event_outbox (event_id, tenant_id, event_type, occurred_at_us, payload) \
+             VALUES ($1, 't', 'purchase_recorded', 1, $2)",
+            vec![event_id.into(), vec![1u8, 2, 3].into()],
+        ))
+        .await
+        .unwrap();
+    }
+
+    crate::db_test!(
+        dropping_the_event_id_index_keeps_the_outbox_and_its_numbering,
+        |db| async move {
+            let db: &TestDatabase = db;
+            let conn = crate::db::connect(&db.url("feed"), "feed", 2)
+                .await
+                .unwrap();
+            // The tables as they were before: events appended, the last one deleted.
+            PlatformMigrator::up(&conn, Some(2)).await.unwrap();
+            for id in ["e1", "e2", "e3"] {
+                append(&conn, id).await;
+            }
+            conn.execute_unprepared("DELETE FROM event_outbox WHERE event_id = 'e3'")
+                .await
+                .unwrap();
+            PlatformMigrator::up(&conn, None).await.unwrap();
+
+            assert_eq!(seqs(&conn).await, vec![1, 2]);
+            let payload = conn
+                .query_one_raw(Statement::from_string(
+                    conn.get_database_backend(),
+                    "SELECT payload FROM event_outbox WHERE event_id = 'e2'",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get::<Vec<u8>>("", "payload")
+                .unwrap();
+            assert_eq!(payload, vec![1, 2, 3]);
+            // Numbering goes on after every seq handed out (3 was, then deleted), and the
+            // feed's index by tenant is there.
+            append(&conn, "e4").await;
+            assert_eq!(seqs(&conn).await, vec![1, 2, 4]);
+            if conn.get_database_backend() == DbBackend::Sqlite {
+                let index = conn
+                    .query_all_raw(Statement::from_string(
+                        DbBackend::Sqlite,
+                        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'event_outbox'",
+                    ))
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.try_get::<String>("", "name").unwrap())
+                    .collect::<Vec<_>>();
+                assert_eq!(index, vec!["event_outbox_tenant".to_owned()]);
+            }
+            // Down and up again.
+            PlatformMigrator::down(&conn, Some(1)).await.unwrap();
+            PlatformMigrator::up(&conn, None).await.unwrap();
+            assert_eq!(seqs(&conn).await, vec![1, 2, 4]);
+            conn.close().await.unwrap();
+        }
+    );
 }
