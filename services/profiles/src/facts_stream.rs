@@ -8,11 +8,13 @@ use winback_platform::ServiceError;
 use winback_platform::events::Cursor;
 
 use crate::context::Profiles;
-use crate::facts_route::EncodedChunk;
+use crate::facts_route::{EncodedChunk, ids_ascend, split_framed};
 use crate::store::rows;
 
 const DEFAULT_CHUNK: usize = 1000;
 const MAX_CHUNK: usize = 10_000;
+/// Customers read per query of a whole-tenant stream (rounded down to whole chunks).
+const PAGE: usize = 10_000;
 
 impl Profiles {
     /// Starts streaming; errors in the request are returned before the stream starts.
@@ -54,37 +56,64 @@ impl Profiles {
         Ok(rx)
     }
 
-    /// The whole tenant, by customer id, in one streamed query (one plan, no per-page
-    /// re-planning); every chunk carries the cursor to resume from.
+    /// The whole tenant, by customer id, a page of about [`PAGE`] customers per query, each
+    /// page framed and concatenated by the database (`rows::framed_facts_page`) and cut
+    /// into chunks here; every chunk carries the cursor to resume from.
     async fn send_all(
         &self,
         tenant: &str,
         chunk: usize,
         tx: &mpsc::Sender<Result<EncodedChunk, Status>>,
     ) -> Result<(), Status> {
-        use sea_orm::{StreamTrait, TransactionTrait};
+        use sea_orm::TransactionTrait;
         let cursor = rows::facts_horizon(&self.db)
             .await
             .map_err(internal)?
             .to_string();
-        let backend = self.db.get_database_backend();
-        let statement = winback_platform::db::statement(
-            backend,
-            "SELECT encoded FROM facts WHERE tenant_id = $1 ORDER BY customer_id",
-            vec![tenant.into()],
-        );
-        if backend != DbBackend::Postgres {
-            let rows = self.db.stream_raw(statement).await.map_err(internal)?;
-            return send_chunks(rows, chunk, &cursor, tx).await;
-        }
-        // PostgreSQL planned the whole tenant as a bitmap scan and a sort of every row
-        // (spilling to disk at 10⁶ customers); the primary key already gives customer order.
+        // Whole chunks per page, so only the last chunk of the tenant is short.
+        let page_size = chunk * (PAGE / chunk).max(1);
         let txn = self.db.begin().await.map_err(internal)?;
-        txn.execute_unprepared("SET LOCAL enable_sort = off")
-            .await
-            .map_err(internal)?;
-        let rows = txn.stream_raw(statement).await.map_err(internal)?;
-        send_chunks(rows, chunk, &cursor, tx).await?;
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            // Without statistics PostgreSQL may plan a page as a scan of the tenant and a
+            // sort; the primary key already gives customer order.
+            txn.execute_unprepared("SET LOCAL enable_sort = off")
+                .await
+                .map_err(internal)?;
+        }
+        let mut after = String::new();
+        let mut sent_any = false;
+        loop {
+            let page = rows::framed_facts_page(&txn, tenant, &after, page_size)
+                .await
+                .map_err(internal)?;
+            // The databases concatenate a page in the order its subquery yields the rows
+            // (an ORDER BY inside the aggregate sorted every page again: 1.8–2.0 s instead
+            // of 1.0–1.1 s for 10⁶ customers on SQLite, 1.2–1.6 s instead of 1.1–1.2 s on
+            // PostgreSQL); the order is checked, not trusted.
+            if !ids_ascend(&page.framed, &after) {
+                return Err(Status::internal("a facts page is out of customer order"));
+            }
+            let runs = split_framed(&page.framed, chunk)
+                .ok_or_else(|| Status::internal("malformed facts page"))?;
+            for run in runs {
+                sent_any = true;
+                if tx
+                    .send(Ok(EncodedChunk::from_framed(run, &cursor)))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            if page.count < page_size {
+                break;
+            }
+            after = page.last;
+        }
+        // An empty tenant still gets one (empty) chunk telling where to resume from.
+        if !sent_any {
+            let _ = tx.send(Ok(EncodedChunk::from_framed(&[], &cursor))).await;
+        }
         txn.commit().await.map_err(internal)
     }
 
@@ -113,40 +142,6 @@ impl Profiles {
             }
         }
     }
-}
-
-/// Sends streamed rows of encoded facts in chunks of `chunk`, each with `cursor`; an empty
-/// tenant still gets one (empty) chunk telling where to resume from.
-async fn send_chunks(
-    mut rows: impl tokio_stream::Stream<Item = Result<sea_orm::QueryResult, sea_orm::DbErr>> + Unpin,
-    chunk: usize,
-    cursor: &str,
-    tx: &mpsc::Sender<Result<EncodedChunk, Status>>,
-) -> Result<(), Status> {
-    use tokio_stream::StreamExt;
-    let mut page: Vec<Vec<u8>> = Vec::with_capacity(chunk);
-    let mut sent_any = false;
-    while let Some(row) = rows.next().await {
-        let row = row.map_err(internal)?;
-        page.push(row.try_get("", "encoded").map_err(internal)?);
-        if page.len() == chunk {
-            let message = EncodedChunk::new(page.iter().map(Vec::as_slice), cursor);
-            page.clear();
-            sent_any = true;
-            if tx.send(Ok(message)).await.is_err() {
-                return Ok(());
-            }
-        }
-    }
-    if !page.is_empty() || !sent_any {
-        let _ = tx
-            .send(Ok(EncodedChunk::new(
-                page.iter().map(Vec::as_slice),
-                cursor,
-            )))
-            .await;
-    }
-    Ok(())
 }
 
 /// A database error as the stream's status.

@@ -1087,6 +1087,48 @@ db_test!(
 );
 
 db_test!(
+    a_whole_tenant_stream_spans_pages_in_whole_chunks,
+    |db| async move {
+        let db: &TestDatabase = db;
+        let mut h = Harness::start(db).await;
+        // 7,001 customers at 3,500 per chunk: the stream reads pages of two chunks (7,000
+        // customers, the largest whole number of chunks within 10,000), so the last
+        // customer comes from a second page.
+        let ids: Vec<String> = (0..7001).map(|i| format!("c{i:05}")).collect();
+        for batch in ids.chunks(1000) {
+            upsert(&mut h.a, batch.iter().map(|id| customer(id)).collect()).await;
+        }
+        record(&mut h.a, vec![order("o1", "c07000", 1, 4200)])
+            .await
+            .unwrap();
+        let mut stream =
+            h.a.stream_facts(StreamFactsRequest {
+                changed_since_cursor: String::new(),
+                chunk_size: 3500,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut sizes, mut streamed) = (Vec::new(), Vec::new());
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            sizes.push(chunk.facts.len());
+            streamed.extend(chunk.facts);
+        }
+        assert_eq!(sizes, vec![3500, 3500, 1]);
+        let streamed_ids: Vec<&str> = streamed.iter().map(|f| f.customer_id.as_str()).collect();
+        assert_eq!(
+            streamed_ids,
+            ids.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        let last = streamed.last().unwrap();
+        assert_eq!(last, &facts(&mut h.a, "c07000").await);
+        assert_eq!(last.total_spent_minor, 4200);
+        h.stop();
+    }
+);
+
+db_test!(
     a_tenant_never_sees_another_tenants_customers,
     |db| async move {
         let db: &TestDatabase = db;
