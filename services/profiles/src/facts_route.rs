@@ -27,20 +27,8 @@ const STREAM_FACTS: &str = "/winback.profiles.v1.ProfilesService/StreamFacts";
 pub(crate) struct EncodedChunk(pub(crate) Bytes);
 
 impl EncodedChunk {
-    /// Builds a chunk from encoded `CustomerFacts` and the cursor.
-    pub(crate) fn new<'a>(facts: impl Iterator<Item = &'a [u8]>, cursor: &str) -> Self {
-        let mut buf = bytes::BytesMut::new();
-        for f in facts {
-            prost::encoding::encode_key(1, WireType::LengthDelimited, &mut buf);
-            prost::encoding::encode_varint(f.len() as u64, &mut buf);
-            buf.put_slice(f);
-        }
-        prost::encoding::string::encode(2, &cursor.to_owned(), &mut buf);
-        Self(buf.freeze())
-    }
-
-    /// Builds a chunk from `facts` entries already framed (see
-    /// [`crate::store::rows::framed_facts_page`]) and the cursor.
+    /// Builds a chunk from `facts` entries as stored (framed, see
+    /// [`crate::store::rows::framed_facts`]) and the cursor.
     pub(crate) fn from_framed(entries: &[u8], cursor: &str) -> Self {
         let mut buf = bytes::BytesMut::with_capacity(entries.len() + cursor.len() + 8);
         buf.put_slice(entries);
@@ -81,7 +69,7 @@ pub(crate) fn ids_ascend(mut framed: &[u8], after: &str) -> bool {
 }
 
 /// The next framed entry's message, advancing `framed` past it.
-fn next_entry<'a>(framed: &mut &'a [u8]) -> Option<&'a [u8]> {
+pub(crate) fn next_entry<'a>(framed: &mut &'a [u8]) -> Option<&'a [u8]> {
     let (&key, mut rest) = framed.split_first()?;
     if key != 0x0A {
         return None;
@@ -210,23 +198,16 @@ mod tests {
 
     #[test]
     fn framed_entries_split_into_chunks_that_decode_as_responses() {
-        let facts: Vec<Vec<u8>> = (0..7)
-            .map(|i| {
-                CustomerFacts {
+        let framed: Vec<u8> = (0..7)
+            .flat_map(|i| {
+                crate::store::rows::framed_facts(&CustomerFacts {
                     customer_id: format!("c{i}"),
                     // One entry longer than 127 bytes: a two-byte length.
                     top_categories: vec!["t".repeat(if i == 3 { 300 } else { 1 })],
                     ..Default::default()
-                }
-                .encode_to_vec()
+                })
             })
             .collect();
-        let mut framed = Vec::new();
-        for f in &facts {
-            prost::encoding::encode_key(1, WireType::LengthDelimited, &mut framed);
-            prost::encoding::encode_varint(f.len() as u64, &mut framed);
-            framed.extend_from_slice(f);
-        }
         let runs = split_framed(&framed, 3).expect("whole entries");
         assert_eq!(runs.len(), 3);
         let decoded: Vec<Vec<String>> = runs
@@ -257,18 +238,17 @@ mod tests {
 
     #[test]
     fn an_encoded_chunk_is_a_stream_facts_response_on_the_wire() {
-        let facts: Vec<Vec<u8>> = ["c1", "c2"]
+        let framed: Vec<u8> = ["c1", "c2"]
             .iter()
-            .map(|id| {
-                CustomerFacts {
+            .flat_map(|id| {
+                crate::store::rows::framed_facts(&CustomerFacts {
                     customer_id: (*id).into(),
                     order_count: 3,
                     ..Default::default()
-                }
-                .encode_to_vec()
+                })
             })
             .collect();
-        let chunk = EncodedChunk::new(facts.iter().map(Vec::as_slice), "0.42");
+        let chunk = EncodedChunk::from_framed(&framed, "0.42");
         let decoded = StreamFactsResponse::decode(chunk.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded.cursor, "0.42");
         assert_eq!(decoded.facts.len(), 2);

@@ -133,10 +133,11 @@ impl Profiles {
                 after = *last;
             }
             let full = page.len() == chunk;
-            let message = EncodedChunk::new(
-                page.iter().map(|(_, bytes)| bytes.as_slice()),
-                &after.to_string(),
-            );
+            let framed: Vec<u8> = page
+                .iter()
+                .flat_map(|(_, framed)| framed.iter().copied())
+                .collect();
+            let message = EncodedChunk::from_framed(&framed, &after.to_string());
             if tx.send(Ok(message)).await.is_err() || !full {
                 return Ok(());
             }

@@ -1,6 +1,7 @@
 //! Storage of the profiles service: migrations and the queries behind the handlers.
 
 mod migration;
+mod migration_framed;
 mod migration_keys;
 pub(crate) mod rows;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(migration::CreateProfiles),
             Box::new(migration_keys::KeysInByteOrder),
+            Box::new(migration_framed::FactsFramed),
         ]
     }
 }

@@ -11,6 +11,7 @@ use winback_platform::events::Cursor;
 use prost::Message as _;
 
 use crate::domain::facts::{FactsState, OrderFact};
+use winback_proto::profiles::CustomerFacts;
 
 /// Rows per multi-row statement (PostgreSQL allows 65,535 parameters, SQLite 32,766).
 const ROWS_PER_STATEMENT: usize = 500;
@@ -521,11 +522,11 @@ where
     S: std::borrow::Borrow<FactsState>,
 {
     const UPSERT: &str = " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET tx_id = excluded.tx_id, \
-         change_seq = excluded.change_seq, state = excluded.state, encoded = excluded.encoded";
+         change_seq = excluded.change_seq, state = excluded.state, framed = excluded.framed";
     if backend == DbBackend::Postgres {
         // Column arrays: four parameters for any number of customers.
         let n = states.len();
-        let (mut ids, mut state_bytes, mut encoded) = (
+        let (mut ids, mut state_bytes, mut framed) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -533,19 +534,19 @@ where
         for (customer_id, state) in states {
             let (customer_id, state) = (customer_id.as_ref(), state.borrow());
             state_bytes.push(state.encode_to_vec());
-            encoded.push(state.render(customer_id).encode_to_vec());
+            framed.push(framed_facts(&state.render(customer_id)));
             ids.push(customer_id.to_owned());
         }
         let sql = format!(
-            "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded) \
+            "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, framed) \
              SELECT $1, u.customer_id, pg_current_xact_id()::text::bigint, nextval('facts_change_seq'), \
-             u.state, u.encoded FROM UNNEST($2::text[], $3::bytea[], $4::bytea[]) AS u(customer_id, state, encoded){UPSERT}"
+             u.state, u.framed FROM UNNEST($2::text[], $3::bytea[], $4::bytea[]) AS u(customer_id, state, framed){UPSERT}"
         );
         let values = vec![
             tenant.into(),
             array(ArrayType::String, ids),
             array(ArrayType::Bytes, state_bytes),
-            array(ArrayType::Bytes, encoded),
+            array(ArrayType::Bytes, framed),
         ];
         return statement(backend, &sql, values);
     }
@@ -554,23 +555,40 @@ where
         .zip(first_seq..)
         .map(|((customer_id, state), seq)| {
             let (customer_id, state) = (customer_id.as_ref(), state.borrow());
-            let encoded = state.render(customer_id).encode_to_vec();
+            let framed = framed_facts(&state.render(customer_id));
             vec![
                 tenant.into(),
                 customer_id.into(),
                 0i64.into(),
                 seq.into(),
                 state.encode_to_vec().into(),
-                encoded.into(),
+                framed.into(),
             ]
         });
     let mut stmt = multi_row_insert(
         backend,
-        "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded)",
+        "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, framed)",
         rows,
     );
     stmt.sql.push_str(UPSERT);
     stmt
+}
+
+/// A customer's facts as stored: the encoded `CustomerFacts` framed as an entry of
+/// `StreamFactsResponse.facts` (field 1: `0x0A`, the length as a varint, the message), so
+/// that a page of a whole-tenant stream is the stored values one after another.
+pub(crate) fn framed_facts(facts: &CustomerFacts) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(facts.encoded_len() + 4);
+    prost::encoding::message::encode(1, facts, &mut framed);
+    framed
+}
+
+/// The encoded `CustomerFacts` inside a stored (framed) value.
+fn unframed(framed: &[u8]) -> Result<&[u8], DbErr> {
+    let mut rest = framed;
+    crate::facts_route::next_entry(&mut rest)
+        .filter(|_| rest.is_empty())
+        .ok_or_else(|| DbErr::Custom("malformed stored facts".into()))
 }
 
 /// The encoded facts of the customers among `ids`.
@@ -581,13 +599,16 @@ pub(crate) async fn encoded_facts_of(
 ) -> Result<HashMap<String, Vec<u8>>, DbErr> {
     select_in(
         conn,
-        "SELECT customer_id, encoded FROM facts WHERE tenant_id = $1 AND customer_id IN",
+        "SELECT customer_id, framed FROM facts WHERE tenant_id = $1 AND customer_id IN",
         tenant,
         ids,
     )
     .await?
     .iter()
-    .map(|r| Ok((r.try_get("", "customer_id")?, r.try_get("", "encoded")?)))
+    .map(|r| {
+        let framed: Vec<u8> = r.try_get("", "framed")?;
+        Ok((r.try_get("", "customer_id")?, unframed(&framed)?.to_vec()))
+    })
     .collect()
 }
 
@@ -616,15 +637,19 @@ pub(crate) async fn encoded_facts(
     let row = conn
         .query_one_raw(statement(
             conn.get_database_backend(),
-            "SELECT encoded FROM facts WHERE tenant_id = $1 AND customer_id = $2",
+            "SELECT framed FROM facts WHERE tenant_id = $1 AND customer_id = $2",
             vec![tenant.into(), customer_id.into()],
         ))
         .await?;
-    row.map(|r| r.try_get("", "encoded")).transpose()
+    row.map(|r| {
+        let framed: Vec<u8> = r.try_get("", "framed")?;
+        Ok(unframed(&framed)?.to_vec())
+    })
+    .transpose()
 }
 
-/// A page of a tenant's encoded facts, already framed as `StreamFactsResponse.facts`
-/// entries (key, length, message) and concatenated by the database.
+/// A page of a tenant's stored facts (`StreamFactsResponse.facts` entries) concatenated by
+/// the database.
 #[derive(Debug, Default)]
 pub(crate) struct FramedFactsPage {
     /// Entries in the page.
@@ -634,12 +659,11 @@ pub(crate) struct FramedFactsPage {
     pub(crate) framed: Vec<u8>,
 }
 
-/// Up to `limit` customers' encoded facts after customer `after`, in customer order, framed
-/// and concatenated in one value: a page is one row for the driver to hand over instead of
-/// `limit` (a million rows went through the driver's thread, its channel and a row object
-/// each). The frame is field 1, wire type 2 (`0x0A`), then the length as a varint. The
-/// aggregate takes the rows in the subquery's order without sorting them again: the caller
-/// checks the order (`facts_route::ids_ascend`).
+/// Up to `limit` customers' stored (framed, [`framed_facts`]) facts after customer `after`,
+/// in customer order, concatenated in one value: a page is one row for the driver to hand
+/// over instead of `limit` (a million rows went through the driver's thread, its channel
+/// and a row object each). The aggregate takes the rows in the subquery's order without
+/// sorting them again: the caller checks the order (`facts_route::ids_ascend`).
 pub(crate) async fn framed_facts_page(
     conn: &impl ConnectionTrait,
     tenant: &str,
@@ -649,24 +673,14 @@ pub(crate) async fn framed_facts_page(
     let backend = conn.get_database_backend();
     let sql = match backend {
         DbBackend::Sqlite => {
-            "SELECT count(*) AS n, max(customer_id) AS last, CAST(group_concat(x'0A' || unhex(CASE \
-             WHEN n < 128 THEN printf('%02X', n) \
-             WHEN n < 16384 THEN printf('%02X%02X', (n & 127) | 128, n >> 7) \
-             WHEN n < 2097152 THEN printf('%02X%02X%02X', (n & 127) | 128, ((n >> 7) & 127) | 128, n >> 14) \
-             ELSE printf('%02X%02X%02X%02X', (n & 127) | 128, ((n >> 7) & 127) | 128, ((n >> 14) & 127) | 128, n >> 21) \
-             END) || encoded, '') AS BLOB) AS framed \
-             FROM (SELECT customer_id, encoded, length(encoded) AS n FROM facts \
-             WHERE tenant_id = $1 AND customer_id > $2 ORDER BY customer_id LIMIT $3)"
+            "SELECT count(*) AS n, max(customer_id) AS last, CAST(group_concat(framed, '') AS BLOB) AS framed \
+             FROM (SELECT customer_id, framed FROM facts WHERE tenant_id = $1 AND customer_id > $2 \
+             ORDER BY customer_id LIMIT $3)"
         }
         _ => {
-            "SELECT count(*) AS n, max(customer_id) AS last, string_agg('\\x0a'::bytea || CASE \
-             WHEN n < 128 THEN set_byte('\\x00'::bytea, 0, n) \
-             WHEN n < 16384 THEN set_byte(set_byte('\\x0000'::bytea, 0, (n & 127) | 128), 1, n >> 7) \
-             WHEN n < 2097152 THEN set_byte(set_byte(set_byte('\\x000000'::bytea, 0, (n & 127) | 128), 1, ((n >> 7) & 127) | 128), 2, n >> 14) \
-             ELSE set_byte(set_byte(set_byte(set_byte('\\x00000000'::bytea, 0, (n & 127) | 128), 1, ((n >> 7) & 127) | 128), 2, ((n >> 14) & 127) | 128), 3, n >> 21) \
-             END || encoded, ''::bytea) AS framed \
-             FROM (SELECT customer_id, encoded, length(encoded) AS n FROM facts \
-             WHERE tenant_id = $1 AND customer_id > $2 ORDER BY customer_id LIMIT $3) AS page"
+            "SELECT count(*) AS n, max(customer_id) AS last, string_agg(framed, ''::bytea) AS framed \
+             FROM (SELECT customer_id, framed FROM facts WHERE tenant_id = $1 AND customer_id > $2 \
+             ORDER BY customer_id LIMIT $3) AS page"
         }
     };
     let row = conn
@@ -720,7 +734,7 @@ pub(crate) async fn facts_horizon(conn: &impl ConnectionTrait) -> Result<Cursor,
     })
 }
 
-/// A page of encoded facts changed after `after`, in change order, below the horizon.
+/// A page of stored (framed) facts changed after `after`, in change order, below the horizon.
 pub(crate) async fn facts_changed(
     conn: &impl ConnectionTrait,
     tenant: &str,
@@ -730,11 +744,11 @@ pub(crate) async fn facts_changed(
     let backend = conn.get_database_backend();
     let sql = match backend {
         DbBackend::Sqlite => {
-            "SELECT tx_id, change_seq, encoded FROM facts WHERE tenant_id = $1 AND change_seq > $3 AND $2 = 0 \
+            "SELECT tx_id, change_seq, framed FROM facts WHERE tenant_id = $1 AND change_seq > $3 AND $2 = 0 \
              ORDER BY change_seq LIMIT $4"
         }
         _ => {
-            "SELECT tx_id, change_seq, encoded FROM facts WHERE tenant_id = $1 AND (tx_id, change_seq) > ($2, $3) \
+            "SELECT tx_id, change_seq, framed FROM facts WHERE tenant_id = $1 AND (tx_id, change_seq) > ($2, $3) \
              AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint ORDER BY tx_id, change_seq LIMIT $4"
         }
     };
@@ -757,7 +771,7 @@ pub(crate) async fn facts_changed(
                     tx_id: r.try_get("", "tx_id")?,
                     seq: r.try_get("", "change_seq")?,
                 },
-                r.try_get("", "encoded")?,
+                r.try_get("", "framed")?,
             ))
         })
         .collect()
