@@ -28,75 +28,13 @@ pub(crate) struct EncodedChunk(pub(crate) Bytes);
 
 impl EncodedChunk {
     /// Builds a chunk from `facts` entries as stored (framed, see
-    /// [`crate::store::rows::framed_facts`]) and the cursor.
+    /// [`crate::facts_frame::framed_facts`]) and the cursor.
     pub(crate) fn from_framed(entries: &[u8], cursor: &str) -> Self {
         let mut buf = bytes::BytesMut::with_capacity(entries.len() + cursor.len() + 8);
         buf.put_slice(entries);
         prost::encoding::string::encode(2, &cursor.to_owned(), &mut buf);
         Self(buf.freeze())
     }
-}
-
-/// Whether the framed `facts` entries are in strictly ascending customer id order, all
-/// after `after` (a `CustomerFacts` is encoded with its `customer_id`, field 1, first).
-pub(crate) fn ids_ascend(mut framed: &[u8], after: &str) -> bool {
-    let mut previous = after.as_bytes();
-    while !framed.is_empty() {
-        let Some(entry) = next_entry(&mut framed) else {
-            return false;
-        };
-        let id = match entry.split_first() {
-            Some((&0x0A, rest)) => {
-                let mut rest = rest;
-                match prost::encoding::decode_varint(&mut rest)
-                    .ok()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .and_then(|n| rest.get(..n))
-                {
-                    Some(id) => id,
-                    None => return false,
-                }
-            }
-            // An empty customer id is not encoded at all.
-            _ => &[],
-        };
-        if id <= previous {
-            return false;
-        }
-        previous = id;
-    }
-    true
-}
-
-/// The next framed entry's message, advancing `framed` past it.
-pub(crate) fn next_entry<'a>(framed: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let (&key, mut rest) = framed.split_first()?;
-    if key != 0x0A {
-        return None;
-    }
-    let len = usize::try_from(prost::encoding::decode_varint(&mut rest).ok()?).ok()?;
-    let entry = rest.get(..len)?;
-    *framed = rest.get(len..)?;
-    Some(entry)
-}
-
-/// Splits framed `facts` entries into runs of `per_chunk` entries (the last may be
-/// shorter), walking each entry's key and length; `None` if the bytes are not whole
-/// entries of field 1.
-pub(crate) fn split_framed(mut framed: &[u8], per_chunk: usize) -> Option<Vec<&[u8]>> {
-    let mut runs = Vec::new();
-    while !framed.is_empty() {
-        let mut rest = framed;
-        let mut entries = 0;
-        while entries < per_chunk.max(1) && !rest.is_empty() {
-            next_entry(&mut rest)?;
-            entries += 1;
-        }
-        let (run, tail) = framed.split_at(framed.len() - rest.len());
-        runs.push(run);
-        framed = tail;
-    }
-    Some(runs)
 }
 
 impl prost::Message for EncodedChunk {
@@ -197,51 +135,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn framed_entries_split_into_chunks_that_decode_as_responses() {
-        let framed: Vec<u8> = (0..7)
-            .flat_map(|i| {
-                crate::store::rows::framed_facts(&CustomerFacts {
-                    customer_id: format!("c{i}"),
-                    // One entry longer than 127 bytes: a two-byte length.
-                    top_categories: vec!["t".repeat(if i == 3 { 300 } else { 1 })],
-                    ..Default::default()
-                })
-            })
-            .collect();
-        let runs = split_framed(&framed, 3).expect("whole entries");
-        assert_eq!(runs.len(), 3);
-        let decoded: Vec<Vec<String>> = runs
-            .iter()
-            .map(|run| {
-                let chunk = EncodedChunk::from_framed(run, "0.7");
-                let response = StreamFactsResponse::decode(chunk.0).unwrap();
-                assert_eq!(response.cursor, "0.7");
-                response.facts.into_iter().map(|f| f.customer_id).collect()
-            })
-            .collect();
-        assert_eq!(
-            decoded,
-            vec![vec!["c0", "c1", "c2"], vec!["c3", "c4", "c5"], vec!["c6"]]
-        );
-        assert!(ids_ascend(&framed, ""));
-        assert!(ids_ascend(&framed, "b"));
-        assert!(!ids_ascend(&framed, "c0"), "not after the page before");
-        let mut swapped = Vec::new();
-        for run in [runs[1], runs[0]] {
-            swapped.extend_from_slice(run);
-        }
-        assert!(!ids_ascend(&swapped, ""));
-        assert_eq!(split_framed(&[0x12, 0x00], 3), None, "not field 1");
-        assert_eq!(split_framed(&[0x0A, 0x05, 0x00], 3), None, "cut short");
-        assert_eq!(split_framed(&[], 3), Some(Vec::new()));
-    }
-
-    #[test]
     fn an_encoded_chunk_is_a_stream_facts_response_on_the_wire() {
         let framed: Vec<u8> = ["c1", "c2"]
             .iter()
             .flat_map(|id| {
-                crate::store::rows::framed_facts(&CustomerFacts {
+                crate::facts_frame::framed_facts(&CustomerFacts {
                     customer_id: (*id).into(),
                     order_count: 3,
                     ..Default::default()

@@ -8,7 +8,8 @@ use winback_platform::ServiceError;
 use winback_platform::events::Cursor;
 
 use crate::context::Profiles;
-use crate::facts_route::{EncodedChunk, ids_ascend, split_framed};
+use crate::facts_frame::{ids_ascend, split_framed};
+use crate::facts_route::EncodedChunk;
 use crate::store::rows;
 
 const DEFAULT_CHUNK: usize = 1000;
@@ -133,10 +134,11 @@ impl Profiles {
                 after = *last;
             }
             let full = page.len() == chunk;
-            let framed: Vec<u8> = page
+            let framed = page
                 .iter()
-                .flat_map(|(_, framed)| framed.iter().copied())
-                .collect();
+                .map(|(_, framed)| framed.as_slice())
+                .collect::<Vec<_>>()
+                .concat();
             let message = EncodedChunk::from_framed(&framed, &after.to_string());
             if tx.send(Ok(message)).await.is_err() || !full {
                 return Ok(());

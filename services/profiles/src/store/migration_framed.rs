@@ -1,6 +1,6 @@
 //! The facts rows keep their `CustomerFacts` framed as an entry of
 //! `StreamFactsResponse.facts` (field 1: `0x0A`, the length as a varint, the message;
-//! `rows::framed_facts`), in a column renamed from `encoded` to `framed`: a page of a
+//! `facts_frame`), in a column renamed from `encoded` to `framed`: a page of a
 //! whole-tenant `StreamFacts` is then the stored values concatenated by the database, with
 //! no framing per row in the query (a third of PostgreSQL's time for the page queries:
 //! 1.2–1.3 s against 0.9 s for 10⁶ rows in `psql`). Existing rows are framed in place.
@@ -90,8 +90,8 @@ mod tests {
     use winback_platform::testing::TestDatabase;
     use winback_proto::profiles::CustomerFacts;
 
+    use crate::facts_frame::framed_facts;
     use crate::store::Migrator;
-    use crate::store::rows::framed_facts;
 
     async fn stored(db: &impl ConnectionTrait, column: &str) -> Vec<Vec<u8>> {
         db.query_all_raw(Statement::from_string(

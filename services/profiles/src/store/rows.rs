@@ -11,7 +11,7 @@ use winback_platform::events::Cursor;
 use prost::Message as _;
 
 use crate::domain::facts::{FactsState, OrderFact};
-use winback_proto::profiles::CustomerFacts;
+use crate::facts_frame::{framed_facts, unframed};
 
 /// Rows per multi-row statement (PostgreSQL allows 65,535 parameters, SQLite 32,766).
 const ROWS_PER_STATEMENT: usize = 500;
@@ -574,23 +574,6 @@ where
     stmt
 }
 
-/// A customer's facts as stored: the encoded `CustomerFacts` framed as an entry of
-/// `StreamFactsResponse.facts` (field 1: `0x0A`, the length as a varint, the message), so
-/// that a page of a whole-tenant stream is the stored values one after another.
-pub(crate) fn framed_facts(facts: &CustomerFacts) -> Vec<u8> {
-    let mut framed = Vec::with_capacity(facts.encoded_len() + 4);
-    prost::encoding::message::encode(1, facts, &mut framed);
-    framed
-}
-
-/// The encoded `CustomerFacts` inside a stored (framed) value.
-fn unframed(framed: &[u8]) -> Result<&[u8], DbErr> {
-    let mut rest = framed;
-    crate::facts_route::next_entry(&mut rest)
-        .filter(|_| rest.is_empty())
-        .ok_or_else(|| DbErr::Custom("malformed stored facts".into()))
-}
-
 /// The encoded facts of the customers among `ids`.
 pub(crate) async fn encoded_facts_of(
     conn: &impl ConnectionTrait,
@@ -663,7 +646,7 @@ pub(crate) struct FramedFactsPage {
 /// in customer order, concatenated in one value: a page is one row for the driver to hand
 /// over instead of `limit` (a million rows went through the driver's thread, its channel
 /// and a row object each). The aggregate takes the rows in the subquery's order without
-/// sorting them again: the caller checks the order (`facts_route::ids_ascend`).
+/// sorting them again: the caller checks the order (`facts_frame::ids_ascend`).
 pub(crate) async fn framed_facts_page(
     conn: &impl ConnectionTrait,
     tenant: &str,
