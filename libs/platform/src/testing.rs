@@ -186,6 +186,31 @@ pub fn test_keys() -> (crate::auth::TokenSigner, crate::auth::TokenVerifier) {
     (signer, verifier)
 }
 
+/// The type of every event in `db`'s outbox for `tenant`, in feed order on one writer
+/// (a row of many events gives its type once per event).
+pub async fn outbox_event_types(db: &impl ConnectionTrait, tenant: &str) -> Vec<String> {
+    let rows = db
+        .query_all_raw(crate::db::statement(
+            db.get_database_backend(),
+            "SELECT event_type, event_count FROM event_outbox WHERE tenant_id = $1 ORDER BY seq",
+            vec![tenant.into()],
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("outbox: {e}"));
+    let mut types = Vec::new();
+    for row in rows {
+        let read = |column: &str| format!("outbox {column}");
+        let event_type: String = row
+            .try_get("", "event_type")
+            .unwrap_or_else(|_| panic!("{}", read("event_type")));
+        let count: i64 = row
+            .try_get("", "event_count")
+            .unwrap_or_else(|_| panic!("{}", read("event_count")));
+        types.extend(std::iter::repeat_n(event_type, count as usize));
+    }
+    types
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

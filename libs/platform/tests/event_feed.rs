@@ -35,7 +35,8 @@ fn purchase(i: usize) -> Payload {
     })
 }
 
-/// Writes `count` events for `tenant`, `per_txn` per transaction, like a service would.
+/// Writes `count` events for `tenant`, `per_txn` per transaction, like a service would:
+/// appended together, so a transaction's events share outbox rows.
 async fn produce(
     db: &DatabaseConnection,
     outbox: &Outbox,
@@ -47,16 +48,25 @@ async fn produce(
     let mut i = from;
     while i < from + count {
         let txn = db.begin().await.unwrap();
-        for _ in 0..per_txn.min(from + count - i) {
-            outbox
-                .append(&txn, tenant, chrono::Utc::now(), purchase(i))
-                .await
-                .unwrap();
-            i += 1;
-        }
+        let n = per_txn.min(from + count - i);
+        let events = (i..i + n)
+            .map(|k| (tenant.to_owned(), chrono::Utc::now(), purchase(k)))
+            .collect();
+        outbox.append_many(&txn, events).await.unwrap();
+        i += n;
         txn.commit().await.unwrap();
         outbox.notify_committed();
     }
+}
+
+fn order_ids(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match &e.payload {
+            Some(Payload::PurchaseRecorded(p)) => p.order_id.clone(),
+            other => panic!("unexpected payload {other:?}"),
+        })
+        .collect()
 }
 
 /// Records each event's effect, counting how many times it was applied; can simulate a
@@ -348,6 +358,100 @@ db_test!(
     }
 );
 
+db_test!(
+    rows_of_many_events_serve_each_event_once_from_any_cursor,
+    |db| async move {
+        let database: &TestDatabase = db;
+        let producer = database.connect::<PlatformMigrator>("producer").await;
+        let outbox = Outbox::new(EventSource::Profiles);
+        // 150 events in one transaction (rows of 64, 64 and 22), three transactions of one,
+        // then 5 more together.
+        produce(&producer, &outbox, "t-a", 0, 150, 150).await;
+        produce(&producer, &outbox, "t-b", 150, 3, 1).await;
+        produce(&producer, &outbox, "t-a", 153, 5, 5).await;
+        let feed = FeedReader::new(producer.clone(), &outbox);
+        wait_until_visible(&feed, 158).await;
+
+        let rows = producer
+            .query_all_raw(Statement::from_string(
+                producer.get_database_backend(),
+                "SELECT event_count FROM event_outbox ORDER BY seq",
+            ))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<i64>("", "event_count").unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(rows, vec![64, 64, 22, 1, 1, 1, 5]);
+
+        let all = feed
+            .read_after(Cursor::default(), &FeedFilter::default(), 1000)
+            .await
+            .unwrap();
+        let expected: Vec<String> = (0..158).map(|i| format!("o{i}")).collect();
+        assert_eq!(order_ids(&all), expected);
+        let cursors: Vec<Cursor> = all.iter().map(|e| e.cursor.parse().unwrap()).collect();
+        assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
+
+        // From every event's cursor, the next read starts at the event after it.
+        for (i, cursor) in cursors.iter().enumerate() {
+            let next = feed
+                .read_after(*cursor, &FeedFilter::default(), 1)
+                .await
+                .unwrap();
+            assert_eq!(
+                order_ids(&next),
+                expected[i + 1..]
+                    .iter()
+                    .take(1)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            );
+        }
+        // Pages of 7 cut rows anywhere and together are the whole feed.
+        let mut paged = Vec::new();
+        let mut after = Cursor::default();
+        loop {
+            let page = feed
+                .read_after(after, &FeedFilter::default(), 7)
+                .await
+                .unwrap();
+            assert!(page.len() <= 7);
+            let Some(last) = page.last() else { break };
+            after = last.cursor.parse().unwrap();
+            paged.extend(page);
+        }
+        assert_eq!(paged, all);
+
+        // Filters apply to whole rows, which hold one tenant and type each.
+        let only_b = FeedFilter {
+            tenant_id: Some("t-b".into()),
+            types: vec!["purchase_recorded".into()],
+        };
+        let b = feed
+            .read_after(Cursor::default(), &only_b, 100)
+            .await
+            .unwrap();
+        assert_eq!(order_ids(&b), vec!["o150", "o151", "o152"]);
+        let after_a = feed
+            .read_after(
+                cursors[100],
+                &FeedFilter {
+                    tenant_id: Some("t-a".into()),
+                    types: vec![],
+                },
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            order_ids(&after_a).first().map(String::as_str),
+            Some("o101")
+        );
+        assert_eq!(after_a.len(), 49 + 5);
+    }
+);
+
 /// On PostgreSQL a transaction that took an earlier sequence number can commit after a later
 /// one; the feed must hold the later event back rather than skip the earlier one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,14 +498,7 @@ async fn an_event_committed_late_is_not_skipped_on_postgres() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let orders: Vec<String> = seen
-        .iter()
-        .map(|e| match &e.payload {
-            Some(Payload::PurchaseRecorded(p)) => p.order_id.clone(),
-            other => panic!("unexpected payload {other:?}"),
-        })
-        .collect();
-    assert_eq!(orders, vec!["o1", "o2"]);
+    assert_eq!(order_ids(&seen), vec!["o1", "o2"]);
     drop(producer);
     database.cleanup().await;
 }

@@ -39,7 +39,12 @@ impl Profiles {
             if changed_since.is_empty() {
                 None
             } else {
-                Some(changed_since.parse().map_err(|_| {
+                // A facts position is a change, never an event inside an outbox row.
+                let cursor = changed_since
+                    .parse::<Cursor>()
+                    .ok()
+                    .filter(|c| c.index == 0);
+                Some(cursor.ok_or_else(|| {
                     ServiceError::invalid("changed_since_cursor", "malformed cursor")
                 })?)
             };

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Value};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,7 +20,7 @@ use winback_proto::events::events_service_server::EventsService;
 use winback_proto::events::{Event, EventSource, SubscribeRequest, SubscribeResponse};
 
 use super::cursor::Cursor;
-use super::outbox::Outbox;
+use super::outbox::{Outbox, row_events};
 use crate::auth::auth_context;
 use crate::db::statement;
 use crate::error::ServiceError;
@@ -52,6 +51,11 @@ impl FeedReader {
     }
 
     /// Up to `limit` events after `after`, oldest first, each with its cursor set.
+    ///
+    /// A row may hold many events, so this reads twice: the event counts of the rows from
+    /// the cursor's own row on, to find the last row the answer needs, then those rows'
+    /// events. A consumer working through a backlog thus never fetches rows it will not
+    /// serve.
     pub async fn read_after(
         &self,
         after: Cursor,
@@ -59,54 +63,122 @@ impl FeedReader {
         limit: u32,
     ) -> Result<Vec<Event>, DbErr> {
         let backend = self.db.get_database_backend();
-        let mut values: Vec<Value> = Vec::new();
-        let mut sql = String::from("SELECT tx_id, seq, payload FROM event_outbox WHERE ");
-        if backend == DbBackend::Postgres {
-            values.push(after.tx_id.into());
-            values.push(after.seq.into());
-            sql.push_str(
-                "(tx_id, seq) > ($1, $2) AND tx_id < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint)",
-            );
-        } else {
-            values.push(after.seq.into());
-            sql.push_str("seq > $1");
-        }
-        if let Some(tenant) = &filter.tenant_id {
-            values.push(tenant.clone().into());
-            sql.push_str(&format!(" AND tenant_id = ${}", values.len()));
-        }
-        if !filter.types.is_empty() {
-            let mut placeholders = Vec::new();
-            for t in &filter.types {
-                values.push(t.clone().into());
-                placeholders.push(format!("${}", values.len()));
+        let wanted = i64::from(limit);
+        // Events of the cursor's row up to the cursor's own were served already.
+        let unserved = |tx_id: i64, seq: i64, event_count: i64| {
+            if (tx_id, seq) == (after.tx_id, after.seq) {
+                (event_count - after.index - 1).max(0)
+            } else {
+                event_count
             }
-            sql.push_str(&format!(" AND event_type IN ({})", placeholders.join(", ")));
-        }
-        sql.push_str(if backend == DbBackend::Postgres {
-            " ORDER BY tx_id, seq"
-        } else {
-            " ORDER BY seq"
-        });
-        values.push(i64::from(limit).into());
-        sql.push_str(&format!(" LIMIT ${}", values.len()));
+        };
 
-        let rows = self
+        let (sql, mut values) = rows_from(backend, after, filter, None, "tx_id, seq, event_count");
+        values.push((wanted + 1).into());
+        let sql = format!("{sql} LIMIT ${}", values.len());
+        let mut last = None;
+        let mut counted = 0;
+        for row in self
             .db
             .query_all_raw(statement(backend, &sql, values))
-            .await?;
-        let mut events = Vec::with_capacity(rows.len());
-        for row in rows {
+            .await?
+        {
+            let (tx_id, seq): (i64, i64) = (row.try_get("", "tx_id")?, row.try_get("", "seq")?);
+            counted += unserved(tx_id, seq, row.try_get("", "event_count")?);
+            last = Some(Cursor::row(tx_id, seq));
+            if counted >= wanted {
+                break;
+            }
+        }
+        if counted == 0 {
+            return Ok(Vec::new());
+        }
+
+        let (sql, values) = rows_from(
+            backend,
+            after,
+            filter,
+            last,
+            "tx_id, seq, event_count, payload",
+        );
+        let mut events = Vec::with_capacity(counted.min(wanted) as usize);
+        for row in self
+            .db
+            .query_all_raw(statement(backend, &sql, values))
+            .await?
+        {
             let tx_id: i64 = row.try_get("", "tx_id")?;
             let seq: i64 = row.try_get("", "seq")?;
+            let event_count: i64 = row.try_get("", "event_count")?;
             let payload: Vec<u8> = row.try_get("", "payload")?;
-            let mut event = Event::decode(payload.as_slice())
+            let row_events = row_events(&payload, event_count)
                 .map_err(|e| DbErr::Custom(format!("undecodable event at seq {seq}: {e}")))?;
-            event.cursor = Cursor { tx_id, seq }.to_string();
-            events.push(event);
+            let skip = (event_count - unserved(tx_id, seq, event_count)) as usize;
+            for (index, mut event) in row_events.into_iter().enumerate().skip(skip) {
+                if events.len() as i64 == wanted {
+                    return Ok(events);
+                }
+                event.cursor = Cursor {
+                    tx_id,
+                    seq,
+                    index: index as i64,
+                }
+                .to_string();
+                events.push(event);
+            }
         }
         Ok(events)
     }
+}
+
+/// `SELECT columns` of the outbox rows from the row of `after` on (up to and including row
+/// `until`), below the commit horizon on PostgreSQL, that pass `filter`, in feed order.
+fn rows_from(
+    backend: DbBackend,
+    after: Cursor,
+    filter: &FeedFilter,
+    until: Option<Cursor>,
+    columns: &str,
+) -> (String, Vec<Value>) {
+    let mut values: Vec<Value> = Vec::new();
+    let mut sql = format!("SELECT {columns} FROM event_outbox WHERE ");
+    if backend == DbBackend::Postgres {
+        values.push(after.tx_id.into());
+        values.push(after.seq.into());
+        sql.push_str(
+            "(tx_id, seq) >= ($1, $2) AND tx_id < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint)",
+        );
+        if let Some(until) = until {
+            values.push(until.tx_id.into());
+            values.push(until.seq.into());
+            sql.push_str(" AND (tx_id, seq) <= ($3, $4)");
+        }
+    } else {
+        values.push(after.seq.into());
+        sql.push_str("seq >= $1");
+        if let Some(until) = until {
+            values.push(until.seq.into());
+            sql.push_str(" AND seq <= $2");
+        }
+    }
+    if let Some(tenant) = &filter.tenant_id {
+        values.push(tenant.clone().into());
+        sql.push_str(&format!(" AND tenant_id = ${}", values.len()));
+    }
+    if !filter.types.is_empty() {
+        let mut placeholders = Vec::new();
+        for t in &filter.types {
+            values.push(t.clone().into());
+            placeholders.push(format!("${}", values.len()));
+        }
+        sql.push_str(&format!(" AND event_type IN ({})", placeholders.join(", ")));
+    }
+    sql.push_str(if backend == DbBackend::Postgres {
+        " ORDER BY tx_id, seq"
+    } else {
+        " ORDER BY seq"
+    });
+    (sql, values)
 }
 
 /// Serves `Subscribe` for the outboxes of the services in this process.

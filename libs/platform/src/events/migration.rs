@@ -1,7 +1,7 @@
 //! Tables of the event feed, created in every service's database: the outbox it serves,
 //! and the cursor and inbox of the consumers it runs.
 
-use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use sea_orm_migration::prelude::*;
 
 /// Migrations of the platform's own tables, tracked apart from the service's.
@@ -14,6 +14,7 @@ impl MigratorTrait for PlatformMigrator {
             Box::new(CreateEventTables),
             Box::new(EventKeysInByteOrder),
             Box::new(OutboxWithoutEventIdIndex),
+            Box::new(OutboxRowsHoldManyEvents),
         ]
     }
 
@@ -191,6 +192,59 @@ impl MigrationTrait for OutboxWithoutEventIdIndex {
     }
 }
 
+/// An outbox row may hold a run of events (`event_count` of them, length-delimited in
+/// `payload`; see `outbox::OutboxRows`): a row costs each of the outbox's indexes an insert,
+/// an event inside a row only its bytes. Rows written before hold one event each, which is
+/// what the default says.
+#[derive(Debug)]
+struct OutboxRowsHoldManyEvents;
+
+impl MigrationName for OutboxRowsHoldManyEvents {
+    fn name(&self) -> &str {
+        "m20261206_200000_outbox_rows_hold_many_events"
+    }
+}
+
+// async_trait's expansion needs the elided lifetime.
+#[allow(elided_lifetimes_in_paths)]
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for OutboxRowsHoldManyEvents {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "ALTER TABLE event_outbox ADD COLUMN event_count BIGINT NOT NULL DEFAULT 1",
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Refuses while a row holds more than one event: the table before could not hold
+    /// them, and spreading them over rows of their own would put them after every later
+    /// event in the feed.
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let txn = db.begin().await?;
+        let held = txn
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM event_outbox WHERE event_count > 1",
+            ))
+            .await?
+            .map(|r| r.try_get::<i64>("", "n"))
+            .transpose()?
+            .unwrap_or(0);
+        if held > 0 {
+            return Err(DbErr::Migration(format!(
+                "{held} outbox rows hold more than one event; the outbox can go back only once they are gone"
+            )));
+        }
+        txn.execute_unprepared("ALTER TABLE event_outbox DROP COLUMN event_count")
+            .await?;
+        txn.commit().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -270,10 +324,62 @@ mod tests {
                     .collect::<Vec<_>>();
                 assert_eq!(index, vec!["event_outbox_tenant".to_owned()]);
             }
-            // Down and up again.
-            PlatformMigrator::down(&conn, Some(1)).await.unwrap();
+            // Down (this migration and the one after it) and up again.
+            PlatformMigrator::down(&conn, Some(2)).await.unwrap();
             PlatformMigrator::up(&conn, None).await.unwrap();
             assert_eq!(seqs(&conn).await, vec![1, 2, 4]);
+            conn.close().await.unwrap();
+        }
+    );
+
+    crate::db_test!(
+        the_outbox_goes_back_to_one_event_a_row_only_when_no_row_holds_more,
+        |db| async move {
+            let db: &TestDatabase = db;
+            let conn = crate::db::connect(&db.url("feed"), "feed", 2)
+                .await
+                .unwrap();
+            PlatformMigrator::up(&conn, None).await.unwrap();
+            let outbox = crate::events::Outbox::new(winback_proto::events::EventSource::Profiles);
+            let purchase = || {
+                (
+                    "t".to_owned(),
+                    chrono::Utc::now(),
+                    winback_proto::events::event::Payload::PurchaseRecorded(Default::default()),
+                )
+            };
+            outbox
+                .append_many(&conn, vec![purchase(), purchase(), purchase()])
+                .await
+                .unwrap();
+            let refused = PlatformMigrator::down(&conn, Some(1)).await.unwrap_err();
+            assert!(
+                refused
+                    .to_string()
+                    .contains("1 outbox rows hold more than one event"),
+                "{refused}"
+            );
+            // Refused means untouched: the rows read as before.
+            assert_eq!(seqs(&conn).await, vec![1]);
+
+            conn.execute_unprepared("DELETE FROM event_outbox")
+                .await
+                .unwrap();
+            outbox.append_many(&conn, vec![purchase()]).await.unwrap();
+            PlatformMigrator::down(&conn, Some(1)).await.unwrap();
+            assert_eq!(seqs(&conn).await, vec![2]);
+            PlatformMigrator::up(&conn, None).await.unwrap();
+            let count = conn
+                .query_one_raw(Statement::from_string(
+                    conn.get_database_backend(),
+                    "SELECT event_count FROM event_outbox",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get::<i64>("", "event_count")
+                .unwrap();
+            assert_eq!(count, 1);
             conn.close().await.unwrap();
         }
     );

@@ -708,12 +708,9 @@ pub(crate) async fn facts_horizon(conn: &impl ConnectionTrait) -> Result<Cursor,
     // On PostgreSQL rows of transactions at or after xmin may be missing from a read that
     // starts now: resume just below the horizon.
     Ok(if backend == DbBackend::Sqlite {
-        Cursor { tx_id, seq }
+        Cursor::row(tx_id, seq)
     } else {
-        Cursor {
-            tx_id: tx_id.saturating_sub(1),
-            seq: i64::MAX,
-        }
+        Cursor::row(tx_id.saturating_sub(1), i64::MAX)
     })
 }
 
@@ -750,10 +747,7 @@ pub(crate) async fn facts_changed(
     rows.iter()
         .map(|r| {
             Ok((
-                Cursor {
-                    tx_id: r.try_get("", "tx_id")?,
-                    seq: r.try_get("", "change_seq")?,
-                },
+                Cursor::row(r.try_get("", "tx_id")?, r.try_get("", "change_seq")?),
                 r.try_get("", "framed")?,
             ))
         })

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -160,17 +160,7 @@ impl Harness {
 
     /// Event types in segmentation's outbox for tenant t-a.
     pub async fn outbox_events(&self) -> Vec<String> {
-        let backend = self.segmentation_db.get_database_backend();
-        self.segmentation_db
-            .query_all_raw(Statement::from_string(
-                backend,
-                "SELECT event_type FROM event_outbox WHERE tenant_id = 't-a' ORDER BY seq",
-            ))
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.try_get::<String>("", "event_type").unwrap())
-            .collect()
+        winback_platform::testing::outbox_event_types(&self.segmentation_db, "t-a").await
     }
 
     pub fn stop(self) {

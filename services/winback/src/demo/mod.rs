@@ -859,7 +859,7 @@ async fn caught_up(config: &Config) -> anyhow::Result<()> {
             let position: String = rows
                 .first()
                 .map_or(Ok(String::new()), |r| r.try_get("", "position"))?;
-            if cursor_seq(&position) >= head {
+            if cursor_place(&position) >= head {
                 break;
             }
             if started.elapsed() > StdDuration::from_secs(300) {
@@ -871,24 +871,27 @@ async fn caught_up(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The highest sequence number in a service's event outbox.
-async fn outbox_head(db: &sea_orm::DatabaseConnection) -> anyhow::Result<i64> {
+/// The place of the last event in a service's event outbox: its row's sequence number and
+/// its index in the row ((0, 0) for an empty outbox).
+async fn outbox_head(db: &sea_orm::DatabaseConnection) -> anyhow::Result<(i64, i64)> {
     let rows = winback_platform::db::query(
         db,
-        "SELECT COALESCE(MAX(seq), 0) AS head FROM event_outbox",
+        "SELECT seq, event_count FROM event_outbox ORDER BY seq DESC LIMIT 1",
         vec![],
     )
     .await?;
-    Ok(rows.first().map_or(Ok(0), |r| r.try_get("", "head"))?)
+    let Some(row) = rows.first() else {
+        return Ok((0, 0));
+    };
+    let event_count: i64 = row.try_get("", "event_count")?;
+    Ok((row.try_get("", "seq")?, event_count - 1))
 }
 
-/// The sequence number in a feed cursor (`<epoch>.<seq>`; 0 for the start).
-fn cursor_seq(cursor: &str) -> i64 {
+/// The place a feed cursor names, comparable with [`outbox_head`] ((0, 0) for the start).
+fn cursor_place(cursor: &str) -> (i64, i64) {
     cursor
-        .rsplit('.')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+        .parse::<winback_platform::events::Cursor>()
+        .map_or((0, 0), |c| (c.seq, c.index))
 }
 
 /// Pixel and link fetches in flight at once: recipients read their mail side by side, and
@@ -996,7 +999,7 @@ impl<'a> Simulation<'a> {
         // Every step of this tick is committed with its event: read the campaigns feed up to
         // its head (no waiting for silence).
         let head = outbox_head(campaigns_db).await?;
-        if head > cursor_seq(&self.cursor) {
+        if head > cursor_place(&self.cursor) {
             let mut stream = c
                 .events
                 .subscribe(SubscribeRequest {
@@ -1017,7 +1020,7 @@ impl<'a> Simulation<'a> {
                     self.unread
                         .push((s.message_id, s.customer_id, s.coupon_code));
                 }
-                if cursor_seq(&self.cursor) >= head {
+                if cursor_place(&self.cursor) >= head {
                     break;
                 }
             }
