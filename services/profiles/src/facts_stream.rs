@@ -39,12 +39,7 @@ impl Profiles {
             if changed_since.is_empty() {
                 None
             } else {
-                // A facts position is a change, never an event inside an outbox row.
-                let cursor = changed_since
-                    .parse::<Cursor>()
-                    .ok()
-                    .filter(|c| c.index == 0);
-                Some(cursor.ok_or_else(|| {
+                Some(changed_since.parse().map_err(|_| {
                     ServiceError::invalid("changed_since_cursor", "malformed cursor")
                 })?)
             };
@@ -132,19 +127,12 @@ impl Profiles {
         tx: &mpsc::Sender<Result<EncodedChunk, Status>>,
     ) -> Result<(), Status> {
         loop {
-            let page = rows::facts_changed(&self.db, tenant, after, chunk as u64)
+            let page = rows::facts_changed(&self.db, tenant, after, chunk)
                 .await
                 .map_err(internal)?;
-            if let Some((last, _)) = page.last() {
-                after = *last;
-            }
-            let full = page.len() == chunk;
-            let framed = page
-                .iter()
-                .map(|(_, framed)| framed.as_slice())
-                .collect::<Vec<_>>()
-                .concat();
-            let message = EncodedChunk::from_framed(&framed, &after.to_string());
+            after = page.reached;
+            let full = page.framed.len() == chunk;
+            let message = EncodedChunk::from_framed(&page.framed.concat(), &after.to_string());
             if tx.send(Ok(message)).await.is_err() || !full {
                 return Ok(());
             }

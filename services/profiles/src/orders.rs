@@ -212,7 +212,9 @@ struct GroupWrite<'a, R> {
     states: HashMap<String, FactsState>,
     touched: Vec<String>,
     facts_written: usize,
-    next_change: i64,
+    /// The group's change set: its number (SQLite) and whether it was written.
+    change: i64,
+    change_set_written: bool,
 }
 
 impl<R> GroupWrite<'_, R> {
@@ -244,6 +246,17 @@ impl<R: Iterator<Item = sea_orm::Statement>> Iterator for GroupWrite<'_, R> {
             return Some(statement);
         }
         self.fold(usize::MAX);
+        if self.backend == sea_orm::DbBackend::Sqlite
+            && !self.change_set_written
+            && !self.touched.is_empty()
+        {
+            self.change_set_written = true;
+            return Some(rows::sqlite_change_set_statement(
+                self.tenant,
+                self.touched.iter().map(String::as_str),
+                self.change,
+            ));
+        }
         let ids = self.touched.get(self.facts_written..)?;
         let ids = &ids[..ids.len().min(rows::facts_per_statement(self.backend))];
         if ids.is_empty() {
@@ -253,9 +266,8 @@ impl<R: Iterator<Item = sea_orm::Statement>> Iterator for GroupWrite<'_, R> {
             .iter()
             .filter_map(|id| self.states.get(id).map(|s| (id, s)))
             .collect();
-        let statement = rows::facts_statement(self.backend, self.tenant, &facts, self.next_change);
+        let statement = rows::facts_statement(self.backend, self.tenant, &facts, self.change);
         self.facts_written += ids.len();
-        self.next_change += ids.len() as i64;
         Some(statement)
     }
 }
@@ -579,7 +591,7 @@ impl Profiles {
         } else {
             let backend = txn.get_database_backend();
             let touched: Vec<String> = writes.touched.into_iter().collect();
-            let first_change = rows::reserve_facts_changes(&txn, touched.len()).await?;
+            let change = rows::reserve_change_set(&txn).await?;
             let recorded = Arc::new(writes.recorded);
             let (for_rows, for_events) = (recorded.clone(), recorded.clone());
             let order_rows = (0..recorded.len()).map(move |i| {
@@ -600,7 +612,8 @@ impl Profiles {
                 states,
                 touched,
                 facts_written: 0,
-                next_change: first_change,
+                change,
+                change_set_written: false,
             };
             execute_all(&txn, &mut write).await?;
             let states = write.states;

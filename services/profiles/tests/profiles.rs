@@ -1087,6 +1087,85 @@ db_test!(
 );
 
 db_test!(
+    a_customer_changed_many_times_comes_once_and_chunks_cut_a_write_anywhere,
+    |db| async move {
+        let db: &TestDatabase = db;
+        let mut h = Harness::start(db).await;
+        let ids: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+        upsert(&mut h.a, ids.iter().map(|id| customer(id)).collect()).await;
+        let (_, cursor) = stream_all(&mut h.a, "").await;
+        // One write of ten customers, then three writes of c3 and one of c3 and c8.
+        let first: Vec<Order> = (0..10)
+            .map(|i| order(&format!("o{i}"), &ids[i], 1, 100))
+            .collect();
+        record(&mut h.a, first).await.unwrap();
+        for n in 0..3 {
+            record(&mut h.a, vec![order(&format!("p{n}"), "c3", 2 + n, 100)])
+                .await
+                .unwrap();
+        }
+        record(
+            &mut h.a,
+            vec![order("q1", "c3", 6, 100), order("q2", "c8", 6, 100)],
+        )
+        .await
+        .unwrap();
+
+        // Chunks of 7 (stream_all) cut the first write; on PostgreSQL the last writes show
+        // once every older transaction on the server is done.
+        let mut changed = Vec::new();
+        let mut next = cursor.clone();
+        for _ in 0..100 {
+            let (batch, after) = stream_all(&mut h.a, &next).await;
+            changed.extend(batch);
+            next = after;
+            if changed
+                .iter()
+                .any(|f| f.customer_id == "c3" && f.order_count == 5)
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut served: Vec<&str> = changed.iter().map(|f| f.customer_id.as_str()).collect();
+        served.sort_unstable();
+        assert_eq!(
+            served,
+            ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            "each once"
+        );
+        // Each with its facts as they are now.
+        let c3 = changed.iter().find(|f| f.customer_id == "c3").unwrap();
+        assert_eq!(c3.order_count, 5);
+        let c8 = changed.iter().find(|f| f.customer_id == "c8").unwrap();
+        assert_eq!(c8.order_count, 2);
+        // Resuming from inside the first write's chunks serves the rest of it once.
+        let (first_chunk, inside) = {
+            let mut stream =
+                h.a.stream_facts(StreamFactsRequest {
+                    changed_since_cursor: cursor.clone(),
+                    chunk_size: 4,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let chunk = stream.next().await.unwrap().unwrap();
+            (chunk.facts, chunk.cursor)
+        };
+        assert_eq!(first_chunk.len(), 4);
+        let (rest, _) = stream_all(&mut h.a, &inside).await;
+        let mut all: Vec<String> = first_chunk
+            .iter()
+            .chain(&rest)
+            .map(|f| f.customer_id.clone())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, ids);
+        h.stop();
+    }
+);
+
+db_test!(
     a_whole_tenant_stream_spans_pages_in_whole_chunks,
     |db| async move {
         let db: &TestDatabase = db;

@@ -1,6 +1,7 @@
 //! Storage of the profiles service: migrations and the queries behind the handlers.
 
 mod migration;
+mod migration_change_sets;
 mod migration_framed;
 mod migration_keys;
 pub(crate) mod rows;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(migration::CreateProfiles),
             Box::new(migration_keys::KeysInByteOrder),
             Box::new(migration_framed::FactsFramed),
+            Box::new(migration_change_sets::FactsChangeSets),
         ]
     }
 }

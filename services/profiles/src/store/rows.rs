@@ -455,7 +455,7 @@ where
 }
 
 /// The statements of [`save_facts`], each built (facts rendered and encoded) when the
-/// iterator reaches it; on SQLite the change numbers are reserved now.
+/// iterator reaches it; on SQLite the change set's number is reserved now.
 pub(crate) async fn facts_statements<'a, K, S>(
     conn: &impl ConnectionTrait,
     tenant: &'a str,
@@ -466,14 +466,17 @@ where
     S: std::borrow::Borrow<FactsState> + Sync,
 {
     let backend = conn.get_database_backend();
-    let mut next_seq = reserve_facts_changes(conn, states.len()).await?;
-    let mut parts = states.chunks(facts_per_statement(backend));
-    Ok(Box::new(std::iter::from_fn(move || {
-        let part = parts.next()?;
-        let statement = facts_statement(backend, tenant, part, next_seq);
-        next_seq += part.len() as i64;
-        Some(statement)
-    })))
+    if states.is_empty() {
+        return Ok(Box::new(std::iter::empty()));
+    }
+    let change = reserve_change_set(conn).await?;
+    let change_set = (backend == DbBackend::Sqlite).then(|| {
+        sqlite_change_set_statement(tenant, states.iter().map(|(id, _)| id.as_ref()), change)
+    });
+    let parts = states.chunks(facts_per_statement(backend));
+    Ok(Box::new(change_set.into_iter().chain(parts.map(
+        move |part| facts_statement(backend, tenant, part, change),
+    ))))
 }
 
 /// Facts rows written by one statement at most: all of them on PostgreSQL (column arrays),
@@ -485,37 +488,54 @@ pub(crate) fn facts_per_statement(backend: DbBackend) -> usize {
     }
 }
 
-/// Reserves `n` change numbers for facts rows about to be written and returns the first.
-/// SQLite only (one writer, so they are commit order); PostgreSQL numbers rows as it writes
-/// them (0 is returned).
-pub(crate) async fn reserve_facts_changes(
-    conn: &impl ConnectionTrait,
-    n: usize,
-) -> Result<i64, DbErr> {
+/// Reserves the number of a change set about to be written. SQLite only (one writer, so
+/// numbers are commit order); PostgreSQL numbers a set as it writes it (0 is returned).
+pub(crate) async fn reserve_change_set(conn: &impl ConnectionTrait) -> Result<i64, DbErr> {
     let backend = conn.get_database_backend();
-    if backend == DbBackend::Postgres || n == 0 {
+    if backend == DbBackend::Postgres {
         return Ok(0);
     }
-    let row = conn
-        .query_one_raw(statement(
-            backend,
-            "UPDATE change_counter SET value = value + $1 WHERE name = 'facts' RETURNING value",
-            vec![(n as i64).into()],
-        ))
-        .await?
-        .ok_or_else(|| DbErr::Custom("change counter missing".into()))?;
-    let last: i64 = row.try_get("", "value")?;
-    Ok(last - n as i64 + 1)
+    conn.query_one_raw(statement(
+        backend,
+        "UPDATE change_counter SET value = value + 1 WHERE name = 'facts' RETURNING value",
+        vec![],
+    ))
+    .await?
+    .ok_or_else(|| DbErr::Custom("change counter missing".into()))?
+    .try_get("", "value")
 }
 
-/// One statement writing `states` (at most [`facts_per_statement`]), each row with a new
-/// change position and its encoded `CustomerFacts`; on SQLite the rows take the reserved
-/// change numbers from `first_seq` on.
+/// The change set of a SQLite transaction's facts writes: its number (reserved by
+/// [`reserve_change_set`]) and the customers written, one per line (ids hold no control
+/// characters). PostgreSQL writes its sets inside [`facts_statement`].
+pub(crate) fn sqlite_change_set_statement<'a>(
+    tenant: &str,
+    ids: impl Iterator<Item = &'a str>,
+    change: i64,
+) -> Statement {
+    statement(
+        DbBackend::Sqlite,
+        "INSERT INTO facts_change_sets (tenant_id, tx_id, change_seq, customer_ids) VALUES ($1, 0, $2, $3)",
+        vec![
+            tenant.into(),
+            change.into(),
+            ids.collect::<Vec<_>>().join("\n").into(),
+        ],
+    )
+}
+
+/// One statement writing `states` (at most [`facts_per_statement`]), each row with its
+/// encoded `CustomerFacts` and the position of the change set that lists it: on SQLite set
+/// `change` (written apart, [`sqlite_change_set_statement`]); on PostgreSQL a set this
+/// statement writes too, numbered as it runs.
+///
+/// No index covers the position, so an update leaves every index as it was and PostgreSQL
+/// can keep the new version on the row's page (a HOT update) and prune the old one there.
 pub(crate) fn facts_statement<K, S>(
     backend: DbBackend,
     tenant: &str,
     states: &[(K, S)],
-    first_seq: i64,
+    change: i64,
 ) -> Statement
 where
     K: AsRef<str>,
@@ -538,9 +558,12 @@ where
             ids.push(customer_id.to_owned());
         }
         let sql = format!(
-            "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, framed) \
-             SELECT $1, u.customer_id, pg_current_xact_id()::text::bigint, nextval('facts_change_seq'), \
-             u.state, u.framed FROM UNNEST($2::text[], $3::bytea[], $4::bytea[]) AS u(customer_id, state, framed){UPSERT}"
+            "WITH change_set AS (INSERT INTO facts_change_sets (tenant_id, tx_id, change_seq, customer_ids) \
+             VALUES ($1, pg_current_xact_id()::text::bigint, nextval('facts_change_seq'), array_to_string($2::text[], E'\\n')) \
+             RETURNING tx_id, change_seq) \
+             INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, framed) \
+             SELECT $1, u.customer_id, s.tx_id, s.change_seq, u.state, u.framed \
+             FROM change_set s, UNNEST($2::text[], $3::bytea[], $4::bytea[]) AS u(customer_id, state, framed){UPSERT}"
         );
         let values = vec![
             tenant.into(),
@@ -550,21 +573,18 @@ where
         ];
         return statement(backend, &sql, values);
     }
-    let rows = states
-        .iter()
-        .zip(first_seq..)
-        .map(|((customer_id, state), seq)| {
-            let (customer_id, state) = (customer_id.as_ref(), state.borrow());
-            let framed = framed_facts(&state.render(customer_id));
-            vec![
-                tenant.into(),
-                customer_id.into(),
-                0i64.into(),
-                seq.into(),
-                state.encode_to_vec().into(),
-                framed.into(),
-            ]
-        });
+    let rows = states.iter().map(|(customer_id, state)| {
+        let (customer_id, state) = (customer_id.as_ref(), state.borrow());
+        let framed = framed_facts(&state.render(customer_id));
+        vec![
+            tenant.into(),
+            customer_id.into(),
+            0i64.into(),
+            change.into(),
+            state.encode_to_vec().into(),
+            framed.into(),
+        ]
+    });
     let mut stmt = multi_row_insert(
         backend,
         "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, framed)",
@@ -687,8 +707,8 @@ pub(crate) async fn framed_facts_page(
     })
 }
 
-/// Where a facts stream starts from: everything changed at or after this position may not
-/// be in a full read that begins now.
+/// Where a facts stream starts from: every change set at or after this position may not
+/// be in a full read that begins now (the position names a whole set as served).
 pub(crate) async fn facts_horizon(conn: &impl ConnectionTrait) -> Result<Cursor, DbErr> {
     let backend = conn.get_database_backend();
     let sql = match backend {
@@ -705,53 +725,121 @@ pub(crate) async fn facts_horizon(conn: &impl ConnectionTrait) -> Result<Cursor,
         .ok_or_else(|| DbErr::Custom("no horizon".into()))?;
     let tx_id: i64 = row.try_get("", "tx_id")?;
     let seq: i64 = row.try_get("", "seq")?;
-    // On PostgreSQL rows of transactions at or after xmin may be missing from a read that
+    // On PostgreSQL sets of transactions at or after xmin may be missing from a read that
     // starts now: resume just below the horizon.
-    Ok(if backend == DbBackend::Sqlite {
-        Cursor::row(tx_id, seq)
-    } else {
-        Cursor::row(tx_id.saturating_sub(1), i64::MAX)
+    let (tx_id, seq) = match backend {
+        DbBackend::Sqlite => (tx_id, seq),
+        _ => (tx_id.saturating_sub(1), i64::MAX),
+    };
+    Ok(Cursor {
+        tx_id,
+        seq,
+        index: WHOLE_SET,
     })
 }
 
-/// A page of stored (framed) facts changed after `after`, in change order, below the horizon.
+/// A cursor index past every customer of its change set.
+const WHOLE_SET: i64 = i64::MAX;
+
+/// Change sets read per query by [`facts_changed`]: a set can list thousands of customers.
+const SETS_PER_READ: i64 = 16;
+
+/// Stored (framed) facts of customers changed after `after`, in change order, below the
+/// horizon, up to `limit` of them.
+#[derive(Debug)]
+pub(crate) struct ChangedFacts {
+    pub(crate) framed: Vec<Vec<u8>>,
+    /// Where the next page starts: every customer of every set up to here was looked at.
+    pub(crate) reached: Cursor,
+}
+
+/// A page of [`ChangedFacts`]. The change sets after `after` list the customers each
+/// write changed (a cursor's index counts customers within its set); a customer is served
+/// at its latest set only, the one its facts row names, so it comes once however often it
+/// changed, with its current facts.
 pub(crate) async fn facts_changed(
     conn: &impl ConnectionTrait,
     tenant: &str,
     after: Cursor,
-    limit: u64,
-) -> Result<Vec<(Cursor, Vec<u8>)>, DbErr> {
+    limit: usize,
+) -> Result<ChangedFacts, DbErr> {
     let backend = conn.get_database_backend();
     let sql = match backend {
         DbBackend::Sqlite => {
-            "SELECT tx_id, change_seq, framed FROM facts WHERE tenant_id = $1 AND change_seq > $3 AND $2 = 0 \
-             ORDER BY change_seq LIMIT $4"
+            "SELECT tx_id, change_seq, customer_ids FROM facts_change_sets WHERE tenant_id = $1 \
+             AND change_seq >= $3 AND $2 = 0 ORDER BY change_seq LIMIT $4"
         }
         _ => {
-            "SELECT tx_id, change_seq, framed FROM facts WHERE tenant_id = $1 AND (tx_id, change_seq) > ($2, $3) \
+            "SELECT tx_id, change_seq, customer_ids FROM facts_change_sets WHERE tenant_id = $1 \
+             AND (tx_id, change_seq) >= ($2, $3) \
              AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint ORDER BY tx_id, change_seq LIMIT $4"
         }
     };
-    let rows = conn
-        .query_all_raw(statement(
-            backend,
-            sql,
-            vec![
-                tenant.into(),
-                after.tx_id.into(),
-                after.seq.into(),
-                (limit as i64).into(),
-            ],
-        ))
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                Cursor::row(r.try_get("", "tx_id")?, r.try_get("", "change_seq")?),
-                r.try_get("", "framed")?,
-            ))
-        })
-        .collect()
+    let mut page = ChangedFacts {
+        framed: Vec::new(),
+        reached: after,
+    };
+    loop {
+        let values = vec![
+            tenant.into(),
+            page.reached.tx_id.into(),
+            page.reached.seq.into(),
+            SETS_PER_READ.into(),
+        ];
+        let sets = conn.query_all_raw(statement(backend, sql, values)).await?;
+        // Every customer of these sets not yet looked at, with its place.
+        let mut listed: Vec<(Cursor, String)> = Vec::new();
+        for set in &sets {
+            let (tx_id, seq): (i64, i64) =
+                (set.try_get("", "tx_id")?, set.try_get("", "change_seq")?);
+            let ids: String = set.try_get("", "customer_ids")?;
+            let seen = if (tx_id, seq) == (page.reached.tx_id, page.reached.seq) {
+                page.reached.index
+            } else {
+                -1
+            };
+            listed.extend(
+                ids.split('\n')
+                    .zip(0..)
+                    .filter(|(_, index)| *index > seen)
+                    .map(|(id, index)| (Cursor { tx_id, seq, index }, id.to_owned())),
+            );
+        }
+        let ids: Vec<String> = listed
+            .iter()
+            .map(|(_, id)| id.clone())
+            .collect::<std::collections::HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut current: HashMap<String, (Cursor, Vec<u8>)> = HashMap::with_capacity(ids.len());
+        for r in select_in(
+            conn,
+            "SELECT customer_id, tx_id, change_seq, framed FROM facts WHERE tenant_id = $1 AND customer_id IN",
+            tenant,
+            &ids,
+        )
+        .await?
+        {
+            let written = Cursor::row(r.try_get("", "tx_id")?, r.try_get("", "change_seq")?);
+            current.insert(r.try_get("", "customer_id")?, (written, r.try_get("", "framed")?));
+        }
+        for (place, id) in listed {
+            page.reached = place;
+            // A customer listed again by a later set is served there.
+            let latest = current.get(&id).is_some_and(|(written, _)| {
+                (written.tx_id, written.seq) == (place.tx_id, place.seq)
+            });
+            if latest && let Some((_, framed)) = current.remove(&id) {
+                page.framed.push(framed);
+                if page.framed.len() == limit {
+                    return Ok(page);
+                }
+            }
+        }
+        if sets.len() < SETS_PER_READ as usize {
+            return Ok(page);
+        }
+    }
 }
 
 /// A stored order, as idempotency and adjustments need it.
