@@ -590,7 +590,9 @@ impl Profiles {
             written.put_back(states);
         } else {
             let backend = txn.get_database_backend();
-            let touched: Vec<String> = writes.touched.into_iter().collect();
+            // In key order: the facts rows are then written along their B-tree, not across it.
+            let mut touched: Vec<String> = writes.touched.into_iter().collect();
+            touched.sort_unstable();
             let change = rows::reserve_change_set(&txn).await?;
             let recorded = Arc::new(writes.recorded);
             let (for_rows, for_events) = (recorded.clone(), recorded.clone());
