@@ -188,6 +188,21 @@ pub async fn execute_all<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Runs `statements` (plain SQL, no parameters) in one transaction on one connection, all
+/// or nothing. What a migration that changes data must do: through the pool each statement
+/// would go to whichever connection is free, outside any transaction.
+pub async fn execute_in_one_transaction(
+    db: &(impl ConnectionTrait + sea_orm::TransactionTrait),
+    statements: &[&str],
+) -> Result<(), DbErr> {
+    use sea_orm::TransactionSession as _;
+    let txn = db.begin().await?;
+    for sql in statements {
+        txn.execute_unprepared(sql).await?;
+    }
+    txn.commit().await
+}
+
 /// `$first, $first+1, …`: `n` numbered placeholders, for an `IN (…)` list or one row.
 pub fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)

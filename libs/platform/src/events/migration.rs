@@ -170,13 +170,8 @@ impl MigrationTrait for OutboxWithoutEventIdIndex {
             ],
             _ => &["ALTER TABLE event_outbox DROP CONSTRAINT IF EXISTS event_outbox_event_id_key"],
         };
-        // One transaction on one connection: the pool would hand each statement to any of
-        // its connections, and the copy must be all or nothing.
-        let txn = db.begin().await?;
-        for sql in statements {
-            txn.execute_unprepared(sql).await?;
-        }
-        txn.commit().await
+        // The copy must be all or nothing.
+        crate::db::execute_in_one_transaction(db, statements).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

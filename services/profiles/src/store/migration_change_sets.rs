@@ -10,7 +10,7 @@
 //! Existing rows become sets of the customers at each position (one each, as positions
 //! were unique), so a cursor handed out before reads on where it stood.
 
-use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait};
+use sea_orm::DbBackend;
 use sea_orm_migration::prelude::*;
 
 #[derive(Debug)]
@@ -56,13 +56,8 @@ impl MigrationTrait for FactsChangeSets {
                 "ALTER TABLE facts SET (fillfactor = 70)",
             ],
         };
-        // One transaction on one connection: the pool would hand each statement to any of
-        // its connections, and the sets must be taken from the rows they describe.
-        let txn = db.begin().await?;
-        for sql in statements {
-            txn.execute_unprepared(sql).await?;
-        }
-        txn.commit().await
+        // The sets must be taken from the rows they describe.
+        winback_platform::db::execute_in_one_transaction(db, statements).await
     }
 
     /// Gives each facts row a position of its own again (rows written together share
@@ -93,11 +88,7 @@ impl MigrationTrait for FactsChangeSets {
                 "ALTER TABLE facts RESET (fillfactor)",
             ],
         };
-        let txn = db.begin().await?;
-        for sql in statements {
-            txn.execute_unprepared(sql).await?;
-        }
-        txn.commit().await
+        winback_platform::db::execute_in_one_transaction(db, statements).await
     }
 }
 
