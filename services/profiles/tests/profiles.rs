@@ -1009,6 +1009,28 @@ async fn stream_all(client: &mut harness::Client, cursor: &str) -> (Vec<Customer
     (all, last)
 }
 
+/// Streams what changed since `cursor`, again from where the last read ended, until `done`
+/// holds for everything read (on PostgreSQL a change shows once every older transaction on
+/// the server is done); also returns the cursor to resume from.
+async fn changed_until(
+    client: &mut harness::Client,
+    cursor: String,
+    done: impl Fn(&[CustomerFacts]) -> bool,
+) -> (Vec<CustomerFacts>, String) {
+    let mut changed = Vec::new();
+    let mut next = cursor;
+    for _ in 0..100 {
+        let (batch, after) = stream_all(client, &next).await;
+        changed.extend(batch);
+        next = after;
+        if done(&changed) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (changed, next)
+}
+
 /// The number of facts in each chunk of a whole-tenant stream of 7 per chunk.
 async fn chunk_sizes(client: &mut harness::Client) -> Vec<usize> {
     let mut stream = client
@@ -1051,17 +1073,10 @@ db_test!(
         )
         .await
         .unwrap();
-        let mut changed = Vec::new();
-        let mut next = cursor;
-        for _ in 0..100 {
-            let (batch, after) = stream_all(&mut h.a, &next).await;
-            changed.extend(batch);
-            next = after;
-            if changed.iter().filter(|f| f.order_count == 1).count() == 2 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let (changed, next) = changed_until(&mut h.a, cursor, |changed| {
+            changed.iter().filter(|f| f.order_count == 1).count() == 2
+        })
+        .await;
         let ids: std::collections::BTreeSet<String> = changed
             .iter()
             .filter(|f| f.order_count == 1)
@@ -1113,20 +1128,12 @@ db_test!(
 
         // Chunks of 7 (stream_all) cut the first write; on PostgreSQL the last writes show
         // once every older transaction on the server is done.
-        let mut changed = Vec::new();
-        let mut next = cursor.clone();
-        for _ in 0..100 {
-            let (batch, after) = stream_all(&mut h.a, &next).await;
-            changed.extend(batch);
-            next = after;
-            if changed
+        let (changed, _) = changed_until(&mut h.a, cursor.clone(), |changed| {
+            changed
                 .iter()
                 .any(|f| f.customer_id == "c3" && f.order_count == 5)
-            {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        })
+        .await;
         let mut served: Vec<&str> = changed.iter().map(|f| f.customer_id.as_str()).collect();
         served.sort_unstable();
         assert_eq!(
