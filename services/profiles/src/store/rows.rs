@@ -68,12 +68,17 @@ pub(crate) struct NewOrder {
     pub(crate) fingerprint: String,
 }
 
+/// Orders per PostgreSQL statement: a group's first statement runs with nothing beside it,
+/// so it should be quick to build; each one after is built while the one before runs.
+const PG_ORDERS_PER_STATEMENT: usize = 10_000;
+
 const ORDER_INSERT: &str = "INSERT INTO orders (tenant_id, order_id, customer_id, placed_at_us, currency, \
      total_minor, store, coupon_code, lines, fingerprint)";
 
 /// The statements that store new orders, each built when the iterator reaches it: on
-/// PostgreSQL one statement with a column array per field (ten parameters for any number
-/// of orders, nothing to parse per row), on SQLite multi-row inserts.
+/// PostgreSQL statements of [`PG_ORDERS_PER_STATEMENT`] orders with a column array per
+/// field (ten parameters for any number of orders, nothing to parse per row), on SQLite
+/// multi-row inserts.
 pub(crate) fn order_statements<'a>(
     backend: DbBackend,
     tenant: &'a str,
@@ -109,7 +114,9 @@ pub(crate) fn order_statements<'a>(
             ))
         }));
     }
-    Box::new(std::iter::once_with(move || {
+    Box::new(std::iter::from_fn(move || {
+        orders.peek()?;
+        let orders = orders.by_ref().take(PG_ORDERS_PER_STATEMENT);
         let n = orders.size_hint().0;
         let (mut ids, mut customers, mut placed, mut currencies, mut totals) = (
             Vec::with_capacity(n),
@@ -151,7 +158,7 @@ pub(crate) fn order_statements<'a>(
             array(ArrayType::String, lines),
             array(ArrayType::String, fingerprints),
         ];
-        statement(backend, &sql, values)
+        Some(statement(backend, &sql, values))
     }))
 }
 
