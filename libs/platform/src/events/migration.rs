@@ -190,7 +190,10 @@ impl MigrationTrait for OutboxWithoutEventIdIndex {
 /// An outbox row may hold a run of events (`event_count` of them, length-delimited in
 /// `payload`; see `outbox::OutboxRows`): a row costs each of the outbox's indexes an insert,
 /// an event inside a row only its bytes. Rows written before hold one event each, which is
-/// what the default says.
+/// what the default says. On PostgreSQL a full row (~13 KB) goes out of line, and is stored
+/// there uncompressed (`STORAGE EXTERNAL`): compressing runs of events that repeat their
+/// tenant, type and field names kept the backend busy for longer than their inserts
+/// (the events of a 50,000-order group: ~95 ms compressed, ~58 ms not).
 #[derive(Debug)]
 struct OutboxRowsHoldManyEvents;
 
@@ -205,12 +208,17 @@ impl MigrationName for OutboxRowsHoldManyEvents {
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for OutboxRowsHoldManyEvents {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "ALTER TABLE event_outbox ADD COLUMN event_count BIGINT NOT NULL DEFAULT 1",
+        let db = manager.get_connection();
+        db.execute_unprepared(
+            "ALTER TABLE event_outbox ADD COLUMN event_count BIGINT NOT NULL DEFAULT 1",
+        )
+        .await?;
+        if db.get_database_backend() == DbBackend::Postgres {
+            db.execute_unprepared(
+                "ALTER TABLE event_outbox ALTER COLUMN payload SET STORAGE EXTERNAL",
             )
             .await?;
+        }
         Ok(())
     }
 
@@ -236,6 +244,12 @@ impl MigrationTrait for OutboxRowsHoldManyEvents {
         }
         txn.execute_unprepared("ALTER TABLE event_outbox DROP COLUMN event_count")
             .await?;
+        if db.get_database_backend() == DbBackend::Postgres {
+            txn.execute_unprepared(
+                "ALTER TABLE event_outbox ALTER COLUMN payload SET STORAGE EXTENDED",
+            )
+            .await?;
+        }
         txn.commit().await
     }
 }
@@ -357,11 +371,32 @@ mod tests {
             // Refused means untouched: the rows read as before.
             assert_eq!(seqs(&conn).await, vec![1]);
 
+            // PostgreSQL keeps full rows out of line, uncompressed; back to its default after.
+            let storage = || async {
+                conn.query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT attstorage::text AS s FROM pg_attribute \
+                     WHERE attrelid = 'event_outbox'::regclass AND attname = 'payload'",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get::<String>("", "s")
+                .unwrap()
+            };
+            let postgres = conn.get_database_backend() == DbBackend::Postgres;
+            if postgres {
+                assert_eq!(storage().await, "e");
+            }
+
             conn.execute_unprepared("DELETE FROM event_outbox")
                 .await
                 .unwrap();
             outbox.append_many(&conn, vec![purchase()]).await.unwrap();
             PlatformMigrator::down(&conn, Some(1)).await.unwrap();
+            if postgres {
+                assert_eq!(storage().await, "x");
+            }
             assert_eq!(seqs(&conn).await, vec![2]);
             PlatformMigrator::up(&conn, None).await.unwrap();
             let count = conn
