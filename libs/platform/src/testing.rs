@@ -199,13 +199,12 @@ pub async fn outbox_event_types(db: &impl ConnectionTrait, tenant: &str) -> Vec<
         .unwrap_or_else(|e| panic!("outbox: {e}"));
     let mut types = Vec::new();
     for row in rows {
-        let read = |column: &str| format!("outbox {column}");
         let event_type: String = row
             .try_get("", "event_type")
-            .unwrap_or_else(|_| panic!("{}", read("event_type")));
+            .unwrap_or_else(|e| panic!("outbox event_type: {e}"));
         let count: i64 = row
             .try_get("", "event_count")
-            .unwrap_or_else(|_| panic!("{}", read("event_count")));
+            .unwrap_or_else(|e| panic!("outbox event_count: {e}"));
         types.extend(std::iter::repeat_n(event_type, count as usize));
     }
     types

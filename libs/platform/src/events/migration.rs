@@ -209,17 +209,15 @@ impl MigrationName for OutboxRowsHoldManyEvents {
 impl MigrationTrait for OutboxRowsHoldManyEvents {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        db.execute_unprepared(
-            "ALTER TABLE event_outbox ADD COLUMN event_count BIGINT NOT NULL DEFAULT 1",
-        )
-        .await?;
-        if db.get_database_backend() == DbBackend::Postgres {
-            db.execute_unprepared(
+        let add = "ALTER TABLE event_outbox ADD COLUMN event_count BIGINT NOT NULL DEFAULT 1";
+        let statements: &[&str] = match db.get_database_backend() {
+            DbBackend::Postgres => &[
+                add,
                 "ALTER TABLE event_outbox ALTER COLUMN payload SET STORAGE EXTERNAL",
-            )
-            .await?;
-        }
-        Ok(())
+            ],
+            _ => &[add],
+        };
+        crate::db::execute_in_one_transaction(db, statements).await
     }
 
     /// Refuses while a row holds more than one event: the table before could not hold
