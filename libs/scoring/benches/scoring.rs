@@ -138,6 +138,11 @@ fn simulated_shop(n: usize, seed: u64) -> Vec<CustomerInput> {
                 days_since_last: age - last,
                 total_spent: total,
                 average_check: total / f64::from(days),
+                repeat_average_check: if days > 1 {
+                    total / f64::from(days)
+                } else {
+                    0.0
+                },
                 mean_interval_days: if days > 1 {
                     last / f64::from(days - 1)
                 } else {

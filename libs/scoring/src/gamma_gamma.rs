@@ -36,8 +36,10 @@ pub struct GammaGammaFit {
     pub log_likelihood: f64,
     /// Customers in the sample.
     pub customers: u64,
-    /// True when the optimiser converged.
+    /// True when the fit is to be trusted (converged, finite, no parameter at the boundary).
     pub converged: bool,
+    /// Why not, when `converged` is false.
+    pub problem: Option<crate::FitProblem>,
 }
 
 /// Spend data grouped by transaction count, ready for repeated likelihood evaluations.
@@ -129,6 +131,7 @@ impl SpendData {
             x: theta,
             value,
             converged,
+            iterations,
             ..
         } = bfgs(
             |theta, g| self.objective(theta, scale, g),
@@ -142,11 +145,20 @@ impl SpendData {
         };
         // Scaling values by s multiplies each density by s^(−1).
         let log_likelihood = -value * self.customers as f64 + self.customers as f64 * scale.ln();
+        let problem = crate::fit_problem(
+            converged,
+            iterations as u32,
+            value,
+            &theta,
+            &[params.p, params.q, params.gamma],
+            &["p", "q", "γ"],
+        );
         GammaGammaFit {
             params,
             log_likelihood,
             customers: self.customers,
-            converged: converged && value.is_finite(),
+            converged: problem.is_none(),
+            problem,
         }
     }
 }

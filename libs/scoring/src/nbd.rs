@@ -283,13 +283,29 @@ impl NbdData {
         };
         // Scaling times by s multiplies each customer's likelihood by s^(−x).
         let log_likelihood = -value * total + self.total_repeat_purchases * scale.ln();
+        let repeat_customers: f64 = self.rows.iter().filter(|r| r.x > 0).map(|r| r.weight).sum();
+        let problem = if repeat_customers < 2.0 {
+            Some(crate::FitProblem::TooFewRepeatCustomers {
+                customers: repeat_customers as u64,
+            })
+        } else {
+            crate::fit_problem(
+                converged,
+                iterations as u32,
+                value,
+                &theta,
+                &[params.r, params.alpha, params.a, params.b],
+                &["r", "α", "a", "b"],
+            )
+        };
         NbdFit {
             model,
             params,
             log_likelihood,
             customers: self.customers,
             distinct_rows: self.rows.len() as u64,
-            converged: converged && value.is_finite(),
+            converged: problem.is_none(),
+            problem,
             iterations: iterations as u32,
         }
     }
@@ -319,8 +335,11 @@ pub struct NbdFit {
     pub customers: u64,
     /// Distinct rows after compression.
     pub distinct_rows: u64,
-    /// True when the optimiser converged.
+    /// True when the fit is to be trusted: the optimiser converged, the likelihood is
+    /// finite and no parameter ran to the boundary.
     pub converged: bool,
+    /// Why not, when `converged` is false.
+    pub problem: Option<crate::FitProblem>,
     /// Optimiser iterations.
     pub iterations: u32,
 }

@@ -27,6 +27,9 @@ pub struct CustomerInput {
     pub total_spent: f64,
     /// Average check, minor units.
     pub average_check: f64,
+    /// Mean spend of the repeat purchase days (every purchase day after the first; the
+    /// orders of one day summed), minor units; 0 without repeat days. Gamma-Gamma's m̄.
+    pub repeat_average_check: f64,
     /// Mean interval between purchase days, in days.
     pub mean_interval_days: f64,
     /// Days since the latest engagement; infinite if never.
@@ -69,6 +72,51 @@ pub enum MonetaryBasis {
     Average,
 }
 
+/// Which purchase model gives P(alive), expected purchases and CLV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelChoice {
+    /// The converged model with the higher log-likelihood.
+    #[default]
+    Auto,
+    /// BG/NBD.
+    BgNbd,
+    /// MBG/NBD.
+    MbgNbd,
+}
+
+/// Lowest purchase days for F = 2, 3, 4, 5 under the default rule: one purchase day is
+/// F 1, two F 2, three F 3, four or five F 4, six or more F 5.
+pub const DEFAULT_FREQUENCY_THRESHOLDS: [u32; 4] = [2, 3, 4, 6];
+
+/// How the F score is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrequencyRule {
+    /// By purchase days against fixed thresholds: F = 1 + the number of thresholds the
+    /// customer's purchase days reach (ascending lowest counts for F 2–5). Counts are
+    /// heavily tied (most customers of a shop buy once), so quintiles cannot separate them.
+    PurchaseDays([u32; 4]),
+    /// By quintiles within the tenant, as R and M.
+    Quintiles,
+}
+
+impl Default for FrequencyRule {
+    fn default() -> Self {
+        Self::PurchaseDays(DEFAULT_FREQUENCY_THRESHOLDS)
+    }
+}
+
+impl FrequencyRule {
+    /// F for `purchase_days` under fixed thresholds (`None` for quintiles).
+    pub fn fixed_score(self, purchase_days: u32) -> Option<u8> {
+        match self {
+            Self::PurchaseDays(thresholds) => {
+                Some(1 + thresholds.iter().filter(|&&t| purchase_days >= t).count() as u8)
+            }
+            Self::Quintiles => None,
+        }
+    }
+}
+
 /// How a tenant is scored.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScoringPolicy {
@@ -85,6 +133,10 @@ pub struct ScoringPolicy {
     pub clv_horizon_days: f64,
     /// Annual discount rate for CLV.
     pub annual_discount_rate: f64,
+    /// Which purchase model scores.
+    pub model: ModelChoice,
+    /// How F is given.
+    pub frequency: FrequencyRule,
 }
 
 impl Default for ScoringPolicy {
@@ -96,6 +148,8 @@ impl Default for ScoringPolicy {
             time_unit_days: 1.0,
             clv_horizon_days: 365.0,
             annual_discount_rate: 0.10,
+            model: ModelChoice::Auto,
+            frequency: FrequencyRule::default(),
         }
     }
 }
@@ -123,12 +177,14 @@ impl TenantModels {
             .map(|c| c.observation(time_unit_days))
             .collect();
         let data = NbdData::new(&observations).ok()?;
+        // FHL 2005: x repeat purchase days and the mean spend of those days (the first
+        // purchase day left out).
         let spend: Vec<SpendObservation> = inputs
             .iter()
-            .filter(|c| c.purchase_days > 1 && c.average_check > 0.0)
+            .filter(|c| c.purchase_days > 1 && c.repeat_average_check > 0.0)
             .map(|c| SpendObservation {
                 x: c.purchase_days - 1,
-                mean_value: c.average_check,
+                mean_value: c.repeat_average_check,
             })
             .collect();
         let gamma_gamma = SpendData::new(&spend).ok().map(|d| d.fit());
@@ -139,22 +195,31 @@ impl TenantModels {
         })
     }
 
-    /// The better of the two purchase models by log-likelihood.
-    pub fn preferred(&self) -> &NbdFit {
-        if self.mbg_nbd.converged
-            && (!self.bg_nbd.converged || self.mbg_nbd.log_likelihood > self.bg_nbd.log_likelihood)
-        {
-            &self.mbg_nbd
-        } else {
-            &self.bg_nbd
+    /// The purchase model that scores under `choice`: a converged fit only. `None` when
+    /// the chosen model (under `Auto`, both) did not converge: scoring then uses the cycle
+    /// rule ([`cycle_rule`]).
+    pub fn chosen(&self, choice: ModelChoice) -> Option<&NbdFit> {
+        let trusted = |fit: &'_ NbdFit| fit.converged;
+        match choice {
+            ModelChoice::BgNbd => Some(&self.bg_nbd).filter(|f| trusted(f)),
+            ModelChoice::MbgNbd => Some(&self.mbg_nbd).filter(|f| trusted(f)),
+            ModelChoice::Auto => match (trusted(&self.bg_nbd), trusted(&self.mbg_nbd)) {
+                (true, true) if self.mbg_nbd.log_likelihood > self.bg_nbd.log_likelihood => {
+                    Some(&self.mbg_nbd)
+                }
+                (true, _) => Some(&self.bg_nbd),
+                (false, true) => Some(&self.mbg_nbd),
+                (false, false) => None,
+            },
         }
     }
 
-    /// Gamma-Gamma parameters usable for expected spend (q > 1).
+    /// Gamma-Gamma parameters usable for expected spend: a converged fit with q > 1.
     pub fn spend(&self) -> Option<GammaGammaParams> {
         self.gamma_gamma
+            .filter(|f| f.converged)
             .map(|f| f.params)
-            .filter(|p| p.q > 1.0 && p.p.is_finite())
+            .filter(|p| p.q > 1.0)
     }
 }
 
@@ -188,8 +253,8 @@ pub struct TenantScores {
     pub tenant_cycle_days: f64,
 }
 
-/// Scores every customer. `models` from [`TenantModels::fit`]; without them P(alive),
-/// expected purchases and CLV are 0.
+/// Scores every customer. `models` from [`TenantModels::fit`]; without a converged purchase
+/// model P(alive), expected purchases and CLV follow the cycle rule ([`cycle_rule`]).
 pub fn score_tenant(
     inputs: &[CustomerInput],
     lookup: &SegmentLookup,
@@ -199,8 +264,10 @@ pub fn score_tenant(
     let tenant_cycle_days = policy
         .tenant_cycle_days
         .unwrap_or_else(|| median_regular_interval(inputs, &policy.lifecycle));
-    let (r, f, m) = rfm_scores(inputs, policy.monetary);
-    let purchase_model = models.map(|m| (m.preferred().model, m.preferred().params));
+    let (r, f, m) = rfm_scores(inputs, policy.monetary, policy.frequency);
+    let purchase_model = models
+        .and_then(|m| m.chosen(policy.model))
+        .map(|fit| (fit.model, fit.params));
     let spend = models.and_then(TenantModels::spend);
     let unit = policy.time_unit_days;
     let horizon = policy.clv_horizon_days / unit;
@@ -228,7 +295,16 @@ pub fn score_tenant(
                 Some((model, params)) => {
                     model_values(c, model, &params, spend, unit, horizon, discount)
                 }
-                None => (0.0, 0.0, 0.0),
+                None => {
+                    let rule = cycle_rule(c.days_since_last, lifecycle.expected_cycle_days);
+                    let value = spend_value(c, spend);
+                    (
+                        rule.p_alive,
+                        rule.expected_purchases(90.0),
+                        (rule.expected_purchases(policy.clv_horizon_days) * value * discount)
+                            .max(0.0),
+                    )
+                }
             };
             Score {
                 r: r[i],
@@ -265,15 +341,53 @@ fn model_values(
         finite_or_zero(params.expected_purchases_if_alive(model, 90.0 / unit, o) * p_alive);
     let expected_horizon =
         finite_or_zero(params.expected_purchases_if_alive(model, horizon, o) * p_alive);
-    let value = match spend {
-        Some(s) => s.conditional_expected_value(c.purchase_days - 1, c.average_check),
-        None => c.average_check,
-    };
+    let value = spend_value(c, spend);
     (
         p_alive,
         expected_90d,
         finite_or_zero(expected_horizon * value * discount).max(0.0),
     )
+}
+
+/// Expected spend per purchase: Gamma-Gamma's conditional expectation from the repeat
+/// days when fitted, else the customer's own average check.
+fn spend_value(c: &CustomerInput, spend: Option<GammaGammaParams>) -> f64 {
+    match spend {
+        Some(s) => s.conditional_expected_value(c.purchase_days - 1, c.repeat_average_check),
+        None => c.average_check,
+    }
+}
+
+/// The documented fallback when no purchase model can be trusted: a customer is surely
+/// alive within their expected cycle, and beyond it the chance decays as
+/// `e^(−overdue / cycle)` (one cycle overdue ≈ 0.37); while alive they buy once a cycle.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CycleRule {
+    /// P(alive).
+    pub p_alive: f64,
+    /// The expected cycle in days.
+    pub cycle_days: f64,
+}
+
+impl CycleRule {
+    /// Expected purchases in the next `days`: P(alive) × days / cycle.
+    pub fn expected_purchases(&self, days: f64) -> f64 {
+        self.p_alive * days / self.cycle_days
+    }
+}
+
+/// The cycle rule for a buyer `days_since_last` days after their last purchase.
+pub fn cycle_rule(days_since_last: f64, cycle_days: f64) -> CycleRule {
+    let cycle_days = if cycle_days.is_finite() && cycle_days > 0.0 {
+        cycle_days
+    } else {
+        DEFAULT_CYCLE_DAYS
+    };
+    let overdue = (days_since_last - cycle_days).max(0.0);
+    CycleRule {
+        p_alive: (-overdue / cycle_days).exp(),
+        cycle_days,
+    }
 }
 
 fn finite_or_zero(v: f64) -> f64 {
@@ -306,8 +420,13 @@ fn median_regular_interval(inputs: &[CustomerInput], policy: &LifecyclePolicy) -
     *median
 }
 
-/// R, F, M scores of the buyers (prospects get 0), in input order.
-fn rfm_scores(inputs: &[CustomerInput], basis: MonetaryBasis) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+/// R, F, M scores of the buyers (prospects get 0), in input order. R and M by quintiles
+/// (fewer days since the last purchase, and more money, score higher); F by `frequency`.
+fn rfm_scores(
+    inputs: &[CustomerInput],
+    basis: MonetaryBasis,
+    frequency: FrequencyRule,
+) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let buyers: Vec<usize> = (0..inputs.len())
         .filter(|&i| inputs[i].purchase_days > 0)
         .collect();
@@ -321,7 +440,19 @@ fn rfm_scores(inputs: &[CustomerInput], basis: MonetaryBasis) -> (Vec<u8>, Vec<u
         all
     };
     let r = column(&|c| c.days_since_last, Better::Lower);
-    let f = column(&|c| f64::from(c.purchase_days), Better::Higher);
+    let f = match frequency {
+        FrequencyRule::Quintiles => column(&|c| f64::from(c.purchase_days), Better::Higher),
+        FrequencyRule::PurchaseDays(_) => inputs
+            .iter()
+            .map(|c| {
+                if c.purchase_days == 0 {
+                    0
+                } else {
+                    frequency.fixed_score(c.purchase_days).unwrap_or(0)
+                }
+            })
+            .collect(),
+    };
     let m = column(
         &|c| match basis {
             MonetaryBasis::Total => c.total_spent,
@@ -358,6 +489,11 @@ mod tests {
             days_since_last,
             total_spent: total,
             average_check: total / f64::from(purchase_days.max(1)),
+            repeat_average_check: if purchase_days > 1 {
+                total / f64::from(purchase_days)
+            } else {
+                0.0
+            },
             mean_interval_days: if purchase_days > 1 {
                 (days_since_first - days_since_last) / f64::from(purchase_days - 1)
             } else {
@@ -390,6 +526,7 @@ mod tests {
                 let mut c = buyer(days, age, age - last, 0.0);
                 c.total_spent = f64::from(days) * (1_000.0 + rng.below(4_000) as f64);
                 c.average_check = c.total_spent / f64::from(days);
+                c.repeat_average_check = if days > 1 { c.average_check } else { 0.0 };
                 c
             })
             .collect()
@@ -470,5 +607,84 @@ mod tests {
         let d = continuous_discount(0.10, 365.0);
         // ln 1.1 ≈ 0.0953: (1 − e^−0.0953) / 0.0953 ≈ 0.9538
         assert!((d - 0.953_8).abs() < 1e-4, "{d}");
+    }
+
+    #[test]
+    fn frequency_thresholds_score_purchase_days_and_quintiles_stay_an_option() {
+        let rule = FrequencyRule::default();
+        let scores: Vec<u8> = [1, 2, 3, 4, 5, 6, 40]
+            .iter()
+            .map(|&d| rule.fixed_score(d).unwrap())
+            .collect();
+        assert_eq!(scores, vec![1, 2, 3, 4, 4, 5, 5]);
+        // A shop where most customers bought once: one-time buyers are F 1, so the
+        // segments of the low F columns (new, promising) fill up.
+        let lookup = RuleTable::default_grid().compile().unwrap();
+        let mut inputs: Vec<CustomerInput> = (0..80)
+            .map(|i| buyer(1, 5.0 + f64::from(i), 5.0 + f64::from(i), 1_000.0))
+            .collect();
+        inputs.extend((0..20).map(|i| buyer(2 + i % 6, 400.0, 3.0 + f64::from(i), 9_000.0)));
+        let scored = score_tenant(&inputs, &lookup, &ScoringPolicy::default(), None);
+        assert!(scored.scores[..80].iter().all(|s| s.f == 1));
+        let segments: std::collections::BTreeSet<&str> = scored
+            .scores
+            .iter()
+            .map(|s| lookup.key(s.segment))
+            .collect();
+        assert!(
+            segments.contains("new") && segments.contains("promising"),
+            "{segments:?}"
+        );
+        let quintiles = ScoringPolicy {
+            frequency: FrequencyRule::Quintiles,
+            ..ScoringPolicy::default()
+        };
+        let by_quintile = score_tenant(&inputs, &lookup, &quintiles, None);
+        // 80 % tied at one day: their mid-rank is the 40th percentile, F 3.
+        assert!(by_quintile.scores[..80].iter().all(|s| s.f == 3));
+    }
+
+    #[test]
+    fn without_a_converged_model_the_cycle_rule_scores() {
+        // Nobody ever came back: the purchase models cannot be identified.
+        let lookup = RuleTable::default_grid().compile().unwrap();
+        let inputs: Vec<CustomerInput> = (0..500)
+            .map(|i| buyer(1, f64::from(i % 300), f64::from(i % 300), 2_000.0))
+            .collect();
+        let models = TenantModels::fit(&inputs, 1.0).unwrap();
+        let scored = score_tenant(&inputs, &lookup, &ScoringPolicy::default(), Some(&models));
+        assert_eq!(models.chosen(ModelChoice::Auto), None, "{models:?}");
+        assert_eq!(
+            models.bg_nbd.problem,
+            Some(crate::FitProblem::TooFewRepeatCustomers { customers: 0 })
+        );
+        // Whatever the fits did, a customer who bought five days ago is alive.
+        let recent = scored.scores[5];
+        assert!(recent.p_alive > 0.9, "{recent:?}");
+        let rule = cycle_rule(5.0, 90.0);
+        assert_eq!(rule.p_alive, 1.0);
+        assert!((cycle_rule(180.0, 90.0).p_alive - (-1.0f64).exp()).abs() < 1e-12);
+        assert!((rule.expected_purchases(90.0) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_policy_chooses_the_purchase_model() {
+        let inputs = simulated_shop(3_000, 9);
+        let models = TenantModels::fit(&inputs, 1.0).unwrap();
+        assert_eq!(
+            models.chosen(ModelChoice::BgNbd).map(|f| f.model),
+            Some(NbdModel::BgNbd)
+        );
+        assert_eq!(
+            models.chosen(ModelChoice::MbgNbd).map(|f| f.model),
+            Some(NbdModel::MbgNbd)
+        );
+        let auto = models.chosen(ModelChoice::Auto).unwrap();
+        let best = if models.mbg_nbd.log_likelihood > models.bg_nbd.log_likelihood {
+            NbdModel::MbgNbd
+        } else {
+            NbdModel::BgNbd
+        };
+        assert_eq!(auto.model, best);
     }
 }

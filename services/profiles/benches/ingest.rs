@@ -97,6 +97,7 @@ async fn run(label: &str, db: &TestDatabase, args: &Args) {
             h.a.stream_facts(StreamFactsRequest {
                 changed_since_cursor: String::new(),
                 chunk_size: 5000,
+                as_of: None,
             })
             .await
             .unwrap()

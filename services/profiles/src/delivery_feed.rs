@@ -83,7 +83,7 @@ impl DeliveryReactions {
         tenant: &str,
         events: &[&Event],
     ) -> Result<(), HandlerError> {
-        let changes: Vec<(&str, Change, i64)> = events
+        let changes: Vec<(&str, Change, i64, &str)> = events
             .iter()
             .filter_map(|event| {
                 let (customer, change) = change_of(event)?;
@@ -93,13 +93,13 @@ impl DeliveryReactions {
                     .and_then(from_timestamp)
                     .unwrap_or_else(|| self.profiles.clock.now())
                     .timestamp_micros();
-                Some((customer, change, at_us))
+                Some((customer, change, at_us, event.event_id.as_str()))
             })
             .collect();
         if changes.is_empty() {
             return Ok(());
         }
-        let mut ids: Vec<String> = changes.iter().map(|(c, _, _)| (*c).to_owned()).collect();
+        let mut ids: Vec<String> = changes.iter().map(|(c, _, _, _)| (*c).to_owned()).collect();
         ids.sort_unstable();
         ids.dedup();
         // A customer profiles does not know (or erased) has nothing to update.
@@ -111,10 +111,29 @@ impl DeliveryReactions {
         let mut changed: Vec<String> = Vec::new();
         let mut refusals = ConsentWrites::default();
         let now = self.profiles.clock.now();
-        for (customer, change, at_us) in changes {
+        // Sends, opens and clicks are kept as engagement events too, so facts can be
+        // rebuilt as of a past time (`facts_as_of`).
+        let mut engagement_rows = Vec::new();
+        for (customer, change, at_us, event_id) in changes {
             let Some(state) = states.get_mut(customer) else {
                 continue;
             };
+            let kept = match change {
+                Change::Sent => Some("message_sent"),
+                Change::Opened => Some("message_opened"),
+                Change::Clicked => Some("message_clicked"),
+                _ => None,
+            };
+            if let Some(kind) = kept {
+                engagement_rows.push(vec![
+                    tenant.into(),
+                    format!("delivery:{event_id}").into(),
+                    customer.into(),
+                    kind.into(),
+                    at_us.into(),
+                    String::new().into(),
+                ]);
+            }
             match change {
                 Change::Sent => state.apply_sent(at_us),
                 Change::Opened => state.apply_open(at_us),
@@ -158,6 +177,13 @@ impl DeliveryReactions {
             })
             .collect();
         refusals.write(&self.profiles, txn).await.map_err(other)?;
+        rows::insert_many(
+            txn,
+            "INSERT INTO engagement_events (tenant_id, event_id, customer_id, kind, occurred_at_us, detail)",
+            "ON CONFLICT DO NOTHING",
+            engagement_rows,
+        )
+        .await?;
         rows::save_facts(txn, tenant, &writes).await?;
         Ok(())
     }

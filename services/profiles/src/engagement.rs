@@ -34,7 +34,9 @@ fn kind_name(kind: &Kind) -> &'static str {
     }
 }
 
-/// Free text the customer typed (personal data: blanked on erase).
+/// What is kept of an event beside its kind: the free text the customer typed (personal
+/// data: blanked on erase), and an abandoned cart's value in minor units (so facts can be
+/// replayed as of a past time).
 fn detail(kind: &Kind) -> String {
     match kind {
         Kind::Searched(s) => s.query.clone(),
@@ -42,33 +44,54 @@ fn detail(kind: &Kind) -> String {
         Kind::SurveyAnswered(s) => format!("{}: {}", s.question, s.answer),
         Kind::SupportContacted(s) => s.topic.clone(),
         Kind::ProductViewed(p) => format!("{} {}", p.sku, p.category),
+        Kind::CartAbandoned(c) => c
+            .value
+            .as_ref()
+            .map(|m| m.amount_minor.to_string())
+            .unwrap_or_default(),
         _ => String::new(),
     }
 }
 
 /// Folds one event into the facts.
 fn apply(state: &mut FactsState, kind: &Kind, at_us: i64) {
+    let cart_value = match kind {
+        Kind::CartAbandoned(cart) => cart.value.as_ref().map_or(0, |m| m.amount_minor),
+        _ => 0,
+    };
+    apply_named(state, kind_name(kind), at_us, cart_value);
+}
+
+/// Folds one event, named as stored, into the facts (the replay of facts as of a past
+/// time reads the stored rows: `detail` holds a cart's value).
+pub(crate) fn apply_stored(state: &mut FactsState, kind: &str, at_us: i64, detail: &str) {
+    let cart_value = if kind == "cart_abandoned" {
+        detail.parse().unwrap_or(0)
+    } else {
+        0
+    };
+    apply_named(state, kind, at_us, cart_value);
+}
+
+fn apply_named(state: &mut FactsState, kind: &str, at_us: i64, cart_value_minor: i64) {
     let max = |slot: &mut Option<i64>| *slot = Some(slot.map_or(at_us, |t| t.max(at_us)));
     match kind {
-        Kind::MessageOpened(_) => state.apply_open(at_us),
-        Kind::MessageClicked(_) => {
+        "message_opened" => state.apply_open(at_us),
+        "message_clicked" => {
             max(&mut state.last_click_us);
             state.apply_open(at_us);
         }
-        Kind::MessageSent(_) => state.apply_sent(at_us),
-        Kind::SiteVisited(_) => max(&mut state.last_visit_us),
-        Kind::CartAbandoned(cart) => {
+        "message_sent" => state.apply_sent(at_us),
+        "site_visited" => max(&mut state.last_visit_us),
+        "cart_abandoned" => {
             if state.last_cart_us.is_none_or(|t| at_us >= t) {
-                state.last_cart_value_minor = cart.value.as_ref().map_or(0, |m| m.amount_minor);
+                state.last_cart_value_minor = cart_value_minor;
             }
             max(&mut state.last_cart_us);
         }
-        Kind::ProductViewed(_) => max(&mut state.last_product_view_us),
-        Kind::SupportContacted(_) | Kind::Complained(_) => max(&mut state.last_support_us),
-        Kind::Searched(_)
-        | Kind::SavedToFavourites(_)
-        | Kind::BackInStockInterest(_)
-        | Kind::SurveyAnswered(_) => {}
+        "product_viewed" => max(&mut state.last_product_view_us),
+        "support_contacted" | "complained" => max(&mut state.last_support_us),
+        _ => {}
     }
 }
 

@@ -76,7 +76,12 @@ impl ServerStreamingService<StreamFactsRequest> for RawFacts {
         Box::pin(async move {
             let tenant = tenant_for(&request, "profiles:read")?;
             let req = request.into_inner();
-            let rx = profiles.stream_facts(tenant, &req.changed_since_cursor, req.chunk_size)?;
+            let rx = profiles.stream_facts(
+                tenant,
+                &req.changed_since_cursor,
+                req.chunk_size,
+                req.as_of.as_ref(),
+            )?;
             Ok(Response::new(ReceiverStream::new(rx)))
         })
     }

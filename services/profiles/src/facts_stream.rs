@@ -24,6 +24,7 @@ impl Profiles {
         tenant: String,
         changed_since: &str,
         chunk_size: i32,
+        as_of: Option<&prost_types::Timestamp>,
     ) -> Result<mpsc::Receiver<Result<EncodedChunk, Status>>, ServiceError> {
         let chunk = match chunk_size {
             0 => DEFAULT_CHUNK,
@@ -43,12 +44,27 @@ impl Profiles {
                     ServiceError::invalid("changed_since_cursor", "malformed cursor")
                 })?)
             };
+        let as_of_us = match as_of {
+            None => None,
+            Some(_) if since.is_some() => {
+                return Err(ServiceError::invalid(
+                    "as_of",
+                    "cannot be combined with changed_since_cursor",
+                ));
+            }
+            Some(ts) => Some(
+                winback_platform::time::from_timestamp(ts)
+                    .ok_or_else(|| ServiceError::invalid("as_of", "not a valid time"))?
+                    .timestamp_micros(),
+            ),
+        };
         let (tx, rx) = mpsc::channel(4);
         let profiles = self.clone();
         tokio::spawn(async move {
-            let result = match since {
-                None => profiles.send_all(&tenant, chunk, &tx).await,
-                Some(cursor) => profiles.send_changed(&tenant, cursor, chunk, &tx).await,
+            let result = match (since, as_of_us) {
+                (_, Some(as_of_us)) => profiles.send_as_of(&tenant, as_of_us, chunk, &tx).await,
+                (None, None) => profiles.send_all(&tenant, chunk, &tx).await,
+                (Some(cursor), None) => profiles.send_changed(&tenant, cursor, chunk, &tx).await,
             };
             if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;

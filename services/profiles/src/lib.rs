@@ -10,6 +10,7 @@ mod customers;
 mod delivery_feed;
 mod domain;
 mod engagement;
+mod facts_as_of;
 mod facts_frame;
 mod facts_route;
 mod facts_stream;

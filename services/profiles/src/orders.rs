@@ -721,7 +721,10 @@ impl Profiles {
                     vec![tenant.into(), req.order_id.clone().into(), amount.amount_minor.into()],
                 )
                 .await?;
-                state.apply_refund(&req.order_id, amount.amount_minor);
+                // Rebuilt from the orders: a refund on the first purchase day changes what
+                // the repeat days spent, and the order's day is not in the state.
+                let orders = rows::customer_order_facts(&txn, tenant, &order.customer_id).await?;
+                state.recompute_orders(&orders);
                 refunded = amount.clone();
             }
             _ => {

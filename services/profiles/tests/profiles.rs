@@ -995,6 +995,7 @@ async fn stream_all(client: &mut harness::Client, cursor: &str) -> (Vec<Customer
         .stream_facts(StreamFactsRequest {
             changed_since_cursor: cursor.into(),
             chunk_size: 7,
+            as_of: None,
         })
         .await
         .unwrap()
@@ -1037,6 +1038,7 @@ async fn chunk_sizes(client: &mut harness::Client) -> Vec<usize> {
         .stream_facts(StreamFactsRequest {
             changed_since_cursor: String::new(),
             chunk_size: 7,
+            as_of: None,
         })
         .await
         .unwrap()
@@ -1093,6 +1095,7 @@ db_test!(
             h.a.stream_facts(StreamFactsRequest {
                 changed_since_cursor: "garbage".into(),
                 chunk_size: 0,
+                as_of: None,
             })
             .await
             .unwrap_err();
@@ -1152,6 +1155,7 @@ db_test!(
                 h.a.stream_facts(StreamFactsRequest {
                     changed_since_cursor: cursor.clone(),
                     chunk_size: 4,
+                    as_of: None,
                 })
                 .await
                 .unwrap()
@@ -1191,6 +1195,7 @@ db_test!(
             h.a.stream_facts(StreamFactsRequest {
                 changed_since_cursor: String::new(),
                 chunk_size: 3500,
+                as_of: None,
             })
             .await
             .unwrap()

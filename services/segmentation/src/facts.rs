@@ -67,8 +67,9 @@ impl TenantFacts {
 pub(crate) async fn load(
     ctx: &ServiceContext,
     tenant: &str,
-    as_of: DateTime<Utc>,
+    requested: crate::recompute::AsOf,
 ) -> Result<TenantFacts, ServiceError> {
+    let as_of = requested.at;
     let (channel, credentials) = ctx.peer(Peer::Profiles, tenant)?;
     let mut client = ProfilesServiceClient::with_interceptor(channel, credentials)
         .max_decoding_message_size(ctx.config.server.max_message_bytes.max(64 * 1024 * 1024));
@@ -76,6 +77,9 @@ pub(crate) async fn load(
         .stream_facts(StreamFactsRequest {
             changed_since_cursor: String::new(),
             chunk_size: 10_000,
+            as_of: requested
+                .cut_history
+                .then(|| winback_platform::time::to_timestamp(as_of)),
         })
         .await
         .map_err(|s| upstream("profiles.StreamFacts", &s))?
@@ -161,6 +165,11 @@ pub(crate) fn input_of(f: &CustomerFacts, as_of: DateTime<Utc>) -> CustomerInput
         days_since_last,
         total_spent: f.total_spent_minor.max(0) as f64,
         average_check: f.average_check_minor.max(0) as f64,
+        repeat_average_check: if purchase_days > 1 {
+            f.repeat_spent_minor.max(0) as f64 / f64::from(purchase_days - 1)
+        } else {
+            0.0
+        },
         mean_interval_days: f.mean_interval_days.max(0.0),
         days_since_engagement,
         consecutive_unopened: f.consecutive_unopened.max(0) as u32,

@@ -186,8 +186,66 @@ impl SegmentationService for SegmentationGrpc {
                 Some(days)
             }
         };
+        let horizon = match &r.horizon {
+            None => None,
+            Some(d) if d.seconds == 0 && d.nanos == 0 => None,
+            Some(d) => {
+                let days = (d.seconds as f64 + f64::from(d.nanos) * 1e-9) / 86_400.0;
+                if !(days > 0.0 && days <= 36_500.0) {
+                    return Err(ServiceError::invalid(
+                        "horizon",
+                        "must be above 0 and at most 36500 days",
+                    )
+                    .into());
+                }
+                Some(days)
+            }
+        };
+        let mut probes = Vec::with_capacity(r.probes.len());
+        for (i, p) in r.probes.iter().enumerate() {
+            let ok = p.x >= 0
+                && p.t.is_finite()
+                && p.t_x.is_finite()
+                && p.t_x >= 0.0
+                && p.t_x <= p.t
+                && (p.x > 0 || p.t_x == 0.0);
+            if !ok {
+                return Err(ServiceError::invalid(
+                    format!("probes[{i}]"),
+                    "needs x ≥ 0 and 0 ≤ t_x ≤ t (t_x = 0 when x = 0)",
+                )
+                .into());
+            }
+            probes.push(winback_scoring::nbd::Observation {
+                x: p.x as u32,
+                t_x: p.t_x,
+                t: p.t,
+            });
+        }
+        if probes.len() > 1_000 {
+            return Err(ServiceError::invalid("probes", "at most 1000").into());
+        }
+        // The horizon is given as a duration; the models count in the fit's time unit.
+        let unit_days = match unit {
+            Some(u) => u,
+            None => {
+                self.segmentation
+                    .effective_policy(&tenant)
+                    .await?
+                    .scoring
+                    .time_unit_days
+            }
+        };
         Ok(Response::new(
-            self.segmentation.fit_models(&tenant, as_of, unit).await?,
+            self.segmentation
+                .fit_models(
+                    &tenant,
+                    as_of,
+                    Some(unit_days),
+                    horizon.map(|h| h / unit_days),
+                    probes,
+                )
+                .await?,
         ))
     }
 }

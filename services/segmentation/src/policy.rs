@@ -6,8 +6,8 @@ use prost_types::Duration;
 use winback_platform::ServiceError;
 use winback_platform::error::FieldViolation;
 use winback_proto::segmentation::{
-    MonetaryBasis, NichePreset, Policy, ScoreRange as ProtoRange, SegmentRule as ProtoRule,
-    SegmentRuleTable,
+    FrequencyScoring, MonetaryBasis, NichePreset, Policy, ScoreRange as ProtoRange, ScoringModel,
+    SegmentRule as ProtoRule, SegmentRuleTable,
 };
 use winback_scoring::lifecycle::{LifecyclePolicy, Niche};
 use winback_scoring::score::{self, PROSPECT_SEGMENT_KEY, ScoringPolicy};
@@ -47,6 +47,12 @@ pub(crate) fn default_policy() -> Policy {
         annual_discount_rate: 0.10,
         monetary_basis: MonetaryBasis::Total as i32,
         unopened_streak_dead: 20,
+        scoring_model: ScoringModel::Unspecified as i32,
+        frequency_scoring: FrequencyScoring::PurchaseDays as i32,
+        frequency_thresholds: score::DEFAULT_FREQUENCY_THRESHOLDS
+            .iter()
+            .map(|&t| t as i32)
+            .collect(),
     }
 }
 
@@ -73,6 +79,30 @@ pub(crate) fn normalize(policy: Policy) -> Result<Policy, ServiceError> {
     if p.monetary_basis == MonetaryBasis::Unspecified as i32 {
         p.monetary_basis = MonetaryBasis::Total as i32;
     }
+    check(
+        ScoringModel::try_from(p.scoring_model).is_ok(),
+        "scoring_model",
+        "unknown scoring model",
+    );
+    check(
+        FrequencyScoring::try_from(p.frequency_scoring).is_ok(),
+        "frequency_scoring",
+        "unknown frequency scoring",
+    );
+    if p.frequency_scoring == FrequencyScoring::Unspecified as i32 {
+        p.frequency_scoring = FrequencyScoring::PurchaseDays as i32;
+    }
+    if p.frequency_thresholds.is_empty() {
+        p.frequency_thresholds
+            .clone_from(&defaults.frequency_thresholds);
+    }
+    check(
+        p.frequency_thresholds.len() == 4
+            && p.frequency_thresholds[0] >= 2
+            && p.frequency_thresholds.windows(2).all(|w| w[0] < w[1]),
+        "frequency_thresholds",
+        "must be four strictly ascending purchase-day counts, the first at least 2",
+    );
     if p.sleeping_overdue_ratio == 0.0 {
         p.sleeping_overdue_ratio = defaults.sleeping_overdue_ratio;
     }
@@ -374,6 +404,19 @@ impl Effective {
             time_unit_days: d(&policy.time_unit, 1.0),
             clv_horizon_days: d(&policy.clv_horizon, 365.0),
             annual_discount_rate: policy.annual_discount_rate,
+            model: match ScoringModel::try_from(policy.scoring_model) {
+                Ok(ScoringModel::BgNbd) => score::ModelChoice::BgNbd,
+                Ok(ScoringModel::MbgNbd) => score::ModelChoice::MbgNbd,
+                _ => score::ModelChoice::Auto,
+            },
+            frequency: match FrequencyScoring::try_from(policy.frequency_scoring) {
+                Ok(FrequencyScoring::Quintiles) => score::FrequencyRule::Quintiles,
+                _ => score::FrequencyRule::PurchaseDays(
+                    <[i32; 4]>::try_from(policy.frequency_thresholds.as_slice())
+                        .map(|t| t.map(|v| v.max(0) as u32))
+                        .unwrap_or(score::DEFAULT_FREQUENCY_THRESHOLDS),
+                ),
+            },
         };
         Ok(Self { scoring, lookup })
     }

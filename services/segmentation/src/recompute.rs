@@ -2,9 +2,12 @@
 //! customer, store the scores, and emit change events for customers whose segment or
 //! lifecycle state changed since the last recompute.
 //!
-//! The tenant's first recompute is the baseline: it stores scores and emits no events
-//! (nothing *changed*; campaigns enrol the current members of a segment on demand). From
-//! then on a customer scored for the first time counts as a change from nothing.
+//! A customer scored for the first time counts as a change from nothing, the tenant's first
+//! recompute included: on an imported history that first run is when customers *enter*
+//! their segments and states, and a campaign waiting for "entered sleeping" must hear it.
+//! A recompute as of a time before the latest run's (a backtest) stores its scores but
+//! emits no events and records no transitions: going back in time is not a customer
+//! changing.
 
 use std::time::Instant;
 
@@ -16,11 +19,14 @@ use winback_platform::time::{to_duration, to_timestamp};
 use winback_proto::common::{LifecycleState as ProtoState, Money};
 use winback_proto::events::event::Payload;
 use winback_proto::events::{LifecycleChanged, SegmentChanged};
-use winback_proto::segmentation::{FitModelsResponse, GammaGammaFit, NbdFit, RecomputeResponse};
+use winback_proto::segmentation::{
+    FitModelsResponse, GammaGammaFit, NbdFit, ProbeValue, RecomputeResponse,
+};
 use winback_scoring::lifecycle::CycleSource;
-use winback_scoring::nbd::NbdFit as ScoringNbdFit;
+use winback_scoring::nbd::{NbdFit as ScoringNbdFit, Observation};
 use winback_scoring::score::{
-    MonetaryBasis, PROSPECT_SEGMENT, PROSPECT_SEGMENT_KEY, Score, TenantModels, score_tenant,
+    ModelChoice, MonetaryBasis, PROSPECT_SEGMENT, PROSPECT_SEGMENT_KEY, Score, TenantModels,
+    score_tenant,
 };
 
 use crate::context::Segmentation;
@@ -30,46 +36,81 @@ use crate::scores::{CHUNK_SIZE, StoredScore, decode_chunk, encode_chunk, proto_s
 use crate::store::queries::{self, ChunkRow, RunRow, TransitionRow};
 use crate::summary::SummaryBuilder;
 
+/// The name of the fallback scoring rule when no purchase model converged.
+pub(crate) const CYCLE_RULE: &str = "cycle_rule";
+
 /// Largest clock skew accepted for an as-of time in the future.
 const MAX_FUTURE_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 
+/// When an analysis stands: the time, and whether history is cut there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AsOf {
+    /// The as-of time.
+    pub(crate) at: DateTime<Utc>,
+    /// True for an as-of time a request gave: profiles rebuilds the facts from the orders
+    /// and engagement at or before it. False for now: the current facts.
+    pub(crate) cut_history: bool,
+}
+
+impl AsOf {
+    /// Now, from the current facts.
+    pub(crate) fn now(now: DateTime<Utc>) -> Self {
+        Self {
+            at: now,
+            cut_history: false,
+        }
+    }
+}
+
 impl Segmentation {
-    /// Checks a requested as-of time against the clock.
+    /// Checks a requested as-of time against the clock: any time from 1970 on, up to the
+    /// clock skew ahead of now.
     pub(crate) fn as_of(
         &self,
         requested: Option<&prost_types::Timestamp>,
-    ) -> Result<DateTime<Utc>, ServiceError> {
+    ) -> Result<AsOf, ServiceError> {
         let now = self.now();
-        let Some(ts) = requested else { return Ok(now) };
+        let Some(ts) = requested else {
+            return Ok(AsOf::now(now));
+        };
         let as_of = winback_platform::time::from_timestamp(ts)
             .ok_or_else(|| ServiceError::invalid("as_of", "not a valid time"))?;
         if as_of > now + MAX_FUTURE_SKEW {
             return Err(ServiceError::invalid("as_of", "must not be in the future"));
         }
-        if as_of.timestamp() < 946_684_800 {
-            return Err(ServiceError::invalid("as_of", "must be after 2000-01-01"));
+        if as_of.timestamp() < 0 {
+            return Err(ServiceError::invalid(
+                "as_of",
+                "must be 1970-01-01T00:00:00Z or later",
+            ));
         }
-        Ok(as_of)
+        Ok(AsOf {
+            at: as_of,
+            cut_history: true,
+        })
     }
 
     /// Runs a recompute of `tenant`.
     pub(crate) async fn recompute(
         &self,
         tenant: &str,
-        as_of: DateTime<Utc>,
+        requested: AsOf,
     ) -> Result<RecomputeResponse, ServiceError> {
         let lock = self.recompute_lock(tenant);
         let _running = lock.lock().await;
         let started = Instant::now();
+        let as_of = requested.at;
         let policy = self.effective_policy(tenant).await?;
-        let facts = facts::load(&self.ctx, tenant, as_of).await?;
+        let facts = facts::load(&self.ctx, tenant, requested).await?;
         let currency = facts.main_currency();
         let (facts, models, scores) = score_blocking(facts, policy.clone()).await?;
         let recompute_id = uuid::Uuid::now_v7().to_string();
-        let had_previous_run = !queries::runs(&self.db, tenant, 1)
+        // Going back in time (a backtest) is not a change of any customer.
+        let backwards = queries::runs(&self.db, tenant, 1)
             .await
             .map_err(ServiceError::internal)?
-            .is_empty();
+            .first()
+            .is_some_and(|latest| latest.as_of_us > as_of.timestamp_micros());
 
         let mut previous = PreviousScores::new(self, tenant);
         let mut summary = SummaryBuilder::new(&policy.lookup);
@@ -83,18 +124,19 @@ impl Segmentation {
                 (score.segment != PROSPECT_SEGMENT).then_some(score.segment),
                 &stored,
             );
-            match previous.find(&row.customer_id).await? {
-                Some((segment, state)) => {
-                    changes.compare(&stored, &segment, state, &recompute_id, now)
+            if !backwards {
+                match previous.find(&row.customer_id).await? {
+                    Some((segment, state)) => {
+                        changes.compare(&stored, &segment, state, &recompute_id, now)
+                    }
+                    None => changes.compare(
+                        &stored,
+                        "",
+                        ProtoState::Unspecified as i32,
+                        &recompute_id,
+                        now,
+                    ),
                 }
-                None if had_previous_run => changes.compare(
-                    &stored,
-                    "",
-                    ProtoState::Unspecified as i32,
-                    &recompute_id,
-                    now,
-                ),
-                None => {}
             }
             chunk.push(stored);
             if chunk.len() == CHUNK_SIZE {
@@ -109,7 +151,14 @@ impl Segmentation {
         let took = started.elapsed();
         let summary = summary.finish(currency);
         let models = models
-            .map(|m| fit_response(&m, as_of, policy.scoring.time_unit_days, took))
+            .map(|m| {
+                fit_response(
+                    &m,
+                    &FitRequest::plain(as_of, policy.scoring.time_unit_days),
+                    policy.scoring.model,
+                    took,
+                )
+            })
             .unwrap_or_default();
         let response = RecomputeResponse {
             recompute_id: recompute_id.clone(),
@@ -175,8 +224,10 @@ impl Segmentation {
     pub(crate) async fn fit_models(
         &self,
         tenant: &str,
-        as_of: DateTime<Utc>,
+        as_of: AsOf,
         time_unit_days: Option<f64>,
+        horizon: Option<f64>,
+        probes: Vec<Observation>,
     ) -> Result<FitModelsResponse, ServiceError> {
         let started = Instant::now();
         let policy = self.effective_policy(tenant).await?;
@@ -192,7 +243,18 @@ impl Segmentation {
                     "the tenant has no customers with purchases to fit".into(),
                 )
             })?;
-        Ok(fit_response(&models, as_of, unit, started.elapsed()))
+        let request = FitRequest {
+            as_of: as_of.at,
+            unit_days: unit,
+            horizon,
+            probes,
+        };
+        Ok(fit_response(
+            &models,
+            &request,
+            policy.scoring.model,
+            started.elapsed(),
+        ))
     }
 }
 
@@ -398,29 +460,69 @@ impl<'a> PreviousScores<'a> {
     }
 }
 
-fn nbd_fit(fit: &ScoringNbdFit) -> NbdFit {
+/// What a fit's report is asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct FitRequest {
+    pub(crate) as_of: DateTime<Utc>,
+    pub(crate) unit_days: f64,
+    /// Horizon of the expectations, in the time unit.
+    pub(crate) horizon: Option<f64>,
+    /// Histories to evaluate each model at, in the time unit.
+    pub(crate) probes: Vec<Observation>,
+}
+
+impl FitRequest {
+    /// Parameters only.
+    fn plain(as_of: DateTime<Utc>, unit_days: f64) -> Self {
+        Self {
+            as_of,
+            unit_days,
+            horizon: None,
+            probes: Vec::new(),
+        }
+    }
+}
+
+fn nbd_fit(fit: &ScoringNbdFit, request: &FitRequest) -> NbdFit {
+    let params = fit.params;
+    let horizon = request.horizon.unwrap_or(0.0);
+    let finite = |v: f64| if v.is_finite() { v } else { 0.0 };
     NbdFit {
-        r: fit.params.r,
-        alpha: fit.params.alpha,
-        a: fit.params.a,
-        b: fit.params.b,
+        r: params.r,
+        alpha: params.alpha,
+        a: params.a,
+        b: params.b,
         log_likelihood: fit.log_likelihood,
         customers: fit.customers as i64,
         distinct_rows: fit.distinct_rows as i64,
         converged: fit.converged,
+        problem: fit.problem.map(|p| p.to_string()).unwrap_or_default(),
+        expected_purchases_horizon: request
+            .horizon
+            .map_or(0.0, |h| finite(params.expected_purchases(fit.model, h))),
+        probes: request
+            .probes
+            .iter()
+            .map(|&o| ProbeValue {
+                p_alive: finite(params.p_alive(fit.model, o)),
+                conditional_expected_purchases: finite(
+                    params.conditional_expected_purchases(fit.model, horizon, o),
+                ),
+            })
+            .collect(),
     }
 }
 
 /// The API form of a tenant's fits.
 pub(crate) fn fit_response(
     models: &TenantModels,
-    as_of: DateTime<Utc>,
-    unit_days: f64,
+    request: &FitRequest,
+    choice: ModelChoice,
     took: std::time::Duration,
 ) -> FitModelsResponse {
     FitModelsResponse {
-        bg_nbd: Some(nbd_fit(&models.bg_nbd)),
-        mbg_nbd: Some(nbd_fit(&models.mbg_nbd)),
+        bg_nbd: Some(nbd_fit(&models.bg_nbd, request)),
+        mbg_nbd: Some(nbd_fit(&models.mbg_nbd, request)),
         gamma_gamma: models.gamma_gamma.map(|g| GammaGammaFit {
             p: g.params.p,
             q: g.params.q,
@@ -428,11 +530,15 @@ pub(crate) fn fit_response(
             log_likelihood: g.log_likelihood,
             customers: g.customers as i64,
             converged: g.converged,
+            problem: g.problem.map(|p| p.to_string()).unwrap_or_default(),
         }),
-        preferred_model: models.preferred().model.key().to_owned(),
-        as_of: Some(to_timestamp(as_of)),
+        preferred_model: models
+            .chosen(choice)
+            .map_or(CYCLE_RULE, |fit| fit.model.key())
+            .to_owned(),
+        as_of: Some(to_timestamp(request.as_of)),
         time_unit: Some(prost_types::Duration {
-            seconds: (unit_days * 86_400.0).round() as i64,
+            seconds: (request.unit_days * 86_400.0).round() as i64,
             nanos: 0,
         }),
         took: Some(to_duration(

@@ -39,7 +39,11 @@ async fn run_due(segmentation: &Segmentation) -> Result<(), sea_orm::DbErr> {
         let due = latest.first().is_none_or(|run| {
             now.timestamp_micros() - run.finished_at_us >= every.seconds.saturating_mul(1_000_000)
         });
-        if due && let Err(error) = segmentation.recompute(&tenant, now).await {
+        if due
+            && let Err(error) = segmentation
+                .recompute(&tenant, crate::recompute::AsOf::now(now))
+                .await
+        {
             tracing::warn!(tenant, %error, "scheduled recompute failed");
         }
     }

@@ -242,15 +242,42 @@ db_test!(
     |db| async move {
         let mut h = Harness::start(db).await;
         shop(&mut h).await;
-        // The first recompute is the baseline: no events.
+        // The first recompute is when every customer enters a segment and a state (an
+        // imported history starts campaigns waiting for "entered sleeping").
         let first = h
             .segments
             .recompute(RecomputeRequest::default())
             .await
             .unwrap()
             .into_inner();
-        assert_eq!((first.segment_changes, first.lifecycle_changes), (0, 0));
-        assert!(h.outbox_events().await.is_empty());
+        assert_eq!((first.segment_changes, first.lifecycle_changes), (25, 25));
+        let entered = h.outbox_events().await;
+        assert_eq!(
+            entered
+                .iter()
+                .filter(|e| e.as_str() == "lifecycle_changed")
+                .count(),
+            25
+        );
+        assert_eq!(entered.len(), 50);
+        let entries = h
+            .segments
+            .list_transitions(ListTransitionsRequest {
+                customer_id: "sleepy".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .transitions;
+        assert_eq!(
+            (entries.len(), entries[0].from_state, entries[0].to_state),
+            (
+                1,
+                LifecycleState::Unspecified as i32,
+                LifecycleState::Sleeping as i32
+            )
+        );
         // Nothing changed: nothing emitted.
         let again = h
             .segments
@@ -259,7 +286,7 @@ db_test!(
             .unwrap()
             .into_inner();
         assert_eq!((again.segment_changes, again.lifecycle_changes), (0, 0));
-        assert!(h.outbox_events().await.is_empty());
+        assert_eq!(h.outbox_events().await.len(), 50);
 
         let before: BTreeMap<String, (String, i32)> =
             members(&mut h, ListSegmentMembersRequest::default())
@@ -314,14 +341,14 @@ db_test!(
                 .iter()
                 .filter(|e| e.as_str() == "segment_changed")
                 .count(),
-            changed_segment.len()
+            25 + changed_segment.len()
         );
         assert_eq!(
             events
                 .iter()
                 .filter(|e| e.as_str() == "lifecycle_changed")
                 .count(),
-            changed_state.len()
+            25 + changed_state.len()
         );
 
         // Transitions name exactly the changed customers.
@@ -339,7 +366,8 @@ db_test!(
             .collect();
         changed.sort();
         changed.dedup();
-        assert_eq!(transitions.len(), changed.len());
+        // Besides the 25 entries of the first recompute.
+        assert_eq!(transitions.len(), 25 + changed.len());
         let sleepy = transitions
             .iter()
             .find(|t| t.customer_id == "sleepy")
@@ -383,7 +411,8 @@ db_test!(
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(only.transitions.len(), 1);
+        // Its entry at the first recompute, and its return.
+        assert_eq!(only.transitions.len(), 2);
 
         // Summary history keeps every run, newest first.
         let summary = h
@@ -627,6 +656,7 @@ db_test!(fit_models_recovers_a_simulated_shop, |db| async move {
                 seconds: 7 * 86_400,
                 nanos: 0,
             }),
+            ..Default::default()
         })
         .await
         .unwrap()

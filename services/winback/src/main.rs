@@ -439,6 +439,8 @@ async fn main() -> anyhow::Result<()> {
                         seconds: i64::from(d) * 86_400,
                         nanos: 0,
                     }),
+                    horizon: None,
+                    probes: Vec::new(),
                 })
                 .await?
                 .into_inner();

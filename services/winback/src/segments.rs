@@ -129,6 +129,7 @@ fn nbd_json(fit: Option<&NbdFit>) -> Value {
             "r": f.r, "alpha": f.alpha, "a": f.a, "b": f.b,
             "log_likelihood": f.log_likelihood, "customers": f.customers,
             "distinct_rows": f.distinct_rows, "converged": f.converged,
+            "problem": (!f.problem.is_empty()).then_some(&f.problem),
         })
     })
 }
@@ -141,6 +142,7 @@ pub fn fit_json(fit: &FitModelsResponse) -> Value {
         "gamma_gamma": fit.gamma_gamma.as_ref().map_or(Value::Null, |g| json!({
             "p": g.p, "q": g.q, "gamma": g.gamma, "log_likelihood": g.log_likelihood,
             "customers": g.customers, "converged": g.converged,
+            "problem": (!g.problem.is_empty()).then_some(&g.problem),
         })),
         "preferred_model": fit.preferred_model,
         "time_unit_days": fit.time_unit.as_ref().map_or(1.0, |d| d.seconds as f64 / 86_400.0),
@@ -176,6 +178,21 @@ pub fn render_fit(fit: &FitModelsResponse) -> String {
             g.p, g.q, g.gamma, g.log_likelihood, g.customers, g.converged
         )),
         None => out.push_str("\nGamma-Gamma: not enough repeat customers\n"),
+    }
+    let problems = [
+        ("BG/NBD", fit.bg_nbd.as_ref().map(|f| &f.problem)),
+        ("MBG/NBD", fit.mbg_nbd.as_ref().map(|f| &f.problem)),
+        ("Gamma-Gamma", fit.gamma_gamma.as_ref().map(|g| &g.problem)),
+    ];
+    for (name, problem) in problems {
+        if let Some(problem) = problem.filter(|p| !p.is_empty()) {
+            out.push_str(&format!("{name} not converged: {problem}\n"));
+        }
+    }
+    if fit.preferred_model == "cycle_rule" {
+        out.push_str(
+            "Scoring uses the cycle rule: P(alive) 1 within the expected cycle, then e^(-overdue/cycle)\n",
+        );
     }
     out
 }

@@ -123,6 +123,10 @@ pub(crate) struct FactsState {
     /// Channels whose contact delivery suppressed (hard bounce, STOP, unregistered token).
     #[prost(int32, repeated, tag = "29")]
     pub(crate) suppressed_channels: Vec<i32>,
+    /// Net spend of the first purchase day's orders: the total less this is what the
+    /// repeat purchase days spent (Gamma-Gamma's input).
+    #[prost(int64, tag = "30")]
+    pub(crate) first_day_total_minor: i64,
 }
 
 fn max_opt(a: Option<i64>, b: i64) -> Option<i64> {
@@ -132,12 +136,20 @@ fn max_opt(a: Option<i64>, b: i64) -> Option<i64> {
 impl FactsState {
     /// Adds one (not cancelled) order.
     pub(crate) fn apply_order(&mut self, order: &OrderFact) {
+        let day = order.placed_at_us.div_euclid(US_PER_DAY);
+        match self.purchase_days.first() {
+            Some(&first) if day > first => {}
+            Some(&first) if day == first => {
+                self.first_day_total_minor =
+                    self.first_day_total_minor.saturating_add(order.total_minor);
+            }
+            _ => self.first_day_total_minor = order.total_minor,
+        }
         self.first_purchase_us = Some(
             self.first_purchase_us
                 .map_or(order.placed_at_us, |f| f.min(order.placed_at_us)),
         );
         self.last_purchase_us = max_opt(self.last_purchase_us, order.placed_at_us);
-        let day = order.placed_at_us.div_euclid(US_PER_DAY);
         if let Err(at) = self.purchase_days.binary_search(&day) {
             self.purchase_days.insert(at, day);
         }
@@ -157,16 +169,10 @@ impl FactsState {
         self.recent.truncate(RECENT_ORDERS);
     }
 
-    /// Takes a refund off an order's total.
-    pub(crate) fn apply_refund(&mut self, order_id: &str, amount_minor: i64) {
-        self.total_minor = self.total_minor.saturating_sub(amount_minor);
-        if let Some(recent) = self.recent.iter_mut().find(|r| r.order_id == order_id) {
-            recent.total_minor = recent.total_minor.saturating_sub(amount_minor);
-        }
-    }
-
-    /// Rebuilds every order-derived fact from the customer's orders (after a cancellation).
+    /// Rebuilds every order-derived fact from the customer's orders, net of refunds (after
+    /// a refund or a cancellation, and for facts as of a past time).
     pub(crate) fn recompute_orders(&mut self, orders: &[OrderFact]) {
+        self.first_day_total_minor = 0;
         self.first_purchase_us = None;
         self.last_purchase_us = None;
         self.purchase_days.clear();
@@ -177,6 +183,20 @@ impl FactsState {
         for order in orders {
             self.apply_order(order);
         }
+    }
+
+    /// Forgets every fact of engagement (opens, clicks, visits, carts, views, support, sends),
+    /// to be replayed from the stored events of a period.
+    pub(crate) fn clear_engagement(&mut self) {
+        self.last_open_us = None;
+        self.last_click_us = None;
+        self.last_visit_us = None;
+        self.last_cart_us = None;
+        self.last_cart_value_minor = 0;
+        self.last_product_view_us = None;
+        self.last_support_us = None;
+        self.last_sent_us = None;
+        self.consecutive_unopened = 0;
     }
 
     /// A message was sent to the customer.
@@ -260,6 +280,11 @@ impl FactsState {
             currency: self.currency.clone(),
             total_spent_minor: self.total_minor,
             average_check_minor: average(self.total_minor, self.order_count),
+            repeat_spent_minor: if self.purchase_days.len() > 1 {
+                self.total_minor.saturating_sub(self.first_day_total_minor)
+            } else {
+                0
+            },
             recent_average_check_minor: average(recent_total, self.recent.len() as i64),
             mean_interval_days,
             interval_stddev_days,
@@ -324,9 +349,31 @@ mod tests {
             state.apply_order(&order(&format!("o{i}"), 10 * i as i64, *total, &[]));
         }
         assert_eq!(state.render("c").recent_average_check_minor, 400);
-        state.apply_refund("o4", 300);
+        // A refund of 300 on the last order, as the refund path rebuilds the facts.
+        let orders: Vec<OrderFact> = [100, 200, 300, 400, 200]
+            .iter()
+            .enumerate()
+            .map(|(i, total)| order(&format!("o{i}"), 10 * i as i64, *total, &[]))
+            .collect();
+        state.recompute_orders(&orders);
         assert_eq!(state.render("c").recent_average_check_minor, 300);
         assert_eq!(state.render("c").total_spent_minor, 1200);
+    }
+
+    #[test]
+    fn repeat_spend_leaves_out_every_order_of_the_first_purchase_day() {
+        let mut state = FactsState::default();
+        // Out of order: the first day's two orders arrive after a later one.
+        state.apply_order(&order("o3", 130, 2000, &[]));
+        assert_eq!(state.render("c").repeat_spent_minor, 0);
+        state.apply_order(&order("o1", 100, 1000, &[]));
+        state.apply_order(&order("o2", 100, 3000, &[]));
+        state.apply_order(&order("o4", 130, 500, &[]));
+        let facts = state.render("c");
+        assert_eq!((facts.purchase_days, facts.repeat_spent_minor), (2, 2500));
+        // An order before everything becomes the first day.
+        state.apply_order(&order("o0", 90, 700, &[]));
+        assert_eq!(state.render("c").repeat_spent_minor, 6500);
     }
 
     #[test]

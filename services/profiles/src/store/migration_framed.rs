@@ -139,8 +139,8 @@ mod tests {
         let framed: Vec<Vec<u8>> = facts.iter().map(framed_facts).collect();
         assert_eq!(stored(&conn, "framed").await, framed);
 
-        // Down past the change sets, then this migration.
-        Migrator::down(&conn, Some(2)).await.unwrap();
+        // Down past the first-day facts and the change sets, then this migration.
+        Migrator::down(&conn, Some(3)).await.unwrap();
         let encoded: Vec<Vec<u8>> = facts.iter().map(|f| f.encode_to_vec()).collect();
         assert_eq!(stored(&conn, "encoded").await, encoded);
         conn.close().await.unwrap();

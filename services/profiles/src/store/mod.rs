@@ -2,6 +2,7 @@
 
 mod migration;
 mod migration_change_sets;
+mod migration_first_day;
 mod migration_framed;
 mod migration_keys;
 pub(crate) mod rows;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(migration_keys::KeysInByteOrder),
             Box::new(migration_framed::FactsFramed),
             Box::new(migration_change_sets::FactsChangeSets),
+            Box::new(migration_first_day::FactsFirstDay),
         ]
     }
 }

@@ -960,3 +960,126 @@ pub(crate) async fn existing_ids(
     .await?;
     rows.iter().map(|r| r.try_get("", "id")).collect()
 }
+
+/// A page of facts rows in customer order after `after`, each with its state and the
+/// customer's creation time (`None` for a facts row without a customer row).
+pub(crate) async fn facts_states_page(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<(String, FactsState, Option<i64>)>, DbErr> {
+    let rows = query(
+        conn,
+        "SELECT f.customer_id, f.state, c.created_at_us FROM facts f \
+         LEFT JOIN customers c ON c.tenant_id = f.tenant_id AND c.customer_id = f.customer_id \
+         WHERE f.tenant_id = $1 AND f.customer_id > $2 ORDER BY f.customer_id LIMIT $3",
+        vec![tenant.into(), after.into(), (limit as i64).into()],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get("", "customer_id")?;
+            let state = facts_state(r, &id)?;
+            Ok((id, state, r.try_get("", "created_at_us")?))
+        })
+        .collect()
+}
+
+/// The orders of `ids` placed at or before `as_of_us`, as they stood then: refunds and
+/// cancellations made after it do not count. By customer, in time order.
+pub(crate) async fn order_facts_as_of(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    ids: &[String],
+    as_of_us: i64,
+) -> Result<HashMap<String, Vec<OrderFact>>, DbErr> {
+    // Orders never adjusted (nearly all) skip the adjustment lookups.
+    let adjusted = |kind: i32, aggregate: &str| {
+        format!(
+            "CASE WHEN o.refunded_minor = 0 AND o.cancelled = 0 THEN 0 ELSE COALESCE((\
+             SELECT {aggregate} FROM order_adjustments a WHERE a.tenant_id = o.tenant_id \
+             AND a.order_id = o.order_id AND a.kind = {kind} AND a.occurred_at_us <= {as_of_us}), 0) END"
+        )
+    };
+    let sql = format!(
+        "SELECT o.customer_id, o.order_id, o.placed_at_us, o.total_minor, o.lines, \
+         {refunded} AS refunded_then, {cancelled} AS cancelled_then FROM orders o \
+         WHERE o.tenant_id = $1 AND o.placed_at_us <= {as_of_us} AND o.customer_id IN",
+        refunded = adjusted(
+            winback_proto::profiles::AdjustmentKind::Refund as i32,
+            "SUM(a.amount_minor)"
+        ),
+        cancelled = adjusted(
+            winback_proto::profiles::AdjustmentKind::Cancellation as i32,
+            "COUNT(*)"
+        ),
+    );
+    let rows = select_in(conn, &sql, tenant, ids).await?;
+    let mut by_customer: HashMap<String, Vec<OrderFact>> = HashMap::new();
+    for r in &rows {
+        if r.try_get::<i64>("", "cancelled_then")? != 0 {
+            continue;
+        }
+        let lines: String = r.try_get("", "lines")?;
+        let total: i64 = r.try_get("", "total_minor")?;
+        let refunded: i64 = r.try_get("", "refunded_then")?;
+        by_customer
+            .entry(r.try_get("", "customer_id")?)
+            .or_default()
+            .push(OrderFact {
+                order_id: r.try_get("", "order_id")?,
+                placed_at_us: r.try_get("", "placed_at_us")?,
+                total_minor: total - refunded,
+                category_spend: serde_json::from_str(&lines)
+                    .map_err(|e| DbErr::Custom(e.to_string()))?,
+            });
+    }
+    for orders in by_customer.values_mut() {
+        orders.sort_by(|a, b| (a.placed_at_us, &a.order_id).cmp(&(b.placed_at_us, &b.order_id)));
+    }
+    Ok(by_customer)
+}
+
+/// One stored engagement event, as facts replay it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredEngagement {
+    pub(crate) kind: String,
+    pub(crate) at_us: i64,
+    pub(crate) detail: String,
+}
+
+/// The engagement events of `ids` at or before `as_of_us`, by customer, in time order.
+pub(crate) async fn engagement_as_of(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    ids: &[String],
+    as_of_us: i64,
+) -> Result<HashMap<String, Vec<StoredEngagement>>, DbErr> {
+    let sql = format!(
+        "SELECT customer_id, event_id, kind, occurred_at_us, detail FROM engagement_events \
+         WHERE tenant_id = $1 AND occurred_at_us <= {as_of_us} AND customer_id IN"
+    );
+    let rows = select_in(conn, &sql, tenant, ids).await?;
+    let mut by_customer: HashMap<String, Vec<(String, StoredEngagement)>> = HashMap::new();
+    for r in &rows {
+        by_customer
+            .entry(r.try_get("", "customer_id")?)
+            .or_default()
+            .push((
+                r.try_get("", "event_id")?,
+                StoredEngagement {
+                    kind: r.try_get("", "kind")?,
+                    at_us: r.try_get("", "occurred_at_us")?,
+                    detail: r.try_get("", "detail")?,
+                },
+            ));
+    }
+    Ok(by_customer
+        .into_iter()
+        .map(|(customer, mut events)| {
+            events.sort_by(|a, b| (a.1.at_us, &a.0).cmp(&(b.1.at_us, &b.0)));
+            (customer, events.into_iter().map(|(_, e)| e).collect())
+        })
+        .collect())
+}

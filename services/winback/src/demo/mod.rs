@@ -204,9 +204,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
 
     let run = c
         .segmentation
-        .recompute(RecomputeRequest {
-            as_of: Some(to_timestamp(clock.now())),
-        })
+        // No as-of: the services' clock is the demo's, and the current facts are read.
+        .recompute(RecomputeRequest { as_of: None })
         .await?
         .into_inner();
     let summary = c
@@ -516,6 +515,7 @@ async fn imported_shop(c: &mut Clients, now: DateTime<Utc>) -> anyhow::Result<Sh
         .stream_facts(StreamFactsRequest {
             changed_since_cursor: String::new(),
             chunk_size: 5000,
+            as_of: None,
         })
         .await?
         .into_inner();
