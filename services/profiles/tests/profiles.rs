@@ -1393,3 +1393,124 @@ db_test!(
         h.stop();
     }
 );
+
+async fn stream_as_of(client: &mut harness::Client, day: i64) -> Vec<CustomerFacts> {
+    let mut stream = client
+        .stream_facts(StreamFactsRequest {
+            changed_since_cursor: String::new(),
+            chunk_size: 2,
+            as_of: ts(at(day)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        assert!(chunk.cursor.is_empty(), "a past time has no feed position");
+        all.extend(chunk.facts);
+    }
+    all
+}
+
+db_test!(
+    facts_as_of_a_past_time_count_only_what_had_happened_then,
+    |db| async move {
+        let db: &TestDatabase = db;
+        let mut h = Harness::start(db).await;
+        upsert(
+            &mut h.a,
+            vec![customer("c1"), customer("c2"), customer("c3")],
+        )
+        .await;
+        record(
+            &mut h.a,
+            vec![
+                order("o1", "c1", 10, 1000),
+                order("o2", "c1", 20, 2000),
+                order("o3", "c1", 30, 3000),
+                order("o4", "c2", 60, 700),
+            ],
+        )
+        .await
+        .unwrap();
+        let adjust = |id: &str, order: &str, kind: AdjustmentKind, amount: i64, day: i64| {
+            AdjustOrderRequest {
+                order_id: order.into(),
+                kind: kind as i32,
+                amount: (amount > 0).then(|| rub(amount)).flatten(),
+                adjustment_id: id.into(),
+                occurred_at: ts(at(day)),
+            }
+        };
+        h.a.adjust_order(adjust("r1", "o2", AdjustmentKind::Refund, 500, 25))
+            .await
+            .unwrap();
+        h.a.adjust_order(adjust("x1", "o3", AdjustmentKind::Cancellation, 0, 40))
+            .await
+            .unwrap();
+        let opened = |id: &str, day: i64| {
+            engagement(
+                id,
+                "c1",
+                day,
+                Kind::MessageOpened(MessageOpened {
+                    message_id: id.into(),
+                    ..Default::default()
+                }),
+            )
+        };
+        h.a.record_engagement(RecordEngagementRequest {
+            events: vec![opened("e1", 15), opened("e2", 50)],
+        })
+        .await
+        .unwrap();
+
+        // Day 22: two orders, the refund not yet made, one open. c2 and c3 were created on
+        // day 400 (the clock) and had done nothing by then: they are left out.
+        let then = stream_as_of(&mut h.a, 22).await;
+        let ids: Vec<&str> = then.iter().map(|f| f.customer_id.as_str()).collect();
+        assert_eq!(ids, vec!["c1"]);
+        let c1 = &then[0];
+        assert_eq!(
+            (
+                c1.purchase_days,
+                c1.total_spent_minor,
+                c1.repeat_spent_minor
+            ),
+            (2, 3000, 2000)
+        );
+        assert_eq!(c1.last_purchase_at, ts(at(20)));
+        assert_eq!(c1.last_open_at, ts(at(15)));
+        // c2 once it had bought.
+        let later = stream_as_of(&mut h.a, 61).await;
+        assert_eq!(later.len(), 2);
+        assert_eq!(later[1].total_spent_minor, 700);
+        // Day 35: the refund counts, the cancellation not yet.
+        let c1 = &stream_as_of(&mut h.a, 35).await[0];
+        assert_eq!((c1.purchase_days, c1.total_spent_minor), (3, 5500));
+        // Day 45: the cancelled order is gone; now, everything.
+        let c1 = &stream_as_of(&mut h.a, 45).await[0];
+        assert_eq!((c1.purchase_days, c1.total_spent_minor), (2, 2500));
+        let now = facts(&mut h.a, "c1").await;
+        assert_eq!(
+            (now.total_spent_minor, now.last_open_at),
+            (2500, ts(at(50)))
+        );
+        assert_eq!(now.repeat_spent_minor, 1500);
+
+        let status =
+            h.a.stream_facts(StreamFactsRequest {
+                changed_since_cursor: "0.1".into(),
+                chunk_size: 0,
+                as_of: ts(at(22)),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), field_violations(&status)[0].field.as_str()),
+            (Code::InvalidArgument, "as_of")
+        );
+        h.stop();
+    }
+);

@@ -997,9 +997,10 @@ pub(crate) async fn order_facts_as_of(
     // Orders never adjusted (nearly all) skip the adjustment lookups.
     let adjusted = |kind: i32, aggregate: &str| {
         format!(
-            "CASE WHEN o.refunded_minor = 0 AND o.cancelled = 0 THEN 0 ELSE COALESCE((\
+            "CAST(CASE WHEN o.refunded_minor = 0 AND o.cancelled = 0 THEN 0 ELSE COALESCE((\
              SELECT {aggregate} FROM order_adjustments a WHERE a.tenant_id = o.tenant_id \
-             AND a.order_id = o.order_id AND a.kind = {kind} AND a.occurred_at_us <= {as_of_us}), 0) END"
+             AND a.order_id = o.order_id AND a.kind = {kind} AND a.occurred_at_us <= {as_of_us}), 0) END \
+             AS BIGINT)"
         )
     };
     let sql = format!(

@@ -28,6 +28,8 @@ pub type Segments = SegmentationServiceClient<InterceptedService<Channel, CallCr
 
 pub struct Harness {
     pub profiles: Profiles,
+    /// Profiles of tenant t-b (whose segmentation client is `other_tenant`).
+    pub other_profiles: Profiles,
     pub segments: Segments,
     pub other_tenant: Segments,
     pub clock: ManualClock,
@@ -120,12 +122,14 @@ impl Harness {
                 .unwrap();
         Self {
             profiles: ProfilesServiceClient::with_interceptor(channel.clone(), creds("t-a")),
+            other_profiles: ProfilesServiceClient::with_interceptor(channel.clone(), creds("t-b")),
             segments: SegmentationServiceClient::with_interceptor(channel.clone(), creds("t-a"))
                 .max_decoding_message_size(64 * 1024 * 1024),
             other_tenant: SegmentationServiceClient::with_interceptor(
                 channel.clone(),
                 creds("t-b"),
-            ),
+            )
+            .max_decoding_message_size(64 * 1024 * 1024),
             clock,
             channel,
             signer,
