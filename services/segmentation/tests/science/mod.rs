@@ -75,7 +75,7 @@ async fn import(profiles: &mut Profiles, history: &[Transaction]) {
                 currency: "USD".into(),
             });
             Order {
-                order_id: format!("o{i}"),
+                order_id: format!("{}-{}-{i}", t.customer, t.placed_at.timestamp()),
                 customer_id: t.customer.clone(),
                 placed_at: ts(t.placed_at),
                 total: money.clone(),
@@ -308,3 +308,101 @@ db_test!(as_of_times_from_1970_on_are_accepted, |db| async move {
     );
     h.stop();
 });
+
+db_test!(
+    a_fit_that_cannot_converge_says_why_and_scoring_falls_back_to_the_cycle_rule,
+    |db| async move {
+        let mut h = Harness::start(db).await;
+        // Nobody ever came back: the purchase models cannot be identified.
+        let day = |d: i64| crate::harness::at(d);
+        let history: Vec<Transaction> = (0..60)
+            .map(|i| Transaction {
+                customer: format!("c{i:02}"),
+                placed_at: day(400 - 5 - 6 * i),
+                cents: 10_000,
+            })
+            .collect();
+        import(&mut h.profiles, &history).await;
+        let fit = h
+            .segments
+            .fit_models(FitModelsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let bg = fit.bg_nbd.unwrap();
+        assert!(!bg.converged, "{bg:?}");
+        assert!(bg.problem.contains("repeat purchase"), "{}", bg.problem);
+        assert_eq!(fit.preferred_model, "cycle_rule");
+        h.segments
+            .recompute(RecomputeRequest::default())
+            .await
+            .unwrap();
+        let members = all_members(&mut h.segments).await;
+        // Bought 5 days ago: alive, whatever the models did.
+        let recent = &members["c00"];
+        assert_eq!(recent.recency_days, 5.0);
+        assert!(recent.p_alive > 0.99, "{recent:?}");
+        assert!(members.values().all(|m| m.p_alive > 0.0 && m.f_score == 1));
+
+        // The policy chooses the model; bad frequency thresholds are named.
+        let mut policy = h
+            .segments
+            .get_policy(GetPolicyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .policy
+            .unwrap();
+        assert_eq!(policy.frequency_thresholds, vec![2, 3, 4, 6]);
+        policy.frequency_thresholds = vec![3, 2, 4, 6];
+        let err = h
+            .segments
+            .update_policy(UpdatePolicyRequest {
+                policy: Some(policy.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            winback_platform::error::field_violations(&err)[0].field,
+            "policy.frequency_thresholds"
+        );
+        policy.frequency_thresholds = vec![];
+        policy.scoring_model = ScoringModel::MbgNbd as i32;
+        h.segments
+            .update_policy(UpdatePolicyRequest {
+                policy: Some(policy),
+            })
+            .await
+            .unwrap();
+        import(
+            &mut h.profiles,
+            &[
+                Transaction {
+                    customer: "c01".into(),
+                    placed_at: day(398),
+                    cents: 5_000,
+                },
+                Transaction {
+                    customer: "c02".into(),
+                    placed_at: day(399),
+                    cents: 5_000,
+                },
+            ],
+        )
+        .await;
+        let fit = h
+            .segments
+            .fit_models(FitModelsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let mbg = fit.mbg_nbd.unwrap();
+        let expected = if mbg.converged {
+            "mbg_nbd"
+        } else {
+            "cycle_rule"
+        };
+        assert_eq!(fit.preferred_model, expected, "{mbg:?}");
+        h.stop();
+    }
+);
