@@ -412,7 +412,7 @@ db_test!(
         let report = shop.report(&campaign).await;
         let total = report.total.unwrap();
         assert_eq!(total.returned, 1);
-        assert_eq!(total.revenue.unwrap().amount_minor, 250_000);
+        assert_eq!(total.gross_revenue.unwrap().amount_minor, 250_000);
         assert_eq!(report.woke_up, 1);
         assert_eq!(
             report.steps[0].returned, 1,

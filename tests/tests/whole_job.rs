@@ -510,6 +510,9 @@ struct Figures {
     returned: i64,
     holdout_returned: i64,
     revenue: i64,
+    holdout_revenue: i64,
+    /// Revenue less what the treated would have spent at the holdout's revenue per customer.
+    incremental_revenue: i64,
     offer_cost: i64,
     channel_cost: i64,
     /// Step → customers touched at that step.
@@ -525,7 +528,11 @@ fn figures_of(report: &GetCampaignReportResponse) -> Figures {
         touched: total.touched,
         returned: total.returned,
         holdout_returned: total.holdout_returned,
-        revenue: minor(total.revenue),
+        revenue: minor(total.gross_revenue),
+        holdout_revenue: minor(total.holdout_revenue),
+        incremental_revenue: total
+            .incremental_revenue_minor
+            .map_or(i64::MIN, |e| e.value.round() as i64),
         offer_cost: minor(total.offer_cost),
         channel_cost: minor(total.channel_cost),
         steps: report
@@ -806,6 +813,12 @@ db_test!(
             returned: returned.len() as i64,
             holdout_returned: purchases.iter().filter(|(c, _)| held.contains(c)).count() as i64,
             revenue: returned.iter().map(|(_, total)| total).sum(),
+            holdout_revenue: purchases
+                .iter()
+                .filter(|(c, _)| held.contains(c))
+                .map(|(_, total)| total)
+                .sum(),
+            incremental_revenue: 0,
             offer_cost: events_offers
                 .iter()
                 .filter_map(|p| match p {
@@ -821,6 +834,10 @@ db_test!(
                 .map(|(step, customers)| (step, customers.len() as i64))
                 .collect(),
         };
+        let mut expected = expected;
+        expected.incremental_revenue = (expected.revenue as f64
+            - expected.enrolled as f64 * expected.holdout_revenue as f64 / expected.held_out as f64)
+            .round() as i64;
         assert_eq!((expected.returned, expected.holdout_returned), (1, 1));
         assert_eq!((expected.revenue, expected.offer_cost), (400_000, 40_000));
         // Campaigns reads the last events a moment later.
@@ -833,6 +850,29 @@ db_test!(
             figures = figures_of(&job.report(&campaign).await);
         }
         assert_eq!(figures, expected);
+        // Funnel stages are distinct customers; an email accepted by the SMTP server is
+        // delivered; steps carry the chain's names and no holdout figures.
+        let report = job.report(&campaign).await;
+        let total = report.total.clone().unwrap();
+        let emailed: BTreeSet<&String> = received
+            .iter()
+            .filter(|r| r.channel == Channel::Email)
+            .map(|r| &r.customer)
+            .collect();
+        assert!(total.delivered >= emailed.len() as i64, "{total:?}");
+        assert!(total.opened <= total.touched && total.clicked <= total.opened);
+        assert!(
+            !total.significant,
+            "1 return against 1 is no result: {total:?}"
+        );
+        for step in &report.steps {
+            assert!(step.opened <= step.touched && step.delivered <= step.touched);
+            assert!(step.uplift.is_none() && step.incremental_revenue_minor.is_none());
+            assert!(
+                !step.name.is_empty() && !step.name.starts_with("step:"),
+                "{step:?}"
+            );
+        }
         job.stack.stop().await;
     }
 );

@@ -60,6 +60,12 @@ impl Campaigns {
                 "a name of 1–200 characters is required",
             ));
         }
+        if c.assignment_seed.len() > 64 {
+            bad.push(FieldViolation::new(
+                "campaign.assignment_seed",
+                "at most 64 characters",
+            ));
+        }
         if !(0..=50).contains(&c.holdout_percent) {
             bad.push(FieldViolation::new(
                 "campaign.holdout_percent",

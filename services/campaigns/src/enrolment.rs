@@ -642,9 +642,15 @@ fn decide(
         });
     }
     let weights: Vec<u32> = plan.variants.iter().map(|(_, w, _)| *w).collect();
+    // A seeded campaign splits the same way in every run; otherwise by its id.
+    let seed = if plan.campaign.assignment_seed.is_empty() {
+        &plan.campaign.campaign_id
+    } else {
+        &plan.campaign.assignment_seed
+    };
     Ok(assign(
         tenant,
-        &plan.campaign.campaign_id,
+        seed,
         &c.customer_id,
         plan.campaign.holdout_percent.clamp(0, 50) as u32,
         &weights,

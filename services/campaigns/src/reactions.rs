@@ -265,6 +265,11 @@ impl StepReactions {
             _ => 3,
         };
         row[flag] = 1;
+        // For SMTP the server's acceptance (250 after DATA) is the delivery: no receipt
+        // comes later.
+        if column == "sent" && m.channel == Channel::Email as i32 {
+            row[1] = 1;
+        }
         row[4] += cost;
     }
 

@@ -1,17 +1,19 @@
-//! The campaign report: per campaign, variant, step and segment — reach, reactions, returns
-//! of the treated against the holdout with the uplift's 95 % interval, revenue, the check
-//! after return against the usual one, offer and channel cost, ROI — and where the
-//! customers went after their chain.
+//! The campaign report: per campaign, variant, step and segment — reach and reactions as
+//! distinct customers per funnel stage, returns of the treated against the holdout with the
+//! uplift's 95 % interval, incremental returns and revenue (what the treated brought beyond
+//! the holdout's rate) with their intervals and the incremental ROI as the headline, gross
+//! revenue and ROI beside them, the check after return against the usual one, offer and
+//! channel cost — and where the customers went after their chain.
 
 use std::collections::BTreeMap;
 
 use winback_platform::ServiceError;
 use winback_platform::time::to_timestamp;
-use winback_proto::campaigns::{GetCampaignReportResponse, RateInterval, ReportFigures};
+use winback_proto::campaigns::{Estimate, GetCampaignReportResponse, RateInterval, ReportFigures};
 use winback_proto::common::Money;
 
 use crate::context::{Campaigns, db_error};
-use crate::domain::stats::{Interval, uplift, wilson};
+use crate::domain::stats::{GroupSum, Interval, incremental_total, uplift, wilson};
 use crate::store::query;
 
 /// Sums of one group of enrolments.
@@ -26,6 +28,9 @@ struct Sums {
     returned: i64,
     holdout_returned: i64,
     revenue: i64,
+    revenue_squares: f64,
+    holdout_revenue: i64,
+    holdout_revenue_squares: f64,
     usual_check_of_returned: i64,
     offer_cost: i64,
     channel_cost: i64,
@@ -42,14 +47,36 @@ impl Sums {
         self.returned += o.returned;
         self.holdout_returned += o.holdout_returned;
         self.revenue += o.revenue;
+        self.revenue_squares += o.revenue_squares;
+        self.holdout_revenue += o.holdout_revenue;
+        self.holdout_revenue_squares += o.holdout_revenue_squares;
         self.usual_check_of_returned += o.usual_check_of_returned;
         self.offer_cost += o.offer_cost;
         self.channel_cost += o.channel_cost;
+    }
+
+    /// The holdout's figures taken from `holdout` (shared by every variant).
+    fn with_holdout_of(&self, holdout: &Sums) -> Sums {
+        Sums {
+            held_out: holdout.held_out,
+            holdout_returned: holdout.holdout_returned,
+            holdout_revenue: holdout.holdout_revenue,
+            holdout_revenue_squares: holdout.holdout_revenue_squares,
+            ..self.clone()
+        }
     }
 }
 
 fn rate(i: Interval) -> RateInterval {
     RateInterval {
+        value: i.value,
+        low: i.low,
+        high: i.high,
+    }
+}
+
+fn estimate(i: Interval) -> Estimate {
+    Estimate {
         value: i.value,
         low: i.low,
         high: i.high,
@@ -63,22 +90,36 @@ fn money(amount_minor: i64, currency: &str) -> Option<Money> {
     })
 }
 
-/// The figures of a slice; `with_holdout` is false for step slices (the holdout has no steps).
-fn figures(key: &str, s: &Sums, currency: &str, with_holdout: bool) -> ReportFigures {
-    let treated = wilson(s.returned as u64, s.enrolled as u64);
-    let held = wilson(s.holdout_returned as u64, s.held_out as u64);
-    let lift = if with_holdout {
-        uplift(treated, held)
+fn share(part: i64, whole: i64) -> f64 {
+    if whole > 0 {
+        part as f64 / whole as f64
     } else {
-        Interval {
-            value: 0.0,
-            low: 0.0,
-            high: 0.0,
+        0.0
+    }
+}
+
+/// Whether a slice is measured against a holdout (the whole campaign, a variant, a
+/// segment) or not (a step: the holdout never reaches one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Holdout,
+    None,
+}
+
+/// The figures of a slice.
+fn figures(key: &str, name: &str, s: &Sums, currency: &str, control: Control) -> ReportFigures {
+    let treated = wilson(s.returned as u64, s.enrolled as u64);
+    let cost = s.offer_cost + s.channel_cost;
+    let roi = |revenue: f64| {
+        if cost > 0 {
+            (revenue - cost as f64) / cost as f64
+        } else {
+            0.0
         }
     };
-    let cost = s.offer_cost + s.channel_cost;
-    ReportFigures {
+    let mut f = ReportFigures {
         key: key.to_owned(),
+        name: name.to_owned(),
         enrolled: s.enrolled,
         held_out: s.held_out,
         touched: s.touched,
@@ -88,9 +129,7 @@ fn figures(key: &str, s: &Sums, currency: &str, with_holdout: bool) -> ReportFig
         returned: s.returned,
         holdout_returned: s.holdout_returned,
         return_rate: Some(rate(treated)),
-        holdout_return_rate: Some(rate(held)),
-        uplift: Some(rate(lift)),
-        revenue: money(s.revenue, currency),
+        gross_revenue: money(s.revenue, currency),
         average_check_after_return: money(
             if s.returned > 0 {
                 s.revenue / s.returned
@@ -109,17 +148,52 @@ fn figures(key: &str, s: &Sums, currency: &str, with_holdout: bool) -> ReportFig
         ),
         offer_cost: money(s.offer_cost, currency),
         channel_cost: money(s.channel_cost, currency),
-        roi: if cost > 0 {
-            (s.revenue - cost) as f64 / cost as f64
-        } else {
-            0.0
-        },
-        incremental_returns: lift.value * s.enrolled as f64,
+        gross_roi: roi(s.revenue as f64),
+        open_rate: share(s.opened, s.touched),
+        click_rate: share(s.clicked, s.touched),
+        ..ReportFigures::default()
+    };
+    if control == Control::Holdout && s.held_out > 0 {
+        let held = wilson(s.holdout_returned as u64, s.held_out as u64);
+        let lift = uplift(treated, held);
+        let n = s.enrolled as f64;
+        f.holdout_return_rate = Some(rate(held));
+        f.uplift = Some(rate(lift));
+        f.significant = s.enrolled > 0 && (lift.low > 0.0 || lift.high < 0.0);
+        f.incremental_returns = Some(estimate(Interval {
+            value: lift.value * n,
+            low: lift.low * n,
+            high: lift.high * n,
+        }));
+        f.holdout_revenue = money(s.holdout_revenue, currency);
+        let revenue = incremental_total(
+            GroupSum {
+                n: s.enrolled as u64,
+                sum: s.revenue as f64,
+                sum_of_squares: s.revenue_squares,
+            },
+            GroupSum {
+                n: s.held_out as u64,
+                sum: s.holdout_revenue as f64,
+                sum_of_squares: s.holdout_revenue_squares,
+            },
+        );
+        if let Some(revenue) = revenue {
+            f.incremental_revenue_minor = Some(estimate(revenue));
+            f.incremental_roi = roi(revenue.value);
+        }
     }
+    f
 }
 
 fn int(r: &sea_orm::QueryResult, c: &str) -> Result<i64, ServiceError> {
     r.try_get::<Option<i64>>("", c)
+        .map(Option::unwrap_or_default)
+        .map_err(db_error)
+}
+
+fn float(r: &sea_orm::QueryResult, c: &str) -> Result<f64, ServiceError> {
+    r.try_get::<Option<f64>>("", c)
         .map(Option::unwrap_or_default)
         .map_err(db_error)
 }
@@ -131,7 +205,6 @@ impl Campaigns {
         tenant: &str,
         campaign_id: &str,
     ) -> Result<GetCampaignReportResponse, ServiceError> {
-        self.campaign(tenant, campaign_id, "campaign_id").await?;
         let values = || -> Vec<sea_orm::Value> { vec![tenant.into(), campaign_id.into()] };
         // One row per (variant, segment, holdout) group.
         let rows = query(
@@ -139,12 +212,13 @@ impl Campaigns {
             "SELECT e.variant, e.segment, CAST(CASE WHEN e.state = 2 THEN 1 ELSE 0 END AS BIGINT) AS held,
                COUNT(*) AS customers,
                CAST(SUM(CASE WHEN o.sent > 0 THEN 1 ELSE 0 END) AS BIGINT) AS touched,
-               CAST(SUM(COALESCE(r.delivered, 0)) AS BIGINT) AS delivered,
-               CAST(SUM(COALESCE(r.opened, 0)) AS BIGINT) AS opened,
-               CAST(SUM(COALESCE(r.clicked, 0)) AS BIGINT) AS clicked,
+               CAST(SUM(CASE WHEN r.delivered > 0 THEN 1 ELSE 0 END) AS BIGINT) AS delivered,
+               CAST(SUM(CASE WHEN r.opened > 0 OR r.clicked > 0 THEN 1 ELSE 0 END) AS BIGINT) AS opened,
+               CAST(SUM(CASE WHEN r.clicked > 0 THEN 1 ELSE 0 END) AS BIGINT) AS clicked,
                CAST(SUM(COALESCE(r.cost, 0)) AS BIGINT) AS channel_cost,
                CAST(SUM(CASE WHEN v.enrolment_id IS NULL THEN 0 ELSE 1 END) AS BIGINT) AS returned,
                CAST(SUM(COALESCE(v.value_minor, 0)) AS BIGINT) AS revenue,
+               SUM(CAST(COALESCE(v.value_minor, 0) AS DOUBLE PRECISION) * COALESCE(v.value_minor, 0)) AS revenue_squares,
                CAST(SUM(CASE WHEN v.enrolment_id IS NULL THEN 0 ELSE e.usual_check_minor END) AS BIGINT) AS usual,
                CAST(SUM(COALESCE(d.discount, 0)) AS BIGINT) AS offer_cost,
                MAX(e.currency) AS currency
@@ -196,11 +270,14 @@ impl Campaigns {
             if held {
                 s.held_out = customers;
                 s.holdout_returned = returned;
+                s.holdout_revenue = int(r, "revenue")?;
+                s.holdout_revenue_squares = float(r, "revenue_squares")?;
                 holdout.add(&s);
             } else {
                 s.enrolled = customers;
                 s.returned = returned;
                 s.revenue = int(r, "revenue")?;
+                s.revenue_squares = float(r, "revenue_squares")?;
                 s.usual_check_of_returned = int(r, "usual")?;
                 variants.entry(variant).or_default().add(&s);
             }
@@ -211,17 +288,29 @@ impl Campaigns {
         let variants = variants
             .iter()
             .map(|(name, s)| {
-                let mut s = s.clone();
-                s.held_out = holdout.held_out;
-                s.holdout_returned = holdout.holdout_returned;
-                figures(name, &s, &currency, true)
+                figures(
+                    name,
+                    name,
+                    &s.with_holdout_of(&holdout),
+                    &currency,
+                    Control::Holdout,
+                )
             })
             .collect();
         let segments = segments
             .iter()
-            .map(|(name, s)| figures(name, s, &currency, true))
+            .map(|(name, s)| figures(name, name, s, &currency, Control::Holdout))
             .collect();
-        let steps = self.step_figures(tenant, campaign_id, &currency).await?;
+        let campaign = self.campaign(tenant, campaign_id, "campaign_id").await?;
+        let step_names: Vec<String> = match self.chain(tenant, &campaign.chain_id, "chain_id").await
+        {
+            Ok(chain) => chain.steps.into_iter().map(|s| s.name).collect(),
+            Err(ServiceError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let steps = self
+            .step_figures(tenant, campaign_id, &currency, &step_names)
+            .await?;
         let moves = query(
             &self.db,
             "SELECT next_state, COUNT(*) AS n FROM enrolments
@@ -237,7 +326,7 @@ impl Campaigns {
         }
         Ok(GetCampaignReportResponse {
             campaign_id: campaign_id.to_owned(),
-            total: Some(figures("all", &total, &currency, true)),
+            total: Some(figures("all", "all", &total, &currency, Control::Holdout)),
             variants,
             steps,
             segments,
@@ -255,6 +344,7 @@ impl Campaigns {
         tenant: &str,
         campaign_id: &str,
         currency: &str,
+        names: &[String],
     ) -> Result<Vec<ReportFigures>, ServiceError> {
         let values = || -> Vec<sea_orm::Value> { vec![tenant.into(), campaign_id.into()] };
         let mut steps: BTreeMap<i64, Sums> = BTreeMap::new();
@@ -262,9 +352,9 @@ impl Campaigns {
             &self.db,
             "SELECT o.step, COUNT(*) AS reached,
                CAST(SUM(CASE WHEN o.outcome = 'sent' THEN 1 ELSE 0 END) AS BIGINT) AS touched,
-               CAST(SUM(COALESCE(r.delivered, 0)) AS BIGINT) AS delivered,
-               CAST(SUM(COALESCE(r.opened, 0)) AS BIGINT) AS opened,
-               CAST(SUM(COALESCE(r.clicked, 0)) AS BIGINT) AS clicked,
+               CAST(SUM(CASE WHEN r.delivered > 0 THEN 1 ELSE 0 END) AS BIGINT) AS delivered,
+               CAST(SUM(CASE WHEN r.opened > 0 OR r.clicked > 0 THEN 1 ELSE 0 END) AS BIGINT) AS opened,
+               CAST(SUM(CASE WHEN r.clicked > 0 THEN 1 ELSE 0 END) AS BIGINT) AS clicked,
                CAST(SUM(COALESCE(r.cost_minor, 0)) AS BIGINT) AS channel_cost,
                CAST(SUM(COALESCE(x.discount_minor, 0)) AS BIGINT) AS offer_cost
              FROM step_outcomes o
@@ -314,7 +404,81 @@ impl Campaigns {
         }
         Ok(steps
             .iter()
-            .map(|(step, s)| figures(&format!("step:{step}"), s, currency, false))
+            .map(|(step, s)| {
+                let key = format!("step:{step}");
+                let name = usize::try_from(*step)
+                    .ok()
+                    .and_then(|i| names.get(i))
+                    .filter(|n| !n.is_empty())
+                    .map_or(key.as_str(), String::as_str);
+                figures(&key, name, s, currency, Control::None)
+            })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 1,000 treated of whom 100 came back spending 5,000 each; 100 held out of whom 2 came
+    /// back spending 5,000 each; 50,000 of cost.
+    fn campaign() -> Sums {
+        Sums {
+            enrolled: 1_000,
+            held_out: 100,
+            touched: 900,
+            opened: 300,
+            clicked: 90,
+            returned: 100,
+            holdout_returned: 2,
+            revenue: 500_000,
+            revenue_squares: 100.0 * 5_000.0 * 5_000.0,
+            holdout_revenue: 10_000,
+            holdout_revenue_squares: 2.0 * 5_000.0 * 5_000.0,
+            offer_cost: 30_000,
+            channel_cost: 20_000,
+            ..Sums::default()
+        }
+    }
+
+    #[test]
+    fn the_headline_is_incremental_and_gross_stays_beside_it() {
+        let f = figures("all", "all", &campaign(), "RUB", Control::Holdout);
+        // What the treated would have spent at the holdout's 100 per customer: 100,000.
+        let revenue = f.incremental_revenue_minor.unwrap();
+        assert_eq!(revenue.value, 400_000.0);
+        assert!(revenue.low > 0.0 && revenue.high > revenue.value);
+        assert!(
+            (f.incremental_roi - 7.0).abs() < 1e-12,
+            "{}",
+            f.incremental_roi
+        );
+        assert!((f.gross_roi - 9.0).abs() < 1e-12);
+        assert!(f.significant);
+        let returns = f.incremental_returns.unwrap();
+        assert!((returns.value - 80.0).abs() < 1e-9);
+        assert!((f.open_rate - 1.0 / 3.0).abs() < 1e-12 && (f.click_rate - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_uplift_whose_interval_includes_zero_is_not_significant() {
+        let mut s = campaign();
+        s.holdout_returned = 9;
+        s.holdout_revenue = 45_000;
+        s.holdout_revenue_squares = 9.0 * 5_000.0 * 5_000.0;
+        let f = figures("all", "all", &s, "RUB", Control::Holdout);
+        let lift = f.uplift.unwrap();
+        assert!(lift.low < 0.0 && lift.high > 0.0, "{lift:?}");
+        assert!(!f.significant);
+    }
+
+    #[test]
+    fn a_step_has_no_holdout_figures() {
+        let f = figures("step:0", "reminder", &campaign(), "RUB", Control::None);
+        assert_eq!(f.name, "reminder");
+        assert!(f.uplift.is_none() && f.holdout_return_rate.is_none());
+        assert!(f.incremental_returns.is_none() && f.incremental_revenue_minor.is_none());
+        assert!(!f.significant);
     }
 }

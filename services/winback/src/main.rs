@@ -334,19 +334,14 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             let total = outcome.report.total.clone().unwrap_or_default();
-            let uplift = total.uplift.unwrap_or_default();
             println!(
-                "\nDone in {:.1} s: {} customers treated, {} held out; return rate {:.1} % against {:.1} % \
-                 (uplift {:+.1} points, 95 % CI {:+.1} to {:+.1}); ROI {:.2}.",
+                "\nDone in {:.1} s: {} customers treated, {} held out; return rate {} against {}; {}.",
                 outcome.seconds,
                 total.enrolled,
                 total.held_out,
-                total.return_rate.unwrap_or_default().value * 100.0,
-                total.holdout_return_rate.unwrap_or_default().value * 100.0,
-                uplift.value * 100.0,
-                uplift.low * 100.0,
-                uplift.high * 100.0,
-                total.roi
+                winback::campaign_report::percent(&total.return_rate),
+                winback::campaign_report::percent(&total.holdout_return_rate),
+                winback::campaign_report::summary_line(&total)
             );
             for path in &outcome.written {
                 println!("  {}", path.display());

@@ -1,5 +1,5 @@
 //! Stable assignment of a customer to the holdout or a variant: a hash of tenant, campaign
-//! and customer, so the same customer lands in the same group however often they are
+//! (its id, or its assignment seed when set) and customer, so the same customer lands in the same group however often they are
 //! enrolled, on any replica, and the split can be recomputed from the ids alone.
 
 /// Where a customer goes.

@@ -61,18 +61,26 @@ fn heatmap(summary: &GetSegmentSummaryResponse) -> String {
 
 fn funnel(steps: &[ReportFigures]) -> String {
     let mut html = String::from(
-        "<table><tr><th>step</th><th>reached</th><th>touched</th><th>delivered</th><th>opened</th><th>clicked</th><th>returned</th></tr>",
+        "<table><tr><th>step</th><th>reached</th><th>touched</th><th>delivered</th><th>opened (rate)</th><th>clicked (rate)</th><th>returned after it (rate)</th><th>uplift</th></tr>",
     );
+    let share = |n: i64, of: i64| {
+        if of > 0 {
+            format!("{n} ({:.0} %)", n as f64 / of as f64 * 100.0)
+        } else {
+            n.to_string()
+        }
+    };
     for s in steps {
         html.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&s.key),
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(if s.name.is_empty() { &s.key } else { &s.name }),
             s.enrolled,
             s.touched,
             s.delivered,
-            s.opened,
-            s.clicked,
-            s.returned
+            share(s.opened, s.touched),
+            share(s.clicked, s.touched),
+            share(s.returned, s.enrolled),
+            crate::campaign_report::points(&s.uplift),
         ));
     }
     html.push_str("</table>");
@@ -80,9 +88,9 @@ fn funnel(steps: &[ReportFigures]) -> String {
         .iter()
         .flat_map(|s| {
             [
-                (format!("{} touched", s.key), s.touched as f64),
-                (format!("{} opened", s.key), s.opened as f64),
-                (format!("{} clicked", s.key), s.clicked as f64),
+                (format!("{} touched", s.name), s.touched as f64),
+                (format!("{} opened", s.name), s.opened as f64),
+                (format!("{} clicked", s.name), s.clicked as f64),
             ]
         })
         .collect();
@@ -129,36 +137,25 @@ pub fn page(
         .map(|s| (s.name.clone(), s.customers as f64))
         .collect();
     let total = report.total.clone().unwrap_or_default();
-    let rate = |r: &Option<winback_proto::campaigns::RateInterval>| {
-        let r = (*r).unwrap_or_default();
-        format!(
-            "{:.1} % [{:.1}; {:.1}]",
-            r.value * 100.0,
-            r.low * 100.0,
-            r.high * 100.0
-        )
-    };
-    let money = |m: &Option<winback_proto::common::Money>| {
-        let m = m.clone().unwrap_or_default();
-        format!(
-            "{:.2} {}",
-            m.amount_minor as f64 / 100.0,
-            escape(&m.currency)
-        )
-    };
+    let headline: String = crate::campaign_report::headline(&total)
+        .into_iter()
+        .map(|(label, value)| {
+            format!(
+                "<tr><th>{}</th><td>{}</td></tr>",
+                escape(label),
+                escape(&value)
+            )
+        })
+        .collect();
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Winback demo report</title>\
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}h2{{margin-top:2em}}</style></head><body>\
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{text-align:left}}h2{{margin-top:2em}}</style></head><body>\
 <h1>Winback demo report</h1>\
 <h2>Segments</h2>{}\
 <h2>Recency × frequency</h2>{}\
-<h2>Win-back campaign</h2><table>\
-<tr><th>treated</th><td>{}</td><th>held out</th><td>{}</td></tr>\
-<tr><th>return rate</th><td>{}</td><th>holdout rate</th><td>{}</td></tr>\
-<tr><th>uplift</th><td colspan=\"3\">{}</td></tr>\
-<tr><th>revenue</th><td>{}</td><th>check after return / usual</th><td>{} / {}</td></tr>\
-<tr><th>offer cost</th><td>{}</td><th>channel cost</th><td>{}</td></tr>\
-<tr><th>ROI</th><td colspan=\"3\">{:.2}</td></tr></table>\
+<h2>Win-back campaign: {} treated, {} held out</h2><table>{}</table>\
+<p>Incremental figures compare the treated with the holdout; gross figures count every \
+returner, including those who would have come back anyway. Uplift is in percentage points.</p>\
 <p>After the chain: {} woke up, {} hot sleeping, {} deep sleep.</p>\
 <h2>Funnel per step</h2>{}\
 <h2>Return rate over time</h2>{}\
@@ -167,15 +164,7 @@ pub fn page(
         heatmap(summary),
         total.enrolled,
         total.held_out,
-        rate(&total.return_rate),
-        rate(&total.holdout_return_rate),
-        rate(&total.uplift),
-        money(&total.revenue),
-        money(&total.average_check_after_return),
-        money(&total.usual_average_check),
-        money(&total.offer_cost),
-        money(&total.channel_cost),
-        total.roi,
+        headline,
         report.woke_up,
         report.hot_sleeping,
         report.deep_sleep,

@@ -225,7 +225,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     print!("{}", crate::segments::render_summary(&summary));
 
     let setting_up = Instant::now();
-    let campaign_id = set_up_campaigns(&mut c).await?;
+    let (campaign_id, campaign_names) = set_up_campaigns(&mut c, opts.seed).await?;
     // Abandoned carts arrive as engagement: the trigger enrols them.
     let carts: Vec<EngagementEvent> = shop
         .abandoned_carts
@@ -256,6 +256,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         setting_up.elapsed().as_secs_f64()
     );
     let mut sim = Simulation::new(&shop, opts.seed, &opts.out, &tenant.tenant_id, start);
+    sim.campaign_names = campaign_names;
     sim.set_members(members(&mut c, &campaign_id).await?);
     let campaigns_db = winback_platform::db::connect(
         &config.database.url_for("campaigns", &config.data_dir),
@@ -550,7 +551,13 @@ fn short_template(id: &str, channel: Medium, body: &str) -> MessageTemplate {
 
 /// Templates, offers and a ladder, the three chains and the three campaigns. Returns the
 /// win-back campaign.
-async fn set_up_campaigns(c: &mut Clients) -> anyhow::Result<String> {
+/// Creates and starts the demo's campaigns; returns the win-back campaign's id and every
+/// campaign's name by id. Each campaign's holdout split is seeded by the demo's seed and its
+/// name, so the same seed splits the same customers in every run.
+async fn set_up_campaigns(
+    c: &mut Clients,
+    seed: u64,
+) -> anyhow::Result<(String, HashMap<String, String>)> {
     let texts = [
         (
             "winback_reminder",
@@ -695,6 +702,7 @@ async fn set_up_campaigns(c: &mut Clients) -> anyhow::Result<String> {
     let dead = create(preset("dead_cleanup")).await?;
     let cart = create(preset("abandoned_cart")).await?;
     let mut winback = String::new();
+    let mut names = HashMap::new();
     for (name, chain, audience, holdout, is_winback) in [
         (
             "Win back the sleeping",
@@ -740,6 +748,7 @@ async fn set_up_campaigns(c: &mut Clients) -> anyhow::Result<String> {
                     audience: Some(audience.clone()),
                     holdout_percent: holdout,
                     winback: is_winback,
+                    assignment_seed: format!("demo-{seed}-{name}"),
                     ..Campaign::default()
                 }),
             })
@@ -775,11 +784,12 @@ async fn set_up_campaigns(c: &mut Clients) -> anyhow::Result<String> {
                 }
             );
         }
+        names.insert(id.clone(), name.to_owned());
         if is_winback {
             winback = id;
         }
     }
-    Ok(winback)
+    Ok((winback, names))
 }
 
 /// Who is in the win-back campaign: customer → (enrolment id, held out).
@@ -917,8 +927,11 @@ struct Simulation<'a> {
     /// The win-back campaign's members, treated and held out.
     members: Vec<Member<'a>>,
     cursor: String,
-    /// Emails not yet on disk when first looked for: (message id, customer, coupon).
-    unread: Vec<(String, String, String)>,
+    /// Campaign names by id: a customer's reactions are drawn by campaign name, customer
+    /// and step, not by the (random) message id, so a seed gives the same run every time.
+    campaign_names: HashMap<String, String>,
+    /// Emails not yet on disk when first looked for: (message id, customer, coupon, draw key).
+    unread: Vec<(String, String, String, String)>,
     /// Came back during the run, by index in the shop.
     returned: Vec<bool>,
     orders: u64,
@@ -945,6 +958,7 @@ impl<'a> Simulation<'a> {
                 .collect(),
             members: Vec::new(),
             cursor: String::new(),
+            campaign_names: HashMap::new(),
             unread: Vec::new(),
             returned: vec![false; shop.customers.len()],
             orders: 0,
@@ -1017,8 +1031,13 @@ impl<'a> Simulation<'a> {
                     && s.outcome == "sent"
                     && s.channel == Medium::Email as i32
                 {
+                    let campaign = self
+                        .campaign_names
+                        .get(&s.campaign_id)
+                        .map_or(s.campaign_id.as_str(), String::as_str);
+                    let draw = format!("{campaign}/{}/{}", s.customer_id, s.step);
                     self.unread
-                        .push((s.message_id, s.customer_id, s.coupon_code));
+                        .push((s.message_id, s.customer_id, s.coupon_code, draw));
                 }
                 if cursor_place(&self.cursor) >= head {
                     break;
@@ -1031,27 +1050,26 @@ impl<'a> Simulation<'a> {
         let unread = std::mem::take(&mut self.unread);
         let mut fetches = Vec::new();
         let mut buyers = Vec::new();
-        for (message_id, customer, coupon) in unread {
+        for (message_id, customer, coupon, draw) in unread {
             let path = self.outbox.join(format!("{message_id}.eml"));
             let Ok(raw) = std::fs::read_to_string(&path) else {
-                self.unread.push((message_id, customer, coupon));
+                self.unread.push((message_id, customer, coupon, draw));
                 continue;
             };
             let Some((kind, dead_address)) = self.kind(&customer) else {
                 continue;
             };
-            if respond::draw(self.seed, &message_id, "open") >= respond::open(kind, dead_address) {
+            if respond::draw(self.seed, &draw, "open") >= respond::open(kind, dead_address) {
                 continue;
             }
             let links = tracking_links(&raw);
             fetches.extend(links.iter().find(|l| l.contains("/o/")).cloned());
-            if respond::draw(self.seed, &message_id, "click") >= respond::click(kind) {
+            if respond::draw(self.seed, &draw, "click") >= respond::click(kind) {
                 continue;
             }
             fetches.extend(links.iter().find(|l| l.contains("/c/")).cloned());
             if !self.has_returned(&customer)
-                && respond::draw(self.seed, &message_id, "buy")
-                    < respond::buy(kind, !coupon.is_empty())
+                && respond::draw(self.seed, &draw, "buy") < respond::buy(kind, !coupon.is_empty())
             {
                 buyers.push((customer, coupon));
             }
