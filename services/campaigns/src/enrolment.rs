@@ -642,14 +642,15 @@ fn decide(
         });
     }
     let weights: Vec<u32> = plan.variants.iter().map(|(_, w, _)| *w).collect();
-    // A seeded campaign splits the same way in every run; otherwise by its id.
-    let seed = if plan.campaign.assignment_seed.is_empty() {
-        &plan.campaign.campaign_id
+    // A seeded campaign splits the same way in every run, in any tenant (a rerun of a shop
+    // gets a new tenant id too); otherwise by tenant and campaign id.
+    let (scope, seed) = if plan.campaign.assignment_seed.is_empty() {
+        (tenant, plan.campaign.campaign_id.as_str())
     } else {
-        &plan.campaign.assignment_seed
+        ("", plan.campaign.assignment_seed.as_str())
     };
     Ok(assign(
-        tenant,
+        scope,
         seed,
         &c.customer_id,
         plan.campaign.holdout_percent.clamp(0, 50) as u32,

@@ -264,6 +264,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         1,
     )
     .await?;
+    let delivery_db = winback_platform::db::connect(
+        &config.database.url_for("delivery", &config.data_dir),
+        "delivery",
+        1,
+    )
+    .await?;
     let ticks = opts.days * 4;
     let chains = Instant::now();
     let progress = bar(opts.progress, ticks as u64, "45 days of chains");
@@ -276,9 +282,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         clock.advance(Duration::hours(6));
         let started = Instant::now();
         settle(&campaigns_db, clock.now()).await?;
+        sent_out(&delivery_db).await?;
         stepping += started.elapsed();
         let started = Instant::now();
         sim.react(&mut c, &campaigns_db, clock.now()).await?;
+        // The reactions reach campaigns before the clock moves on, so a step's condition
+        // ("not opened yet") sees the same opens in every run of a seed.
+        caught_up(&config).await?;
         reacting += started.elapsed();
         progress.inc(1);
     }
@@ -847,6 +857,26 @@ async fn settle(db: &sea_orm::DatabaseConnection, now: DateTime<Utc>) -> anyhow:
     anyhow::bail!("campaign steps did not run within 120 s")
 }
 
+/// Waits until delivery has sent every message it was given (none queued or sending):
+/// the tracking server ignores an open of a message not yet out, so reacting earlier would
+/// lose opens by chance, and a seeded run would differ from the next.
+async fn sent_out(db: &sea_orm::DatabaseConnection) -> anyhow::Result<()> {
+    for _ in 0..24_000 {
+        let rows = winback_platform::db::query(
+            db,
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM messages WHERE status IN (1, 2)) THEN 1 ELSE 0 END AS n",
+            vec![],
+        )
+        .await?;
+        let n: i64 = rows.first().map_or(Ok(0), |r| r.try_get("", "n"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(StdDuration::from_millis(5)).await;
+    }
+    anyhow::bail!("delivery did not send its messages within 120 s")
+}
+
 /// Waits until campaigns has handled every event profiles, delivery and offers wrote (the
 /// demo compares campaigns' stored cursors with the heads of those outboxes, in its own
 /// data folder).
@@ -875,7 +905,7 @@ async fn caught_up(config: &Config) -> anyhow::Result<()> {
             if started.elapsed() > StdDuration::from_secs(300) {
                 anyhow::bail!("campaigns did not catch up with {source}'s events in 300 s");
             }
-            tokio::time::sleep(StdDuration::from_millis(20)).await;
+            tokio::time::sleep(StdDuration::from_millis(5)).await;
         }
     }
     Ok(())
@@ -917,6 +947,12 @@ struct Member<'a> {
     /// Chance of coming back on their own within one 6-hour tick.
     tick_chance: f64,
 }
+
+/// Tries of one pixel or link fetch.
+const FETCH_TRIES: u32 = 6;
+
+/// How long (× 10 ms) a sent email's file may take to appear in the outbox.
+const EML_WAIT_TRIES: usize = 500;
 
 /// The customers' side of the demo: reading mail, clicking, buying, coming back.
 struct Simulation<'a> {
@@ -1052,7 +1088,18 @@ impl<'a> Simulation<'a> {
         let mut buyers = Vec::new();
         for (message_id, customer, coupon, draw) in unread {
             let path = self.outbox.join(format!("{message_id}.eml"));
-            let Ok(raw) = std::fs::read_to_string(&path) else {
+            // The file sink writes a moment after the step is recorded: wait for it rather
+            // than reading it a tick later, which would move the reaction in time and
+            // make a seeded run differ from the next.
+            let mut raw = std::fs::read_to_string(&path);
+            for _ in 0..EML_WAIT_TRIES {
+                if raw.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(StdDuration::from_millis(10)).await;
+                raw = std::fs::read_to_string(&path);
+            }
+            let Ok(raw) = raw else {
                 self.unread.push((message_id, customer, coupon, draw));
                 continue;
             };
@@ -1080,8 +1127,15 @@ impl<'a> Simulation<'a> {
         futures::stream::iter(fetches.into_iter().map(|url| {
             let http = http.clone();
             async move {
-                // A click's redirect goes to the shop, which does not exist here.
-                let _ = http.get(url).send().await;
+                // A click's redirect goes to the shop, which does not exist here. A busy
+                // tracking server answers 503 and a real client retries; so does this one,
+                // or a reaction would be lost by chance and a seeded run would differ.
+                for attempt in 0..FETCH_TRIES {
+                    match http.get(&url).send().await {
+                        Ok(r) if !r.status().is_server_error() => break,
+                        _ => tokio::time::sleep(StdDuration::from_millis(20 << attempt)).await,
+                    }
+                }
             }
         }))
         .buffer_unordered(FETCHES_AT_ONCE)
