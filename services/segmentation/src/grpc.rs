@@ -171,36 +171,11 @@ impl SegmentationService for SegmentationGrpc {
         let tenant = tenant_for(&request, WRITE)?;
         let r = request.get_ref();
         let as_of = self.segmentation.as_of(r.as_of.as_ref())?;
-        let unit = match &r.time_unit {
-            None => None,
-            Some(d) if d.seconds == 0 && d.nanos == 0 => None,
-            Some(d) => {
-                let days = (d.seconds as f64 + f64::from(d.nanos) * 1e-9) / 86_400.0;
-                if !(days > 0.0 && days <= 365.0) {
-                    return Err(ServiceError::invalid(
-                        "time_unit",
-                        "must be above 0 and at most 365 days",
-                    )
-                    .into());
-                }
-                Some(days)
-            }
-        };
-        let horizon = match &r.horizon {
-            None => None,
-            Some(d) if d.seconds == 0 && d.nanos == 0 => None,
-            Some(d) => {
-                let days = (d.seconds as f64 + f64::from(d.nanos) * 1e-9) / 86_400.0;
-                if !(days > 0.0 && days <= 36_500.0) {
-                    return Err(ServiceError::invalid(
-                        "horizon",
-                        "must be above 0 and at most 36500 days",
-                    )
-                    .into());
-                }
-                Some(days)
-            }
-        };
+        let unit = optional_days(r.time_unit.as_ref(), "time_unit", 365.0)?;
+        let horizon = optional_days(r.horizon.as_ref(), "horizon", 36_500.0)?;
+        if r.probes.len() > 1_000 {
+            return Err(ServiceError::invalid("probes", "at most 1000").into());
+        }
         let mut probes = Vec::with_capacity(r.probes.len());
         for (i, p) in r.probes.iter().enumerate() {
             let ok = p.x >= 0
@@ -221,9 +196,6 @@ impl SegmentationService for SegmentationGrpc {
                 t_x: p.t_x,
                 t: p.t,
             });
-        }
-        if probes.len() > 1_000 {
-            return Err(ServiceError::invalid("probes", "at most 1000").into());
         }
         // The horizon is given as a duration; the models count in the fit's time unit.
         let unit_days = match unit {
@@ -246,6 +218,26 @@ impl SegmentationService for SegmentationGrpc {
                     probes,
                 )
                 .await?,
+        ))
+    }
+}
+
+/// A duration field in days: `None` when unset or zero, else above 0 and at most `max_days`.
+fn optional_days(
+    d: Option<&prost_types::Duration>,
+    field: &str,
+    max_days: f64,
+) -> Result<Option<f64>, ServiceError> {
+    let Some(d) = d.filter(|d| d.seconds != 0 || d.nanos != 0) else {
+        return Ok(None);
+    };
+    let days = (d.seconds as f64 + f64::from(d.nanos) * 1e-9) / 86_400.0;
+    if days > 0.0 && days <= max_days {
+        Ok(Some(days))
+    } else {
+        Err(ServiceError::invalid(
+            field,
+            format!("must be above 0 and at most {max_days} days"),
         ))
     }
 }
