@@ -260,7 +260,28 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
-/// Generates an Ed25519 key pair from the operating system's RNG.
+/// DER prefix of an Ed25519 PKCS#8 v1 (RFC 8410) private key; the 32-byte seed follows.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// DER prefix of the PKCS#8 v2 (RFC 5958, with the public key) document aws-lc-rs
+/// generates; the 32-byte seed follows, then the public key.
+const ED25519_PKCS8_V2_PREFIX: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The same key as PKCS#8 v1 when `der` is aws-lc-rs's v2 document. OpenSSL 3 and
+/// Python's `cryptography` refuse the v2 form aws-lc-rs writes; every reader takes v1.
+fn pkcs8_v1(der: &[u8]) -> Option<Vec<u8>> {
+    let seed = der.strip_prefix(&ED25519_PKCS8_V2_PREFIX)?.get(..32)?;
+    let mut v1 = ED25519_PKCS8_V1_PREFIX.to_vec();
+    v1.extend_from_slice(seed);
+    Some(v1)
+}
+
+/// Generates an Ed25519 key pair from the operating system's RNG; the private key is
+/// written as PKCS#8 v1, which OpenSSL 3 and Python's `cryptography` read.
 pub fn generate_key_pair() -> Result<KeyPairPem, AuthError> {
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
     let rng = aws_lc_rs::rand::SystemRandom::new();
@@ -269,10 +290,30 @@ pub fn generate_key_pair() -> Result<KeyPairPem, AuthError> {
         Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| AuthError::Key(e.to_string()))?;
     let mut spki = ED25519_SPKI_PREFIX.to_vec();
     spki.extend_from_slice(pair.public_key().as_ref());
+    let private = pkcs8_v1(pkcs8.as_ref())
+        .ok_or_else(|| AuthError::Key("unexpected PKCS#8 layout from aws-lc-rs".into()))?;
     Ok(KeyPairPem {
-        private_pem: pem("PRIVATE KEY", pkcs8.as_ref()),
+        private_pem: pem("PRIVATE KEY", &private),
         public_pem: pem("PUBLIC KEY", &spki),
     })
+}
+
+/// Rewrites a private key file written in the v2 form as v1 (the same key: tokens it
+/// signed stay valid). Returns true when rewritten.
+fn upgrade_private_key(path: &Path) -> Result<bool, AuthError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body.trim()) else {
+        return Ok(false);
+    };
+    match pkcs8_v1(&der) {
+        Some(v1) => {
+            write_private(path, pem("PRIVATE KEY", &v1).as_bytes())?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -290,6 +331,9 @@ fn pem(label: &str, der: &[u8]) -> String {
 /// Returns true when it was generated now.
 pub fn ensure_key_pair(private_path: &Path, public_path: &Path) -> Result<bool, AuthError> {
     if private_path.exists() && public_path.exists() {
+        if upgrade_private_key(private_path)? {
+            tracing::info!(path = %private_path.display(), "token key rewritten as PKCS#8 v1");
+        }
         return Ok(false);
     }
     let pair = generate_key_pair()?;
@@ -523,5 +567,51 @@ mod tests {
         let first = std::fs::read(&public).unwrap();
         assert!(!ensure_key_pair(&private, &public).unwrap());
         assert_eq!(std::fs::read(&public).unwrap(), first);
+    }
+
+    #[test]
+    fn the_private_key_is_pkcs8_v1_that_openssl_reads_and_old_keys_are_rewritten() {
+        let pair = generate_key_pair().unwrap();
+        let body: String = pair
+            .private_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        assert_eq!(der.len(), 48);
+        assert!(der.starts_with(&ED25519_PKCS8_V1_PREFIX));
+        // It still signs, and the public key verifies what it signs.
+        let signer = TokenSigner::from_pem(pair.private_pem.as_bytes(), "winback").unwrap();
+        let verifier = TokenVerifier::from_pem(pair.public_pem.as_bytes(), "winback").unwrap();
+        let token = signer.tenant_token("t", &["*"], 60).unwrap();
+        assert!(verifier.verify(&token).is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("token.key.pem");
+        std::fs::write(&key, &pair.private_pem).unwrap();
+        match std::process::Command::new("openssl")
+            .args(["pkey", "-noout", "-in"])
+            .arg(&key)
+            .status()
+        {
+            Ok(status) => assert!(status.success(), "openssl reads the key"),
+            Err(_) => eprintln!("*** SKIPPED: the openssl check (no openssl on PATH) ***"),
+        }
+
+        // A key written in aws-lc-rs's v2 form before is rewritten as the same key in v1.
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let v2 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        std::fs::write(&key, pem("PRIVATE KEY", v2.as_ref())).unwrap();
+        let public = dir.path().join("token.pub.pem");
+        std::fs::write(&public, "unused").unwrap();
+        assert!(!ensure_key_pair(&key, &public).unwrap());
+        let rewritten = std::fs::read_to_string(&key).unwrap();
+        assert_eq!(
+            rewritten,
+            pem("PRIVATE KEY", &pkcs8_v1(v2.as_ref()).unwrap())
+        );
+        assert!(!upgrade_private_key(&key).unwrap(), "v1 stays as it is");
     }
 }
