@@ -148,6 +148,9 @@ pub struct AuthConfig {
     /// Service credential (a JWT with scope `service`) this process uses to call the other
     /// services; empty means `<data_dir>/keys/service.jwt`, written by `winback keys init`.
     pub service_token_file: PathBuf,
+    /// AES-256-GCM keys that seal provider secrets at rest (`secrets`); empty means
+    /// `<data_dir>/keys/secrets.key`, created on first start or by `winback keys init`.
+    pub secrets_key_file: PathBuf,
 }
 
 impl Default for AuthConfig {
@@ -158,6 +161,7 @@ impl Default for AuthConfig {
             issuer: "winback".into(),
             token_ttl_days: 365,
             service_token_file: PathBuf::new(),
+            secrets_key_file: PathBuf::new(),
         }
     }
 }
@@ -176,6 +180,11 @@ impl AuthConfig {
     /// Path of the service credential.
     pub fn service_token_path(&self, data_dir: &Path) -> PathBuf {
         or_default(&self.service_token_file, data_dir, "keys/service.jwt")
+    }
+
+    /// Path of the secrets key file.
+    pub fn secrets_key_path(&self, data_dir: &Path) -> PathBuf {
+        or_default(&self.secrets_key_file, data_dir, "keys/secrets.key")
     }
 }
 

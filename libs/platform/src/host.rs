@@ -45,6 +45,9 @@ pub enum StartError {
     /// Telemetry.
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    /// The key file that seals secrets at rest.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
     /// A file the service needs at start.
     #[error("{what}: {source}")]
     Io {

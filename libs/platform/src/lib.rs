@@ -11,6 +11,7 @@ pub mod events;
 pub mod grpc;
 pub mod host;
 pub mod paging;
+pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenancy;

@@ -28,6 +28,8 @@ pub(crate) struct Delivery {
     pub(crate) carriers: crate::worker::Carriers,
     /// Opens, clicks and reports waiting to commit together.
     pub(crate) reaction_groups: Arc<crate::reactions::ReactionGroups>,
+    /// Seals provider secrets at rest.
+    pub(crate) secrets: Arc<winback_platform::secrets::SecretBox>,
     /// Writers queue here on SQLite.
     sqlite_writer: WriteGate,
 }
@@ -39,6 +41,7 @@ impl Delivery {
         clock: SharedClock,
         config: DeliveryConfig,
         secret: &[u8],
+        secrets: Arc<winback_platform::secrets::SecretBox>,
         default_sink_dir: std::path::PathBuf,
     ) -> Self {
         Self {
@@ -51,6 +54,7 @@ impl Delivery {
             wake: Arc::default(),
             carriers: crate::worker::Carriers::default(),
             reaction_groups: Arc::default(),
+            secrets,
             sqlite_writer: WriteGate::default(),
         }
     }

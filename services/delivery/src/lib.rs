@@ -37,6 +37,9 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
         what: "the tracking secret",
         source,
     })?;
+    let secrets = std::sync::Arc::new(winback_platform::secrets::SecretBox::open_or_create(
+        &ctx.config.auth.secrets_key_path(&ctx.config.data_dir),
+    )?);
     let clock = ctx.clock.clone();
     let config = ctx.config.delivery.clone();
     let sink_dir = ctx.config.data_dir.join("outbox");
@@ -57,7 +60,19 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
         SERVICE,
         EventSource::Delivery,
         |db, outbox, limit| {
-            let delivery = context::Delivery::new(db, outbox, clock, config, &secret, sink_dir);
+            let delivery =
+                context::Delivery::new(db, outbox, clock, config, &secret, secrets, sink_dir);
+            // Rows written before sealing, or under a rotated-out key, are sealed anew.
+            let resealing = delivery.clone();
+            tokio::spawn(async move {
+                match resealing.reseal_settings().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(rows = n, "channel settings sealed under the current key")
+                    }
+                    Err(error) => tracing::warn!(%error, "channel settings could not be resealed"),
+                }
+            });
             tokio::spawn(tracking::serve(
                 delivery.clone(),
                 tracking,

@@ -407,3 +407,235 @@ db_test!(
         h.stop();
     }
 );
+
+db_test!(
+    no_read_of_delivery_returns_a_secret_and_none_is_stored_in_clear,
+    |db| async move {
+        let db: &winback_platform::testing::TestDatabase = db;
+        let p = Providers::start().await;
+        let mut h = Harness::start(db).await;
+        template(&mut h, 'a', Channel::Sms, "Анна, мы скучаем").await;
+        template(&mut h, 'a', Channel::Push, "Для вас скидка").await;
+        template(&mut h, 'a', Channel::ManagerTask, "Позвонить").await;
+        let smtp_password = "smtp-password-Zq81";
+        let dkim_key = "dkim-private-key-Zq82";
+        settings(
+            &mut h,
+            'a',
+            Channel::Email,
+            Provider::Smtp(SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: 2525,
+                security: "plain".into(),
+                username: "shop".into(),
+                password: smtp_password.into(),
+                from: "shop@example.ru".into(),
+                dkim_private_key: dkim_key.into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        settings(&mut h, 'a', Channel::Sms, twilio(&p)).await;
+        settings(&mut h, 'a', Channel::Push, fcm(&p)).await;
+        let hook = || {
+            Provider::Webhook(WebhookSettings {
+                url: format!("{}/hook", p.url),
+                secret: HOOK_SECRET.into(),
+            })
+        };
+        settings(&mut h, 'a', Channel::ManagerTask, hook()).await;
+        let secrets = [
+            smtp_password,
+            dkim_key,
+            TWILIO_TOKEN,
+            FCM_TOKEN,
+            HOOK_SECRET,
+        ];
+
+        // The secrets really are used: messages go out through each provider.
+        let sms = send(&mut h, 'a', to("s1", Channel::Sms, "+79161234567")).await;
+        wait(&mut h, 'a', &sms.message_id, MessageStatus::Sent).await;
+        let push = send(&mut h, 'a', to("p1", Channel::Push, "device-token-1")).await;
+        wait(&mut h, 'a', &push.message_id, MessageStatus::Sent).await;
+        let task = send(&mut h, 'a', to("m1", Channel::ManagerTask, "manager-7")).await;
+        wait(&mut h, 'a', &task.message_id, MessageStatus::Sent).await;
+
+        // Every Get and List of delivery, as text: no secret anywhere.
+        let mut reads = Vec::new();
+        let settings_read =
+            h.a.get_channel_settings(GetChannelSettingsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+        reads.push(format!("{settings_read:?}"));
+        reads.push(format!(
+            "{:?}",
+            h.a.list_messages(ListMessagesRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+        ));
+        for id in [&sms.message_id, &push.message_id, &task.message_id] {
+            reads.push(format!(
+                "{:?}",
+                h.a.get_message(GetMessageRequest {
+                    message_id: id.clone()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+            ));
+        }
+        reads.push(format!(
+            "{:?}",
+            h.a.list_templates(ListTemplatesRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+        ));
+        reads.push(format!(
+            "{:?}",
+            h.a.get_template(GetTemplateRequest {
+                template_id: "nudge".into(),
+                channel: Channel::Sms as i32,
+                locale: "ru".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        ));
+        reads.push(format!(
+            "{:?}",
+            h.a.list_suppressions(ListSuppressionsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+        ));
+        for read in &reads {
+            for secret in secrets {
+                assert!(!read.contains(secret), "{secret} in {read}");
+            }
+        }
+        // A fingerprint tells which secret is set.
+        let fingerprints: HashMap<String, String> = settings_read
+            .settings
+            .iter()
+            .flat_map(|s| s.secret_fingerprints.clone())
+            .collect();
+        let mut names: Vec<&str> = fingerprints.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            vec![
+                "fcm.access_token",
+                "smtp.dkim_private_key",
+                "smtp.password",
+                "twilio.auth_token",
+                "webhook.secret"
+            ]
+        );
+
+        // Nothing of them at rest.
+        let conn = winback_platform::db::connect(&db.url("delivery"), "delivery", 1)
+            .await
+            .unwrap();
+        let rows =
+            winback_platform::db::query(&conn, "SELECT settings FROM channel_settings", vec![])
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), 4);
+        for r in &rows {
+            let bytes: Vec<u8> = r.try_get("", "settings").unwrap();
+            assert!(bytes.starts_with(b"WBS1"));
+            for secret in secrets {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{secret} stored in clear"
+                );
+            }
+        }
+
+        // A write that leaves the secret empty keeps it (the next SMS still goes out); a
+        // secret named in clear_secrets goes.
+        let mut no_token = twilio(&p);
+        if let Provider::Twilio(t) = &mut no_token {
+            t.auth_token.clear();
+        }
+        settings(&mut h, 'a', Channel::Sms, no_token).await;
+        let again = send(&mut h, 'a', to("s2", Channel::Sms, "+79161234568")).await;
+        wait(&mut h, 'a', &again.message_id, MessageStatus::Sent).await;
+        h.a.set_channel_settings(SetChannelSettingsRequest {
+            settings: Some(ChannelSettings {
+                channel: Channel::ManagerTask as i32,
+                provider: Some(hook()),
+                clear_secrets: vec!["webhook.secret".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+        let after =
+            h.a.get_channel_settings(GetChannelSettingsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(
+            after
+                .settings
+                .iter()
+                .all(|s| !s.secret_fingerprints.contains_key("webhook.secret"))
+        );
+        let err =
+            h.a.set_channel_settings(SetChannelSettingsRequest {
+                settings: Some(ChannelSettings {
+                    channel: Channel::ManagerTask as i32,
+                    provider: Some(hook()),
+                    clear_secrets: vec!["webhook.url".into()],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(
+            winback_platform::error::field_violations(&err)[0].field,
+            "settings.clear_secrets"
+        );
+        h.stop();
+
+        // Rotating the key: the next start re-seals every row under the new key, and the
+        // secrets still open (the same fingerprints).
+        let new_key =
+            winback_platform::secrets::SecretBox::rotate(&db.dir().join("keys/secrets.key"))
+                .unwrap();
+        let mut h = Harness::start(db).await;
+        let mut resealed = false;
+        for _ in 0..200 {
+            let rows =
+                winback_platform::db::query(&conn, "SELECT settings FROM channel_settings", vec![])
+                    .await
+                    .unwrap();
+            resealed = rows.iter().all(|r| {
+                let bytes: Vec<u8> = r.try_get("", "settings").unwrap();
+                winback_platform::secrets::SecretBox::key_id_of(&bytes) == Some(new_key.as_str())
+            });
+            if resealed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(resealed, "every row sealed under {new_key}");
+        let reread =
+            h.a.get_channel_settings(GetChannelSettingsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+        let sms_fingerprint = |r: &GetChannelSettingsResponse| {
+            r.settings
+                .iter()
+                .find_map(|s| s.secret_fingerprints.get("twilio.auth_token").cloned())
+        };
+        assert_eq!(sms_fingerprint(&reread), sms_fingerprint(&settings_read));
+        h.stop();
+    }
+);

@@ -34,6 +34,11 @@ fn start_worker(db: &TestDatabase, dir: &Path) -> Child {
         .env("WINBACK_LISTEN", free_port().to_string())
         .env("WINBACK_DATA_DIR", dir)
         .env("WINBACK_DATABASE__URL", &db.url_template)
+        // Every replica opens the provider secrets with the same key (the test server's).
+        .env(
+            "WINBACK_AUTH__SECRETS_KEY_FILE",
+            db.dir().join("keys/secrets.key"),
+        )
         .env("WINBACK_DELIVERY__TRACKING_LISTEN", tracking.to_string())
         .env("WINBACK_DELIVERY__PUBLIC_URL", format!("http://{tracking}"))
         .env("WINBACK_DELIVERY__LEASE_MS", "1500")

@@ -15,8 +15,8 @@ use winback_platform::config::Config;
 use winback_platform::grpc::GrpcServer;
 use winback_platform::host::{Mounted, ServiceContext, StartError};
 
-/// Generates the token key pair and the service credential in the data folder unless they
-/// exist. Returns true when the key pair is new.
+/// Generates the token key pair, the service credential and the key that seals provider
+/// secrets in the data folder unless they exist. Returns true when the key pair is new.
 pub fn ensure_keys(config: &Config) -> Result<bool, StartError> {
     let private = config.auth.private_key_path(&config.data_dir);
     let public = config.auth.public_key_path(&config.data_dir);
@@ -30,6 +30,9 @@ pub fn ensure_keys(config: &Config) -> Result<bool, StartError> {
         &config.auth.service_token_path(&config.data_dir),
         &signer,
         &verifier,
+    )?;
+    winback_platform::secrets::SecretBox::open_or_create(
+        &config.auth.secrets_key_path(&config.data_dir),
     )?;
     Ok(created)
 }

@@ -211,8 +211,17 @@ enum TenantCommand {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Generates the token key pair unless it exists (the stack's init step).
+    /// Generates the token key pair, the service credential and the secrets key unless
+    /// they exist (the stack's init step).
     Init {
+        /// Folder for the keys.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Puts a new key first in the secrets key file; the old keys stay to open what they
+    /// sealed, and delivery re-seals its channel settings under the new key at its next
+    /// start (then the old lines may be removed).
+    RotateSecrets {
         /// Folder for the keys.
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -468,6 +477,17 @@ async fn main() -> anyhow::Result<()> {
                     "kept existing"
                 },
                 config.auth.public_key_path(&config.data_dir).display()
+            );
+        }
+        Command::Keys {
+            command: KeysCommand::RotateSecrets { data_dir },
+        } => {
+            let config = load_config(cli.config.as_ref(), data_dir, None)?;
+            let path = config.auth.secrets_key_path(&config.data_dir);
+            let id = winback_platform::secrets::SecretBox::rotate(&path)?;
+            eprintln!(
+                "secrets key {id} now seals ({}); restart delivery to re-seal its settings",
+                path.display()
             );
         }
     }
