@@ -245,8 +245,33 @@ fn load_config(
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("winback: {}", explain(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error as a person wants to read it: plain words, the causes after a colon, and for a
+/// server that does not answer, what to check — not a debug dump.
+fn explain(error: &anyhow::Error) -> String {
+    for cause in error.chain() {
+        if let Some(status) = cause.downcast_ref::<tonic::Status>()
+            && status.code() == tonic::Code::Unavailable
+        {
+            return format!(
+                "no Winback server answered ({}): is `winback up` running, and is --addr its address?",
+                status.message()
+            );
+        }
+    }
+    format!("{error:#}")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { data_dir, listen } => {
             let config = load_config(cli.config.as_ref(), data_dir, listen)?;
@@ -492,4 +517,21 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_does_not_answer_is_said_plainly() {
+        let down = anyhow::Error::from(tonic::Status::unavailable("tcp connect error"))
+            .context("segments");
+        assert_eq!(
+            explain(&down),
+            "no Winback server answered (tcp connect error): is `winback up` running, and is --addr its address?"
+        );
+        let other = anyhow::anyhow!("no such file").context("token key");
+        assert_eq!(explain(&other), "token key: no such file");
+    }
 }
