@@ -316,6 +316,9 @@ impl Job {
                 }),
                 holdout_percent: 25,
                 winback: true,
+                // A fixed split: the same customers are held out on every run, so the
+                // figures checked below do not depend on the draw.
+                assignment_seed: "whole-job".into(),
                 ..Campaign::default()
             },
         )
@@ -839,6 +842,8 @@ db_test!(
             - expected.enrolled as f64 * expected.holdout_revenue as f64 / expected.held_out as f64)
             .round() as i64;
         assert_eq!((expected.returned, expected.holdout_returned), (1, 1));
+        // The seed holds out 5 of 28.
+        assert_eq!((expected.held_out, expected.enrolled), (5, 23));
         assert_eq!((expected.revenue, expected.offer_cost), (400_000, 40_000));
         // Campaigns reads the last events a moment later.
         let mut figures = figures_of(&job.report(&campaign).await);
