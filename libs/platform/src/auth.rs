@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::Request;
 
+use crate::api_keys::Revocations;
 use crate::error::ServiceError;
 
 /// Metadata key a service token uses to say which tenant it acts for.
@@ -39,6 +40,10 @@ pub struct Claims {
     pub iat: i64,
     /// Expiry, seconds since the epoch.
     pub exp: i64,
+    /// Id of the API key this token is (`k_…`), which can be revoked; absent on service
+    /// credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// Why a token was refused.
@@ -56,6 +61,9 @@ pub enum AuthError {
     /// A key could not be read or made.
     #[error("token key: {0}")]
     Key(String),
+    /// The token's API key was revoked.
+    #[error("this API key was revoked")]
+    Revoked,
 }
 
 impl From<AuthError> for ServiceError {
@@ -150,38 +158,54 @@ impl TokenSigner {
         })
     }
 
-    /// A token for `tenant` with `scopes`, valid for `ttl_secs`.
+    /// A token for `tenant` with `scopes`, valid for `ttl_secs`, that no key record names
+    /// (the CLI's short-lived tokens; operators hand out [API keys](crate::api_keys)).
     pub fn tenant_token(
         &self,
         tenant: &str,
         scopes: &[&str],
         ttl_secs: i64,
     ) -> Result<String, AuthError> {
-        self.sign(tenant, Some(tenant), scopes, ttl_secs)
+        let claims = self.claims(tenant, Some(tenant), scopes, ttl_secs, None);
+        self.sign_claims(&claims)
+    }
+
+    /// The token of API key `key_id` and its claims.
+    pub fn tenant_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        scopes: &[&str],
+        ttl_secs: i64,
+    ) -> Result<(String, Claims), AuthError> {
+        let claims = self.claims(tenant, Some(tenant), scopes, ttl_secs, Some(key_id));
+        Ok((self.sign_claims(&claims)?, claims))
     }
 
     /// A service credential (acts for any tenant) for `service`.
     pub fn service_token(&self, service: &str, ttl_secs: i64) -> Result<String, AuthError> {
-        self.sign(service, None, &[SCOPE_SERVICE], ttl_secs)
+        let claims = self.claims(service, None, &[SCOPE_SERVICE], ttl_secs, None);
+        self.sign_claims(&claims)
     }
 
-    fn sign(
+    fn claims(
         &self,
         sub: &str,
         tenant: Option<&str>,
         scopes: &[&str],
         ttl_secs: i64,
-    ) -> Result<String, AuthError> {
+        key_id: Option<&str>,
+    ) -> Claims {
         let now = unix_now();
-        let claims = Claims {
+        Claims {
             iss: self.issuer.clone(),
             sub: sub.to_owned(),
             tenant: tenant.map(str::to_owned),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             iat: now,
             exp: now + ttl_secs,
-        };
-        self.sign_claims(&claims)
+            jti: key_id.map(str::to_owned),
+        }
     }
 
     /// Signs arbitrary claims (tests use it for expired or foreign tokens).
@@ -196,6 +220,7 @@ impl TokenSigner {
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    revocations: Revocations,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -212,14 +237,29 @@ impl TokenVerifier {
         validation.set_issuer(&[issuer]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.leeway = 30;
-        Ok(Self { key, validation })
+        Ok(Self {
+            key,
+            validation,
+            revocations: Revocations::default(),
+        })
     }
 
-    /// The claims of a valid token.
+    /// The revoked key ids this verifier (and every clone of it) refuses.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    /// The claims of a valid token whose key is not revoked.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map(|data| data.claims)
-            .map_err(|e| AuthError::Invalid(e.to_string()))
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if let Some(key_id) = &claims.jti
+            && self.revocations.is_revoked(key_id)
+        {
+            return Err(AuthError::Revoked);
+        }
+        Ok(claims)
     }
 
     /// Verifies the `authorization` value of a request and works out the tenant.
@@ -470,6 +510,7 @@ mod tests {
             scopes: vec!["*".into()],
             iat: unix_now() - 7200,
             exp: unix_now() - 3600,
+            jti: None,
         };
         let expired = signer.sign_claims(&claims).unwrap();
         assert!(matches!(

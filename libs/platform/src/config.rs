@@ -151,6 +151,9 @@ pub struct AuthConfig {
     /// AES-256-GCM keys that seal provider secrets at rest (`secrets`); empty means
     /// `<data_dir>/keys/secrets.key`, created on first start or by `winback keys init`.
     pub secrets_key_file: PathBuf,
+    /// How often each service re-reads the revoked API keys from the platform database,
+    /// in milliseconds: a revoked key fails everywhere within this time.
+    pub revocation_poll_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -162,6 +165,7 @@ impl Default for AuthConfig {
             token_ttl_days: 365,
             service_token_file: PathBuf::new(),
             secrets_key_file: PathBuf::new(),
+            revocation_poll_ms: 1000,
         }
     }
 }
@@ -477,6 +481,9 @@ impl Config {
         }
         if self.auth.token_ttl_days == 0 {
             return invalid("auth.token_ttl_days", "must be at least 1");
+        }
+        if !(100..=60_000).contains(&self.auth.revocation_poll_ms) {
+            return invalid("auth.revocation_poll_ms", "must be 100 to 60000");
         }
         if self.server.request_timeout_ms == 0 {
             return invalid("server.request_timeout_ms", "must be greater than 0");

@@ -67,13 +67,21 @@ pub async fn connect(
                 .to_owned(),
         )
         .await?;
-        admin
+        let created = admin
             .execute_raw(Statement::from_string(
                 DbBackend::Postgres,
                 format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""),
             ))
-            .await?;
+            .await;
         admin.close().await?;
+        // Two processes creating the schema at once: the loser fails on the catalogue's
+        // unique key (23505) although IF NOT EXISTS was said. The schema is there.
+        match created {
+            Err(error) if error.to_string().contains("pg_namespace_nspname_index") => {}
+            other => {
+                other?;
+            }
+        }
     }
     options.set_schema_search_path(schema);
     // Batches look rows up with `IN ($2 … $1001)` through prepared statements. After five
@@ -93,9 +101,37 @@ pub async fn connect_and_migrate<M: MigratorTrait>(
     max_connections: u32,
 ) -> Result<DatabaseConnection, DbErr> {
     let db = connect(url, service, max_connections).await?;
-    crate::events::migration::PlatformMigrator::up(&db, None).await?;
-    M::up(&db, None).await?;
+    migrate_shared(service, || {
+        crate::events::migration::PlatformMigrator::up(&db, None)
+    })
+    .await?;
+    migrate_shared(service, || M::up(&db, None)).await?;
     Ok(db)
+}
+
+/// Runs migrations that replicas starting together on one database may run at the same
+/// time: the loser of the race fails on the migration table's key (or a DDL the winner
+/// just ran) and tries again, and then finds the work done. Each PostgreSQL migration is
+/// one transaction, so a lost race leaves nothing half applied.
+pub async fn migrate_shared<F, Fut>(service: &str, up: F) -> Result<(), DbErr>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), DbErr>>,
+{
+    const ATTEMPTS: u32 = 20;
+    let mut attempt = 1;
+    loop {
+        match up().await {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt < ATTEMPTS => {
+                tracing::info!(service, %error, attempt, "migration raced another replica; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
+                    .await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// The schema name of a service on PostgreSQL: the service name, made identifier-safe.

@@ -235,6 +235,7 @@ impl ServiceContext {
                 .set_service_status(winback_proto::service_names::EVENTS, ServingStatus::Serving)
                 .await;
         }
+        self.watch_revocations().await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: self.config.listen,
             source,
@@ -245,6 +246,27 @@ impl ServiceContext {
             .serve(listener, async move { shutdown.cancelled().await })
             .await?;
         Ok(())
+    }
+
+    /// Loads the revoked API keys from the platform database and keeps the list fresh, so
+    /// a revoked key fails here within `auth.revocation_poll_ms` without a lookup per call.
+    async fn watch_revocations(&self) -> Result<(), StartError> {
+        let database = |source| StartError::Database {
+            service: crate::tenancy::PLATFORM_DB,
+            source,
+        };
+        let db = crate::tenancy::open_platform_db(&self.config)
+            .await
+            .map_err(database)?;
+        self.verifier
+            .revocations()
+            .watch(
+                crate::api_keys::ApiKeyStore::new(db),
+                Duration::from_millis(self.config.auth.revocation_poll_ms),
+                self.shutdown.clone(),
+            )
+            .await
+            .map_err(database)
     }
 
     /// Binds the configured listen address.

@@ -2,6 +2,7 @@
 //! migrations, the gRPC server bootstrap (health, reflection, auth and tenancy, limits,
 //! graceful shutdown), the clock, error mapping, and the event feed.
 
+pub mod api_keys;
 pub mod auth;
 pub mod clock;
 pub mod config;

@@ -6,6 +6,17 @@ use sea_orm_migration::prelude::*;
 
 use crate::error::ServiceError;
 
+/// Name of the platform database (tenants, API keys).
+pub const PLATFORM_DB: &str = "platform";
+
+/// Opens the platform database of a deployment and runs its migrations.
+pub async fn open_platform_db(config: &crate::config::Config) -> Result<DatabaseConnection, DbErr> {
+    let url = config.database.url_for(PLATFORM_DB, &config.data_dir);
+    let db = crate::db::connect(&url, PLATFORM_DB, 2).await?;
+    crate::db::migrate_shared(PLATFORM_DB, || TenantMigrator::up(&db, None)).await?;
+    Ok(db)
+}
+
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Tenant {
@@ -24,7 +35,7 @@ pub struct TenantRegistry {
 impl TenantRegistry {
     /// Opens the registry in `db`, creating its table if needed.
     pub async fn open(db: DatabaseConnection) -> Result<Self, DbErr> {
-        TenantMigrator::up(&db, None).await?;
+        crate::db::migrate_shared(PLATFORM_DB, || TenantMigrator::up(&db, None)).await?;
         Ok(Self { db })
     }
 
@@ -111,7 +122,7 @@ struct TenantMigrator;
 
 impl MigratorTrait for TenantMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateTenants)]
+        vec![Box::new(CreateTenants), Box::new(CreateApiKeys)]
     }
 
     fn migration_table_name() -> sea_orm::DynIden {
@@ -149,6 +160,49 @@ impl MigrationTrait for CreateTenants {
         manager
             .get_connection()
             .execute_unprepared("DROP TABLE IF EXISTS tenants")
+            .await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct CreateApiKeys;
+
+impl MigrationName for CreateApiKeys {
+    fn name(&self) -> &str {
+        "m20261207_000001_create_api_keys"
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)]
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for CreateApiKeys {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        // The token is never stored: only its SHA-256 (see `api_keys`).
+        db.execute_unprepared(
+            "CREATE TABLE IF NOT EXISTS api_keys (
+                key_id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                token_sha256 TEXT NOT NULL,
+                created_at_us BIGINT NOT NULL,
+                expires_at_us BIGINT NOT NULL,
+                revoked_at_us BIGINT)",
+        )
+        .await?;
+        db.execute_unprepared(
+            "CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON api_keys (tenant_id, created_at_us)",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared("DROP TABLE IF EXISTS api_keys")
             .await?;
         Ok(())
     }

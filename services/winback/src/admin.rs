@@ -1,13 +1,11 @@
 //! Operator commands on the platform database: tenants and their tokens.
 
+use winback_platform::api_keys::{ApiKey, ApiKeyStore, CreatedKey, KeyRequest};
 use winback_platform::auth::{TokenSigner, read_key};
 use winback_platform::config::Config;
 use winback_platform::error::ServiceError;
 use winback_platform::host::StartError;
-use winback_platform::tenancy::{Tenant, TenantRegistry};
-
-/// Name of the platform database (tenants).
-pub const PLATFORM_DB: &str = "platform";
+use winback_platform::tenancy::{PLATFORM_DB, Tenant, TenantRegistry, open_platform_db};
 
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,20 +28,14 @@ pub struct CreatedTenant {
     pub tenant_id: String,
     /// Its name.
     pub name: String,
-    /// A token with every scope, valid for `auth.token_ttl_days`.
+    /// Id of the first API key (every scope, valid for `auth.token_ttl_days`).
+    pub key_id: String,
+    /// Its token.
     pub token: String,
 }
 
-/// Opens the tenant registry of the configured deployment.
-pub async fn registry(config: &Config) -> Result<TenantRegistry, StartError> {
-    let url = config.database.url_for(PLATFORM_DB, &config.data_dir);
-    let db = winback_platform::db::connect(&url, PLATFORM_DB, 2)
-        .await
-        .map_err(|source| StartError::Database {
-            service: PLATFORM_DB,
-            source,
-        })?;
-    TenantRegistry::open(db)
+async fn platform_db(config: &Config) -> Result<sea_orm::DatabaseConnection, StartError> {
+    open_platform_db(config)
         .await
         .map_err(|source| StartError::Database {
             service: PLATFORM_DB,
@@ -51,23 +43,82 @@ pub async fn registry(config: &Config) -> Result<TenantRegistry, StartError> {
         })
 }
 
-/// Creates a tenant and signs a token for it (generating the keys if this is a new data folder).
+/// Opens the tenant registry of the configured deployment.
+pub async fn registry(config: &Config) -> Result<TenantRegistry, StartError> {
+    TenantRegistry::open(platform_db(config).await?)
+        .await
+        .map_err(|source| StartError::Database {
+            service: PLATFORM_DB,
+            source,
+        })
+}
+
+/// Creates a tenant and its first API key, named `initial`, with every scope (generating
+/// the keys if this is a new data folder).
 pub async fn create_tenant(config: &Config, name: &str) -> Result<CreatedTenant, AdminError> {
     crate::embedded::ensure_keys(config)?;
     let Tenant { tenant_id, name } = registry(config)
         .await?
         .create(name, chrono::Utc::now())
         .await?;
-    let token = signer(config)?.tenant_token(
-        &tenant_id,
-        &["*"],
-        i64::from(config.auth.token_ttl_days) * 86_400,
-    )?;
+    let key = create_key(
+        config,
+        KeyRequest {
+            tenant_id: &tenant_id,
+            name: "initial",
+            scopes: &["all".to_owned()],
+            ttl_days: config.auth.token_ttl_days,
+        },
+    )
+    .await?;
     Ok(CreatedTenant {
         tenant_id,
         name,
-        token,
+        key_id: key.key.key_id,
+        token: key.token,
     })
+}
+
+/// Creates an API key for an existing tenant.
+pub async fn create_key(
+    config: &Config,
+    request: KeyRequest<'_>,
+) -> Result<CreatedKey, AdminError> {
+    known_tenant(config, request.tenant_id).await?;
+    let store = ApiKeyStore::new(platform_db(config).await?);
+    Ok(store.create(&signer(config)?, request).await?)
+}
+
+/// The tenant's API keys.
+pub async fn list_keys(config: &Config, tenant_id: &str) -> Result<Vec<ApiKey>, AdminError> {
+    known_tenant(config, tenant_id).await?;
+    Ok(ApiKeyStore::new(platform_db(config).await?)
+        .list(tenant_id)
+        .await?)
+}
+
+/// Revokes one of the tenant's API keys; every service refuses it within
+/// `auth.revocation_poll_ms`.
+pub async fn revoke_key(config: &Config, tenant_id: &str, key_id: &str) -> Result<(), AdminError> {
+    known_tenant(config, tenant_id).await?;
+    Ok(ApiKeyStore::new(platform_db(config).await?)
+        .revoke(tenant_id, key_id, chrono::Utc::now())
+        .await?)
+}
+
+async fn known_tenant(config: &Config, tenant_id: &str) -> Result<(), AdminError> {
+    let known = registry(config)
+        .await?
+        .list()
+        .await
+        .map_err(ServiceError::from)?
+        .into_iter()
+        .any(|t| t.tenant_id == tenant_id);
+    if known {
+        Ok(())
+    } else {
+        Err(ServiceError::not_found_at("tenant", tenant_id, "tenant").into())
+    }
 }
 
 /// The token signer of the deployment.

@@ -207,6 +207,54 @@ enum TenantCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Manages a tenant's API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Creates an API key and prints it as JSON, with its token (shown only this once).
+    Create {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Name for people, e.g. "crm sync".
+        #[arg(long)]
+        name: String,
+        /// A scope (`campaigns:read`, `offers:write`, …) or a preset: all, read-only,
+        /// campaigns, ingest. Repeat for several.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = 90)]
+        ttl_days: u32,
+        /// Folder for SQLite files and keys.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Lists the tenant's keys as JSON lines (never their tokens).
+    List {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Folder for SQLite files and keys.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Revokes a key: every service refuses it within `auth.revocation_poll_ms`.
+    Revoke {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Key id (`k_…`).
+        key_id: String,
+        /// Folder for SQLite files and keys.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +319,47 @@ fn explain(error: &anyhow::Error) -> String {
     format!("{error:#}")
 }
 
+async fn run_key_command(config_file: Option<&PathBuf>, command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Create {
+            tenant,
+            name,
+            scopes,
+            ttl_days,
+            data_dir,
+        } => {
+            let config = load_config(config_file, data_dir, None)?;
+            let created = winback::admin::create_key(
+                &config,
+                winback_platform::api_keys::KeyRequest {
+                    tenant_id: &tenant,
+                    name: &name,
+                    scopes: &scopes,
+                    ttl_days,
+                },
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&created)?);
+        }
+        KeyCommand::List { tenant, data_dir } => {
+            let config = load_config(config_file, data_dir, None)?;
+            for key in winback::admin::list_keys(&config, &tenant).await? {
+                println!("{}", serde_json::to_string(&key)?);
+            }
+        }
+        KeyCommand::Revoke {
+            tenant,
+            key_id,
+            data_dir,
+        } => {
+            let config = load_config(config_file, data_dir, None)?;
+            winback::admin::revoke_key(&config, &tenant, &key_id).await?;
+            println!("revoked {key_id}");
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { data_dir, listen } => {
@@ -297,6 +386,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&tenant)?);
             }
         }
+        Command::Tenant {
+            command: TenantCommand::Key { command },
+        } => run_key_command(cli.config.as_ref(), command).await?,
         Command::Import {
             tenant,
             customers,
