@@ -138,6 +138,7 @@ async fn main() {
     let mut campaigns = CampaignsServiceClient::new(channel);
     let chain = campaigns
         .create_chain(CreateChainRequest {
+            request_id: String::new(),
             chain: Some(Chain {
                 name: "one offer".into(),
                 steps: vec![Step {
@@ -160,6 +161,7 @@ async fn main() {
     // Created paused-equivalent (draft), seeded, then activated: the clock starts there.
     let campaign = campaigns
         .create_campaign(CreateCampaignRequest {
+            request_id: String::new(),
             campaign: Some(Campaign {
                 name: "bench".into(),
                 chain_id: chain.chain_id.clone(),

@@ -142,6 +142,7 @@ pub async fn percent_off_template(
 ) -> String {
     offers
         .create_offer_template(CreateOfferTemplateRequest {
+            request_id: String::new(),
             template: Some(OfferTemplate {
                 name: format!("{percent} % off"),
                 kind: OfferKind::PercentOff as i32,
@@ -169,6 +170,7 @@ pub async fn start_campaign(
 ) -> String {
     let id = campaigns
         .create_campaign(CreateCampaignRequest {
+            request_id: String::new(),
             campaign: Some(campaign),
         })
         .await

@@ -118,6 +118,7 @@ impl Shop {
         for id in ids {
             self.profiles
                 .record_consent(RecordConsentRequest {
+                    request_id: String::new(),
                     customer_id: id.clone(),
                     consent: Some(ConsentRecord {
                         channel: Channel::Email as i32,
@@ -159,7 +160,10 @@ impl Shop {
     async fn campaign(&mut self, chain: Chain, holdout_percent: i32) -> String {
         let chain = self
             .campaigns
-            .create_chain(CreateChainRequest { chain: Some(chain) })
+            .create_chain(CreateChainRequest {
+                request_id: String::new(),
+                chain: Some(chain),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -472,6 +476,7 @@ db_test!(
         shop.settle(std::slice::from_ref(&d.enrolment_id), 1).await;
         shop.profiles
             .record_consent(RecordConsentRequest {
+                request_id: String::new(),
                 customer_id: "u-0".into(),
                 consent: Some(ConsentRecord {
                     channel: Channel::Email as i32,
@@ -496,7 +501,10 @@ db_test!(
         other.name = "other".into();
         let chain = shop
             .campaigns
-            .create_chain(CreateChainRequest { chain: Some(other) })
+            .create_chain(CreateChainRequest {
+                request_id: String::new(),
+                chain: Some(other),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -531,7 +539,10 @@ db_test!(
         chain.steps.extend([extra.clone(), extra.clone(), extra]);
         let err = shop
             .campaigns
-            .create_chain(CreateChainRequest { chain: Some(chain) })
+            .create_chain(CreateChainRequest {
+                request_id: String::new(),
+                chain: Some(chain),
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
@@ -541,7 +552,10 @@ db_test!(
         chain.steps[2].delay = Some(to_duration(chrono::Duration::days(4)));
         let err = shop
             .campaigns
-            .create_chain(CreateChainRequest { chain: Some(chain) })
+            .create_chain(CreateChainRequest {
+                request_id: String::new(),
+                chain: Some(chain),
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
@@ -555,7 +569,10 @@ db_test!(
         chain.steps[1].channels[0].template_id = "nope".into();
         let err = shop
             .campaigns
-            .create_chain(CreateChainRequest { chain: Some(chain) })
+            .create_chain(CreateChainRequest {
+                request_id: String::new(),
+                chain: Some(chain),
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
@@ -576,6 +593,7 @@ db_test!(
         let err = shop
             .campaigns
             .create_campaign(CreateCampaignRequest {
+                request_id: String::new(),
                 campaign: Some(Campaign {
                     name: "x".into(),
                     chain_id: "missing".into(),
@@ -611,6 +629,7 @@ db_test!(
         let err = shop
             .campaigns
             .create_campaign(CreateCampaignRequest {
+                request_id: String::new(),
                 campaign: Some(Campaign {
                     name: "x".into(),
                     chain_id: chain_id.clone(),
@@ -634,6 +653,7 @@ db_test!(
         let overlapping = shop
             .campaigns
             .create_campaign(CreateCampaignRequest {
+                request_id: String::new(),
                 campaign: Some(Campaign {
                     name: "overlap".into(),
                     chain_id,
@@ -705,6 +725,7 @@ db_test!(
         let mut narrow = CampaignsServiceClient::new(shop.stack.authed(&narrow));
         let err = narrow
             .create_chain(CreateChainRequest {
+                request_id: String::new(),
                 chain: Some(shop.classic_chain()),
             })
             .await
@@ -908,6 +929,7 @@ db_test!(
         let chain = shop
             .campaigns
             .create_chain(CreateChainRequest {
+                request_id: String::new(),
                 chain: Some(Chain {
                     name: "cart".into(),
                     steps: vec![Step {
@@ -1046,6 +1068,7 @@ db_test!(
             .unwrap();
         shop.profiles
             .record_consent(RecordConsentRequest {
+                request_id: String::new(),
                 customer_id: "d".into(),
                 consent: Some(ConsentRecord {
                     channel: Channel::Email as i32,
@@ -1106,6 +1129,7 @@ db_test!(
         let chain_a = shop
             .campaigns
             .create_chain(CreateChainRequest {
+                request_id: String::new(),
                 chain: Some(shop.classic_chain()),
             })
             .await
@@ -1120,6 +1144,7 @@ db_test!(
         let chain_b = shop
             .campaigns
             .create_chain(CreateChainRequest {
+                request_id: String::new(),
                 chain: Some(second),
             })
             .await
@@ -1155,6 +1180,7 @@ db_test!(
         let rich = shop
             .campaigns
             .create_campaign(CreateCampaignRequest {
+                request_id: String::new(),
                 campaign: Some(campaign("rich only", 1_000_000_000_000)),
             })
             .await
@@ -1268,6 +1294,7 @@ db_test!(
         for channel in [Channel::Email, Channel::Sms] {
             shop.profiles
                 .record_consent(RecordConsentRequest {
+                    request_id: String::new(),
                     customer_id: "m-0".into(),
                     consent: Some(ConsentRecord {
                         channel: channel as i32,
@@ -1371,6 +1398,153 @@ db_test!(
         let campaign = shop.campaign(chain, 0).await;
         let d = shop.enrol(&campaign, &["m-0".into()]).await.remove(0);
         assert_eq!(d.skip_reason, SkipReason::Suppressed as i32);
+        shop.stack.stop().await;
+    }
+);
+
+db_test!(
+    a_retried_create_with_its_request_id_creates_once,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        shop.customers(&["c-1".to_owned()], "Europe/Moscow").await;
+        // Chain and campaign: the retry returns the first result; nothing doubles.
+        let chain = CreateChainRequest {
+            request_id: "chain-1".into(),
+            chain: Some(shop.classic_chain()),
+        };
+        let first = shop.campaigns.create_chain(chain.clone()).await.unwrap();
+        let again = shop.campaigns.create_chain(chain.clone()).await.unwrap();
+        assert_eq!(first.get_ref(), again.get_ref());
+        let chain_id = first.into_inner().chain.unwrap().chain_id;
+        let mut changed = chain.clone();
+        changed.chain.as_mut().unwrap().name = "other".into();
+        let reused = shop.campaigns.create_chain(changed).await.unwrap_err();
+        assert_eq!(reused.code(), Code::AlreadyExists);
+        assert!(reused.message().contains("request_id"), "{reused:?}");
+        let chains = shop
+            .campaigns
+            .list_chains(ListChainsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .chains;
+        assert_eq!(chains.len(), 1);
+        let campaign = CreateCampaignRequest {
+            request_id: "campaign-1".into(),
+            campaign: Some(Campaign {
+                name: "win back".into(),
+                chain_id,
+                audience: Some(Audience {
+                    lifecycle_states: vec![LifecycleState::Sleeping as i32],
+                    ..Audience::default()
+                }),
+                winback: true,
+                ..Campaign::default()
+            }),
+        };
+        let first = shop
+            .campaigns
+            .create_campaign(campaign.clone())
+            .await
+            .unwrap();
+        let again = shop.campaigns.create_campaign(campaign).await.unwrap();
+        assert_eq!(first.get_ref(), again.get_ref());
+        let campaigns = shop
+            .campaigns
+            .list_campaigns(ListCampaignsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .campaigns;
+        assert_eq!(campaigns.len(), 1);
+
+        // Offer template and ladder.
+        use winback_proto::offers::{
+            CreateLadderRequest, CreateOfferTemplateRequest, Ladder, ListLaddersRequest,
+            ListOfferTemplatesRequest, OfferKind, OfferTemplate,
+        };
+        let template = CreateOfferTemplateRequest {
+            request_id: "template-1".into(),
+            template: Some(OfferTemplate {
+                name: "5 % off".into(),
+                kind: OfferKind::PercentOff as i32,
+                percent_off: 5,
+                valid_for: Some(to_duration(chrono::Duration::hours(72))),
+                ..OfferTemplate::default()
+            }),
+        };
+        let first = shop
+            .offers
+            .create_offer_template(template.clone())
+            .await
+            .unwrap();
+        let again = shop.offers.create_offer_template(template).await.unwrap();
+        assert_eq!(first.get_ref(), again.get_ref());
+        let templates = shop
+            .offers
+            .list_offer_templates(ListOfferTemplatesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .templates;
+        // The shop's own template plus this one, once.
+        assert_eq!(templates.len(), 2);
+        let ladder = CreateLadderRequest {
+            request_id: "ladder-1".into(),
+            ladder: Some(Ladder {
+                name: "soft to strong".into(),
+                template_ids: vec![first.into_inner().template.unwrap().template_id],
+                ..Ladder::default()
+            }),
+        };
+        let first = shop.offers.create_ladder(ladder.clone()).await.unwrap();
+        let again = shop.offers.create_ladder(ladder).await.unwrap();
+        assert_eq!(first.get_ref(), again.get_ref());
+        let ladders = shop
+            .offers
+            .list_ladders(ListLaddersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .ladders;
+        assert_eq!(ladders.len(), 1);
+
+        // Consent: the retry records nothing new.
+        use winback_proto::profiles::ListConsentHistoryRequest;
+        let history = |shop: &mut Shop| {
+            let mut profiles = shop.profiles.clone();
+            async move {
+                profiles
+                    .list_consent_history(ListConsentHistoryRequest {
+                        customer_id: "c-1".into(),
+                        page: None,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+            }
+        };
+        let before = history(&mut shop).await;
+        let consent = RecordConsentRequest {
+            request_id: "consent-1".into(),
+            customer_id: "c-1".into(),
+            consent: Some(ConsentRecord {
+                channel: Channel::Sms as i32,
+                purpose: MessagePurpose::Advertising as i32,
+                granted: true,
+                source: "survey".into(),
+                recorded_at: Some(to_timestamp(shop.now())),
+            }),
+            do_not_contact: false,
+        };
+        let first = shop.profiles.record_consent(consent.clone()).await.unwrap();
+        let again = shop.profiles.record_consent(consent).await.unwrap();
+        assert_eq!(first.get_ref(), again.get_ref());
+        let after = history(&mut shop).await;
+        assert_eq!(
+            format!("{:?}", after).matches("survey").count(),
+            format!("{:?}", before).matches("survey").count() + 1
+        );
         shop.stack.stop().await;
     }
 );

@@ -210,3 +210,188 @@ db_test!(an_oversized_message_is_refused, |db| async move {
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     stack.stop().await;
 });
+
+db_test!(
+    every_list_call_refuses_a_page_token_it_did_not_give,
+    |db| async move {
+        use tonic::Request;
+        use winback_platform::error::field_violations;
+        use winback_proto::campaigns::campaigns_service_client::CampaignsServiceClient as Campaigns;
+        use winback_proto::common::PageRequest;
+        use winback_proto::delivery::delivery_service_client::DeliveryServiceClient as Delivery;
+        use winback_proto::offers::offers_service_client::OffersServiceClient as Offers;
+        use winback_proto::profiles::profiles_service_client::ProfilesServiceClient as Profiles;
+        use winback_proto::segmentation::segmentation_service_client::SegmentationServiceClient as Segmentation;
+        let db: &TestDatabase = db;
+        let stack = TestStack::start(db).await;
+        let shop = stack.tenant("Flower shop").await;
+        let other = stack.tenant("Bakery").await;
+        let channel = stack.authed(&shop.token);
+        let page = |token: &str| {
+            Some(PageRequest {
+                page_size: 1,
+                page_token: token.into(),
+            })
+        };
+        // Two offer templates, so the first page of one has a next page.
+        let mut campaigns = Campaigns::new(channel.clone());
+        let mut offers = Offers::new(channel.clone());
+        for percent in [5, 10] {
+            winback_e2e::percent_off_template(&mut offers, percent, 1000).await;
+        }
+        let list = |token: &str| winback_proto::offers::ListOfferTemplatesRequest {
+            page: page(token),
+            ..Default::default()
+        };
+        let first = offers
+            .list_offer_templates(list(""))
+            .await
+            .unwrap()
+            .into_inner();
+        let next = first.page.unwrap().next_page_token;
+        assert!(!next.is_empty());
+        let second = offers
+            .list_offer_templates(list(&next))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(second.templates.len(), 1);
+        assert_ne!(
+            second.templates[0].template_id,
+            first.templates[0].template_id
+        );
+        // Another tenant cannot use the shop's token; other filters cannot either.
+        let foreign = Offers::new(stack.authed(&other.token))
+            .list_offer_templates(list(&next))
+            .await
+            .unwrap_err();
+        assert_eq!(field_violations(&foreign)[0].field, "page.page_token");
+        let filtered = offers
+            .list_offer_templates(winback_proto::offers::ListOfferTemplatesRequest {
+                page: page(&next),
+                include_archived: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(field_violations(&filtered)[0].field, "page.page_token");
+
+        let refused = |status: tonic::Status| {
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert_eq!(field_violations(&status)[0].field, "page.page_token");
+        };
+        // Every list call, with garbage and with a token from another call.
+        for token in ["zzz", next.as_str()] {
+            let p = page(token);
+            let mut profiles = Profiles::new(channel.clone());
+            let mut delivery = Delivery::new(channel.clone());
+            let mut segmentation = Segmentation::new(channel.clone());
+            use winback_proto::{
+                campaigns as c, delivery as d, offers as o, profiles as pr, segmentation as s,
+            };
+            refused(
+                campaigns
+                    .list_campaigns(Request::new(c::ListCampaignsRequest {
+                        page: p.clone(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap_err(),
+            );
+            refused(
+                campaigns
+                    .list_enrolments(Request::new(c::ListEnrolmentsRequest {
+                        page: p.clone(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap_err(),
+            );
+            refused(
+                delivery
+                    .list_templates(Request::new(d::ListTemplatesRequest {
+                        page: p.clone(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap_err(),
+            );
+            refused(
+                delivery
+                    .list_messages(Request::new(d::ListMessagesRequest {
+                        page: p.clone(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap_err(),
+            );
+            refused(
+                delivery
+                    .list_suppressions(Request::new(d::ListSuppressionsRequest {
+                        page: p.clone(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap_err(),
+            );
+            refused(
+                campaigns
+                    .list_chains(Request::new(c::ListChainsRequest { page: p.clone() }))
+                    .await
+                    .unwrap_err(),
+            );
+            refused(
+                offers
+                    .list_ladders(Request::new(o::ListLaddersRequest { page: p.clone() }))
+                    .await
+                    .unwrap_err(),
+            );
+            refused(
+                offers
+                    .list_coupons(Request::new(o::ListCouponsRequest {
+                        page: p.clone(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap_err(),
+            );
+            refused(
+                offers
+                    .list_fraud_signals(Request::new(o::ListFraudSignalsRequest {
+                        page: p.clone(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap_err(),
+            );
+            refused(
+                profiles
+                    .list_customers(Request::new(pr::ListCustomersRequest {
+                        page: p.clone(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap_err(),
+            );
+            refused(
+                profiles
+                    .list_consent_history(Request::new(pr::ListConsentHistoryRequest {
+                        customer_id: "c-1".into(),
+                        page: p.clone(),
+                    }))
+                    .await
+                    .unwrap_err(),
+            );
+            refused(
+                segmentation
+                    .list_transitions(Request::new(s::ListTransitionsRequest {
+                        page: p.clone(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap_err(),
+            );
+        }
+        refused(offers.list_offer_templates(list("zzz")).await.unwrap_err());
+        stack.stop().await;
+    }
+);

@@ -281,6 +281,7 @@ impl Job {
         let chain = self
             .campaigns
             .create_chain(CreateChainRequest {
+                request_id: String::new(),
                 chain: Some(Chain {
                     name: "reminder, offer, last chance".into(),
                     steps: vec![

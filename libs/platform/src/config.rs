@@ -81,6 +81,30 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Campaigns' step workers and event consumers.
     pub campaigns: CampaignsConfig,
+    /// Default per-tenant quotas (`winback tenant quota` sets a tenant's own).
+    pub quotas: QuotaConfig,
+}
+
+/// Per-tenant limits every tenant gets unless the platform database gives it its own.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Calls per second a tenant's keys may make to one service process; 0 = no limit.
+    pub calls_per_second: u32,
+    /// Calls a tenant may make at once above that rate (the bucket's size).
+    pub call_burst: u32,
+    /// Messages delivery accepts for a tenant per UTC day; 0 = no limit.
+    pub messages_per_day: u32,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            calls_per_second: 1000,
+            call_burst: 2000,
+            messages_per_day: 0,
+        }
+    }
 }
 
 impl Default for Config {
@@ -96,6 +120,7 @@ impl Default for Config {
             clients: ClientsConfig::default(),
             delivery: DeliveryConfig::default(),
             campaigns: CampaignsConfig::default(),
+            quotas: QuotaConfig::default(),
         }
     }
 }
@@ -481,6 +506,12 @@ impl Config {
         }
         if self.auth.token_ttl_days == 0 {
             return invalid("auth.token_ttl_days", "must be at least 1");
+        }
+        if self.quotas.calls_per_second > 0 && self.quotas.call_burst == 0 {
+            return invalid(
+                "quotas.call_burst",
+                "must be at least 1 when calls are limited",
+            );
         }
         if !(100..=60_000).contains(&self.auth.revocation_poll_ms) {
             return invalid("auth.revocation_poll_ms", "must be 100 to 60000");

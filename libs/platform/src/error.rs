@@ -61,6 +61,19 @@ pub enum ServiceError {
     /// A quota or rate limit was hit.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
+    /// A tenant's quota was hit; the caller may retry after `retry_after`.
+    #[error("resource exhausted: {description}")]
+    QuotaExceeded {
+        /// The limit, e.g. `calls_per_second`.
+        limit: &'static str,
+        /// What happened, in words.
+        description: String,
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
+    /// A concurrent call is doing the same work; the caller may retry.
+    #[error("aborted: {0}")]
+    Aborted(String),
     /// A service this one depends on did not answer; the caller may retry.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -154,6 +167,20 @@ impl From<ServiceError> for Status {
             ServiceError::PermissionDenied(m) => Status::permission_denied(m),
             ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
             ServiceError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ServiceError::QuotaExceeded {
+                limit,
+                description,
+                retry_after,
+            } => {
+                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+                details.add_quota_failure_violation(limit, description.clone());
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!("resource exhausted: {description}"),
+                    details,
+                )
+            }
+            ServiceError::Aborted(m) => Status::aborted(m),
             ServiceError::Unavailable(m) => Status::unavailable(m),
             ServiceError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");

@@ -82,6 +82,8 @@ pub struct ServiceContext {
     pub shutdown: CancellationToken,
     /// The service credential for calls to other services, when one is configured.
     pub service_credentials: Option<CallCredentials>,
+    /// Per-tenant quotas, kept fresh from the platform database while serving.
+    pub quotas: crate::quotas::Quotas,
 }
 
 /// A service added to a server: its name and the feed of its outbox, if it has one.
@@ -120,12 +122,19 @@ impl ServiceContext {
                 }
                 Err(_) => None,
             };
+        let quotas = crate::quotas::Quotas::new(config.quotas);
+        // Page tokens are signed with a key every replica derives from the shared secrets key.
+        let secrets = crate::secrets::SecretBox::open_or_create(
+            &config.auth.secrets_key_path(&config.data_dir),
+        )?;
+        crate::paging::use_key(&secrets.derive("winback page tokens v1"));
         Ok(Self {
             config,
             clock,
             verifier,
             shutdown,
             service_credentials,
+            quotas,
         })
     }
 
@@ -201,9 +210,9 @@ impl ServiceContext {
         })
     }
 
-    /// A server with this context's limits and token verifier.
+    /// A server with this context's limits, token verifier and tenant quotas.
     pub fn server(&self) -> GrpcServer {
-        GrpcServer::new(&self.config.server, self.verifier.clone())
+        GrpcServer::new(&self.config.server, self.verifier.clone()).with_quotas(self.quotas.clone())
     }
 
     /// Adds the event feed of the mounted services, then serves until shutdown. Logs one
@@ -235,7 +244,7 @@ impl ServiceContext {
                 .set_service_status(winback_proto::service_names::EVENTS, ServingStatus::Serving)
                 .await;
         }
-        self.watch_revocations().await?;
+        self.watch_platform().await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: self.config.listen,
             source,
@@ -248,9 +257,10 @@ impl ServiceContext {
         Ok(())
     }
 
-    /// Loads the revoked API keys from the platform database and keeps the list fresh, so
-    /// a revoked key fails here within `auth.revocation_poll_ms` without a lookup per call.
-    async fn watch_revocations(&self) -> Result<(), StartError> {
+    /// Loads the revoked API keys and the tenants' quotas from the platform database and
+    /// keeps them fresh, so a revoked key fails here within `auth.revocation_poll_ms`
+    /// without a lookup per call.
+    async fn watch_platform(&self) -> Result<(), StartError> {
         let database = |source| StartError::Database {
             service: crate::tenancy::PLATFORM_DB,
             source,
@@ -258,13 +268,18 @@ impl ServiceContext {
         let db = crate::tenancy::open_platform_db(&self.config)
             .await
             .map_err(database)?;
+        let every = Duration::from_millis(self.config.auth.revocation_poll_ms);
         self.verifier
             .revocations()
             .watch(
-                crate::api_keys::ApiKeyStore::new(db),
-                Duration::from_millis(self.config.auth.revocation_poll_ms),
+                crate::api_keys::ApiKeyStore::new(db.clone()),
+                every,
                 self.shutdown.clone(),
             )
+            .await
+            .map_err(database)?;
+        self.quotas
+            .watch(db, every, self.shutdown.clone())
             .await
             .map_err(database)
     }

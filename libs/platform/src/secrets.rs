@@ -41,6 +41,8 @@ pub enum SecretsError {
 struct Key {
     id: String,
     key: LessSafeKey,
+    /// HMAC key derived from this key for other uses (page tokens).
+    derived: aws_lc_rs::hmac::Key,
 }
 
 impl std::fmt::Debug for Key {
@@ -157,6 +159,7 @@ impl SecretBox {
             keys.push(Key {
                 id: id.to_owned(),
                 key: LessSafeKey::new(unbound),
+                derived: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &bytes),
             });
         }
         if keys.is_empty() {
@@ -166,6 +169,17 @@ impl SecretBox {
             keys,
             rng: SystemRandom::new(),
         })
+    }
+
+    /// A 32-byte key for `purpose`, derived from the current key (HMAC-SHA256 of the
+    /// purpose): replicas sharing the key file derive the same one.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        if let Some(first) = self.keys.first() {
+            let tag = aws_lc_rs::hmac::sign(&first.derived, purpose.as_bytes());
+            out.copy_from_slice(&tag.as_ref()[..32]);
+        }
+        out
     }
 
     /// Puts a fresh key first in the file at `path` (created when missing), keeping the old

@@ -122,7 +122,11 @@ struct TenantMigrator;
 
 impl MigratorTrait for TenantMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateTenants), Box::new(CreateApiKeys)]
+        vec![
+            Box::new(CreateTenants),
+            Box::new(CreateApiKeys),
+            Box::new(CreateTenantQuotas),
+        ]
     }
 
     fn migration_table_name() -> sea_orm::DynIden {
@@ -203,6 +207,41 @@ impl MigrationTrait for CreateApiKeys {
         manager
             .get_connection()
             .execute_unprepared("DROP TABLE IF EXISTS api_keys")
+            .await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct CreateTenantQuotas;
+
+impl MigrationName for CreateTenantQuotas {
+    fn name(&self) -> &str {
+        "m20261207_000002_create_tenant_quotas"
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)]
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for CreateTenantQuotas {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE TABLE IF NOT EXISTS tenant_quotas (
+                    tenant_id TEXT PRIMARY KEY,
+                    calls_per_second BIGINT NOT NULL,
+                    call_burst BIGINT NOT NULL,
+                    messages_per_day BIGINT NOT NULL)",
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared("DROP TABLE IF EXISTS tenant_quotas")
             .await?;
         Ok(())
     }

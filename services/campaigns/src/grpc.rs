@@ -3,6 +3,7 @@
 
 use tonic::{Request, Response, Status};
 use winback_platform::auth::tenant_for;
+use winback_platform::paging::paged;
 use winback_proto::campaigns::campaigns_service_server::CampaignsService;
 use winback_proto::campaigns::*;
 
@@ -16,6 +17,7 @@ const WRITE: &str = "campaigns:write";
 #[derive(Debug, Clone)]
 pub(crate) struct CampaignsGrpc {
     pub(crate) campaigns: Campaigns,
+    pub(crate) requests: winback_platform::idempotency::RequestLog,
 }
 
 #[tonic::async_trait]
@@ -73,11 +75,24 @@ impl CampaignsService for CampaignsGrpc {
         request: Request<CreateChainRequest>,
     ) -> Result<Response<CreateChainResponse>, Status> {
         let tenant = tenant_for(&request, WRITE)?;
-        let chain = self
-            .campaigns
-            .create_chain(&tenant, request.into_inner().chain)
+        let request = request.into_inner();
+        let reply = self
+            .requests
+            .once(
+                &tenant,
+                "CreateChain",
+                &request.request_id,
+                &request,
+                || async {
+                    let chain = self
+                        .campaigns
+                        .create_chain(&tenant, request.chain.clone())
+                        .await?;
+                    Ok(CreateChainResponse { chain: Some(chain) })
+                },
+            )
             .await?;
-        Ok(Response::new(CreateChainResponse { chain: Some(chain) }))
+        Ok(Response::new(reply))
     }
 
     async fn get_chain(
@@ -97,10 +112,12 @@ impl CampaignsService for CampaignsGrpc {
         request: Request<ListChainsRequest>,
     ) -> Result<Response<ListChainsResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        let page = request.into_inner().page.unwrap_or_default();
-        Ok(Response::new(
-            self.campaigns.list_chains(&tenant, page).await?,
-        ))
+        let reply = paged(&tenant, request.into_inner(), |r| {
+            self.campaigns
+                .list_chains(&tenant, r.page.unwrap_or_default())
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn create_campaign(
@@ -108,13 +125,26 @@ impl CampaignsService for CampaignsGrpc {
         request: Request<CreateCampaignRequest>,
     ) -> Result<Response<CreateCampaignResponse>, Status> {
         let tenant = tenant_for(&request, WRITE)?;
-        let campaign = self
-            .campaigns
-            .create_campaign(&tenant, request.into_inner().campaign)
+        let request = request.into_inner();
+        let reply = self
+            .requests
+            .once(
+                &tenant,
+                "CreateCampaign",
+                &request.request_id,
+                &request,
+                || async {
+                    let campaign = self
+                        .campaigns
+                        .create_campaign(&tenant, request.campaign.clone())
+                        .await?;
+                    Ok(CreateCampaignResponse {
+                        campaign: Some(campaign),
+                    })
+                },
+            )
             .await?;
-        Ok(Response::new(CreateCampaignResponse {
-            campaign: Some(campaign),
-        }))
+        Ok(Response::new(reply))
     }
 
     async fn get_campaign(
@@ -136,12 +166,12 @@ impl CampaignsService for CampaignsGrpc {
         request: Request<ListCampaignsRequest>,
     ) -> Result<Response<ListCampaignsResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        let r = request.into_inner();
-        Ok(Response::new(
+        let reply = paged(&tenant, request.into_inner(), |r| {
             self.campaigns
                 .list_campaigns(&tenant, r.state, r.page.unwrap_or_default())
-                .await?,
-        ))
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn activate_campaign(
@@ -242,11 +272,11 @@ impl CampaignsService for CampaignsGrpc {
         request: Request<ListEnrolmentsRequest>,
     ) -> Result<Response<ListEnrolmentsResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        Ok(Response::new(
-            self.campaigns
-                .list_enrolments(&tenant, request.into_inner())
-                .await?,
-        ))
+        let reply = paged(&tenant, request.into_inner(), |r| {
+            self.campaigns.list_enrolments(&tenant, r)
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn get_campaign_report(

@@ -39,6 +39,7 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
         SERVICE,
         EventSource::Campaigns,
         |db, outbox, limit| {
+            let requests = winback_platform::idempotency::RequestLog::new(db.clone());
             let campaigns = context::Campaigns::new(db, outbox, &host);
             for _ in 0..campaigns.config.workers {
                 tokio::spawn(campaigns.clone().run_worker(host.shutdown.clone()));
@@ -48,9 +49,12 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
             {
                 tracing::error!(error = %e, "campaigns cannot read the other services' events");
             }
-            CampaignsServiceServer::new(grpc::CampaignsGrpc { campaigns })
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit)
+            CampaignsServiceServer::new(grpc::CampaignsGrpc {
+                campaigns,
+                requests,
+            })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
         },
     )
     .await

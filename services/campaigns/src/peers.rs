@@ -74,7 +74,10 @@ impl Campaigns {
 /// unavailable peer; anything else is ours to explain.
 pub(crate) fn upstream(call: &str, status: &tonic::Status) -> ServiceError {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+        // A tenant's quota is a wait, not a fault: the work is retried later.
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::ResourceExhausted => {
             ServiceError::Unavailable(format!("{call}: {}", status.message()))
         }
         _ => ServiceError::Internal(format!(

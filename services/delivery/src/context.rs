@@ -30,6 +30,8 @@ pub(crate) struct Delivery {
     pub(crate) reaction_groups: Arc<crate::reactions::ReactionGroups>,
     /// Seals provider secrets at rest.
     pub(crate) secrets: Arc<winback_platform::secrets::SecretBox>,
+    /// The tenants' message quotas.
+    pub(crate) quotas: winback_platform::quotas::Quotas,
     /// Writers queue here on SQLite.
     sqlite_writer: WriteGate,
 }
@@ -55,8 +57,32 @@ impl Delivery {
             carriers: crate::worker::Carriers::default(),
             reaction_groups: Arc::default(),
             secrets,
+            quotas: winback_platform::quotas::Quotas::new(winback_platform::config::QuotaConfig {
+                calls_per_second: 0,
+                call_burst: 0,
+                messages_per_day: 0,
+            }),
             sqlite_writer: WriteGate::default(),
         }
+    }
+
+    /// Limits each tenant's messages per day by `quotas`.
+    pub(crate) fn with_quotas(mut self, quotas: winback_platform::quotas::Quotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// `RESOURCE_EXHAUSTED` (retry at the next UTC midnight) when the tenant has used its
+    /// messages for today. Checked before a call is taken, so one call can pass the limit
+    /// by at most its own size; no query at all when the tenant has no limit.
+    pub(crate) async fn check_daily_messages(&self, tenant: &str) -> Result<(), ServiceError> {
+        if self.quotas.of(tenant).messages_per_day == 0 {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let since = winback_platform::quotas::start_of_day(now).timestamp_micros();
+        let sent = crate::store::messages_created_since(&self.db, tenant, since).await?;
+        self.quotas.check_messages(tenant, sent, now)
     }
 
     /// The SQLite writer lock (nothing on PostgreSQL). Keep it until the commit.

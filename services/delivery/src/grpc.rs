@@ -3,6 +3,7 @@
 
 use tonic::{Request, Response, Status};
 use winback_platform::auth::tenant_for;
+use winback_platform::paging::paged;
 use winback_proto::delivery::delivery_service_server::DeliveryService;
 use winback_proto::delivery::*;
 
@@ -53,13 +54,12 @@ impl DeliveryService for DeliveryGrpc {
         request: Request<ListTemplatesRequest>,
     ) -> Result<Response<ListTemplatesResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        let r = request.into_inner();
-        let page = r.page.unwrap_or_default();
-        Ok(Response::new(
+        let reply = paged(&tenant, request.into_inner(), |r| {
             self.delivery
-                .list_templates(&tenant, r.channel, page)
-                .await?,
-        ))
+                .list_templates(&tenant, r.channel, r.page.unwrap_or_default())
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn delete_template(
@@ -125,11 +125,11 @@ impl DeliveryService for DeliveryGrpc {
         request: Request<ListMessagesRequest>,
     ) -> Result<Response<ListMessagesResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        Ok(Response::new(
-            self.delivery
-                .list_messages(&tenant, request.into_inner())
-                .await?,
-        ))
+        let reply = paged(&tenant, request.into_inner(), |r| {
+            self.delivery.list_messages(&tenant, r)
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn add_suppressions(
@@ -178,12 +178,12 @@ impl DeliveryService for DeliveryGrpc {
         request: Request<ListSuppressionsRequest>,
     ) -> Result<Response<ListSuppressionsResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        let r = request.into_inner();
-        Ok(Response::new(
+        let reply = paged(&tenant, request.into_inner(), |r| {
             self.delivery
                 .list_suppressions(&tenant, r.channel, r.page.unwrap_or_default())
-                .await?,
-        ))
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn set_channel_settings(

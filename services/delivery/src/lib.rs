@@ -44,6 +44,7 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
     let config = ctx.config.delivery.clone();
     let sink_dir = ctx.config.data_dir.join("outbox");
     let shutdown = ctx.shutdown.clone();
+    let quotas = ctx.quotas.clone();
     let tracking = std::net::TcpListener::bind(config.tracking_listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| StartError::Io {
@@ -61,7 +62,8 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
         EventSource::Delivery,
         |db, outbox, limit| {
             let delivery =
-                context::Delivery::new(db, outbox, clock, config, &secret, secrets, sink_dir);
+                context::Delivery::new(db, outbox, clock, config, &secret, secrets, sink_dir)
+                    .with_quotas(quotas);
             // Rows written before sealing, or under a rotated-out key, are sealed anew.
             let resealing = delivery.clone();
             tokio::spawn(async move {

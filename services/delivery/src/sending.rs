@@ -111,6 +111,7 @@ fn checked_contact(
 impl Delivery {
     /// Queues one message, or returns the message an earlier call with the key made.
     pub(crate) async fn send(&self, tenant: &str, r: SendRequest) -> Result<Message, ServiceError> {
+        self.check_daily_messages(tenant).await?;
         // A batch of one: the same reads, the same checks.
         let lookups = self.batch_lookups(tenant, std::slice::from_ref(&r)).await?;
         match self.prepare(tenant, r, &lookups).await? {
@@ -364,6 +365,7 @@ impl Delivery {
         if sends.is_empty() || sends.len() > MAX_BATCH {
             return Err(ServiceError::invalid("sends", "1–1000 sends"));
         }
+        self.check_daily_messages(tenant).await?;
         // What every send reads is read once for the batch; the checks and renders then
         // run side by side (reads only) and the new messages are stored in one transaction.
         let lookups = self.batch_lookups(tenant, &sends).await?;

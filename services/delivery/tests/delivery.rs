@@ -658,3 +658,93 @@ db_test!(
         h.stop();
     }
 );
+
+db_test!(
+    a_tenant_over_its_quotas_is_told_when_to_retry,
+    |db| async move {
+        // Tenant a may queue 2 messages a day; tenant b may make 1 call a second, 2 at once.
+        let platform = winback_platform::db::connect(&db.url("platform"), "platform", 2)
+            .await
+            .unwrap();
+        winback_platform::tenancy::TenantRegistry::open(platform.clone())
+            .await
+            .unwrap();
+        use winback_platform::quotas::{TenantQuota, set_tenant_quota};
+        let own = |calls_per_second, call_burst, messages_per_day| TenantQuota {
+            calls_per_second,
+            call_burst,
+            messages_per_day,
+        };
+        set_tenant_quota(&platform, "t-a", own(0, 0, 2))
+            .await
+            .unwrap();
+        set_tenant_quota(&platform, "t-b", own(1, 2, 0))
+            .await
+            .unwrap();
+        let mut h = Harness::start(db).await;
+        h.a.upsert_template(UpsertTemplateRequest {
+            template: Some(welcome_back()),
+        })
+        .await
+        .unwrap();
+        for key in ["q1", "q2"] {
+            h.a.send(email_to(key, "anna@example.ru")).await.unwrap();
+        }
+        let refused =
+            h.a.send(email_to("q3", "anna@example.ru"))
+                .await
+                .unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        use tonic_types::StatusExt;
+        let retry = refused.get_details_retry_info().expect("RetryInfo");
+        let wait = retry.retry_delay.expect("a delay");
+        // The harness clock is at 12:00 UTC: the next day starts in 12 hours.
+        assert_eq!(wait, Duration::from_secs(12 * 3600));
+        let quota = refused.get_details_quota_failure().expect("QuotaFailure");
+        assert_eq!(quota.violations[0].subject, "messages_per_day");
+        let batch =
+            h.a.send_batch(SendBatchRequest {
+                sends: vec![email_to("q4", "anna@example.ru")],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(batch.code(), Code::ResourceExhausted);
+        // Nothing was stored for the refused sends.
+        let listed =
+            h.a.list_messages(ListMessagesRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .messages;
+        assert_eq!(listed.len(), 2);
+        // The next UTC day the quota is fresh.
+        h.clock.advance(chrono::Duration::hours(12));
+        h.a.send(email_to("q3", "anna@example.ru")).await.unwrap();
+
+        // Tenant b: two calls at once, then the third is refused with the wait.
+        let mut refused = None;
+        for _ in 0..3 {
+            if let Err(status) = h.b.list_templates(ListTemplatesRequest::default()).await {
+                refused = Some(status);
+            }
+        }
+        let refused = refused.expect("the third call in a second is refused");
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        let wait = refused
+            .get_details_retry_info()
+            .and_then(|r| r.retry_delay)
+            .expect("a delay");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        tokio::time::sleep(wait).await;
+        h.b.list_templates(ListTemplatesRequest::default())
+            .await
+            .unwrap();
+        // Tenant a (no call limit) is untouched by b's.
+        h.a.list_templates(ListTemplatesRequest::default())
+            .await
+            .unwrap();
+    }
+);

@@ -3,6 +3,7 @@
 
 use tonic::{Request, Response, Status};
 use winback_platform::auth::tenant_for;
+use winback_platform::paging::paged;
 use winback_proto::offers::offers_service_server::OffersService;
 use winback_proto::offers::*;
 
@@ -17,6 +18,7 @@ const WRITE: &str = "offers:write";
 #[derive(Debug, Clone)]
 pub(crate) struct OffersGrpc {
     pub(crate) offers: Offers,
+    pub(crate) requests: winback_platform::idempotency::RequestLog,
 }
 
 /// Where a presentation came from: the caller's `x-winback-source` (a shop's till, a site),
@@ -38,13 +40,26 @@ impl OffersService for OffersGrpc {
         request: Request<CreateOfferTemplateRequest>,
     ) -> Result<Response<CreateOfferTemplateResponse>, Status> {
         let tenant = tenant_for(&request, WRITE)?;
-        let template = self
-            .offers
-            .create_template(&tenant, request.into_inner().template)
+        let request = request.into_inner();
+        let reply = self
+            .requests
+            .once(
+                &tenant,
+                "CreateOfferTemplate",
+                &request.request_id,
+                &request,
+                || async {
+                    let template = self
+                        .offers
+                        .create_template(&tenant, request.template.clone())
+                        .await?;
+                    Ok(CreateOfferTemplateResponse {
+                        template: Some(template),
+                    })
+                },
+            )
             .await?;
-        Ok(Response::new(CreateOfferTemplateResponse {
-            template: Some(template),
-        }))
+        Ok(Response::new(reply))
     }
 
     async fn get_offer_template(
@@ -66,12 +81,12 @@ impl OffersService for OffersGrpc {
         request: Request<ListOfferTemplatesRequest>,
     ) -> Result<Response<ListOfferTemplatesResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        let r = request.into_inner();
-        Ok(Response::new(
+        let reply = paged(&tenant, request.into_inner(), |r| {
             self.offers
                 .list_templates(&tenant, r.include_archived, r.page.unwrap_or_default())
-                .await?,
-        ))
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn archive_offer_template(
@@ -93,13 +108,26 @@ impl OffersService for OffersGrpc {
         request: Request<CreateLadderRequest>,
     ) -> Result<Response<CreateLadderResponse>, Status> {
         let tenant = tenant_for(&request, WRITE)?;
-        let ladder = self
-            .offers
-            .create_ladder(&tenant, request.into_inner().ladder)
+        let request = request.into_inner();
+        let reply = self
+            .requests
+            .once(
+                &tenant,
+                "CreateLadder",
+                &request.request_id,
+                &request,
+                || async {
+                    let ladder = self
+                        .offers
+                        .create_ladder(&tenant, request.ladder.clone())
+                        .await?;
+                    Ok(CreateLadderResponse {
+                        ladder: Some(ladder),
+                    })
+                },
+            )
             .await?;
-        Ok(Response::new(CreateLadderResponse {
-            ladder: Some(ladder),
-        }))
+        Ok(Response::new(reply))
     }
 
     async fn get_ladder(
@@ -121,11 +149,12 @@ impl OffersService for OffersGrpc {
         request: Request<ListLaddersRequest>,
     ) -> Result<Response<ListLaddersResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        Ok(Response::new(
+        let reply = paged(&tenant, request.into_inner(), |r| {
             self.offers
-                .list_ladders(&tenant, request.into_inner().page.unwrap_or_default())
-                .await?,
-        ))
+                .list_ladders(&tenant, r.page.unwrap_or_default())
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn next_offer(
@@ -212,11 +241,11 @@ impl OffersService for OffersGrpc {
         request: Request<ListCouponsRequest>,
     ) -> Result<Response<ListCouponsResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        Ok(Response::new(
-            self.offers
-                .list_coupons(&tenant, request.into_inner())
-                .await?,
-        ))
+        let reply = paged(&tenant, request.into_inner(), |r| {
+            self.offers.list_coupons(&tenant, r)
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn validate_coupon(
@@ -295,10 +324,10 @@ impl OffersService for OffersGrpc {
         request: Request<ListFraudSignalsRequest>,
     ) -> Result<Response<ListFraudSignalsResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        Ok(Response::new(
-            self.offers
-                .fraud_signals(&tenant, request.into_inner())
-                .await?,
-        ))
+        let reply = paged(&tenant, request.into_inner(), |r| {
+            self.offers.fraud_signals(&tenant, r)
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 }

@@ -27,6 +27,7 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
     let profiles = context::ProfilesPeer::new(ctx);
     ctx.mount::<store::Migrator, _>(server, SERVICE, EventSource::Offers, |db, outbox, limit| {
         OffersServiceServer::new(grpc::OffersGrpc {
+            requests: winback_platform::idempotency::RequestLog::new(db.clone()),
             offers: context::Offers::new(db, outbox, clock, profiles),
         })
         .max_decoding_message_size(limit)

@@ -18,6 +18,7 @@ db_test!(
         // Bad input names the field and stores nothing.
         let err =
             h.a.create_offer_template(CreateOfferTemplateRequest {
+                request_id: String::new(),
                 template: Some(OfferTemplate {
                     percent_off: 150,
                     ..percent_off(0)
@@ -38,6 +39,7 @@ db_test!(
         };
         let err =
             h.a.create_offer_template(CreateOfferTemplateRequest {
+                request_id: String::new(),
                 template: Some(past),
             })
             .await
@@ -51,6 +53,7 @@ db_test!(
         };
         let err =
             h.a.create_offer_template(CreateOfferTemplateRequest {
+                request_id: String::new(),
                 template: Some(negative),
             })
             .await
@@ -114,6 +117,7 @@ db_test!(
 
         let err =
             h.a.create_ladder(CreateLadderRequest {
+                request_id: String::new(),
                 ladder: Some(Ladder {
                     name: "soft to strong".into(),
                     template_ids: vec![shipping.clone(), "tpl_nope".into()],
@@ -133,6 +137,7 @@ db_test!(
         );
         let ladder =
             h.a.create_ladder(CreateLadderRequest {
+                request_id: String::new(),
                 ladder: Some(Ladder {
                     name: "soft to strong".into(),
                     template_ids: vec![shipping.clone(), bonus.clone(), discount.clone()],

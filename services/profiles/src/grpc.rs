@@ -4,6 +4,7 @@
 use tonic::{Request, Response, Status, Streaming};
 use winback_platform::ServiceError;
 use winback_platform::auth::tenant_for;
+use winback_platform::paging::paged;
 use winback_proto::profiles::profiles_service_server::ProfilesService;
 use winback_proto::profiles::*;
 
@@ -20,6 +21,7 @@ const WRITE: &str = "profiles:write";
 #[derive(Debug, Clone)]
 pub(crate) struct ProfilesGrpc {
     pub(crate) profiles: Profiles,
+    pub(crate) requests: winback_platform::idempotency::RequestLog,
 }
 
 #[tonic::async_trait]
@@ -65,11 +67,11 @@ impl ProfilesService for ProfilesGrpc {
         request: Request<ListCustomersRequest>,
     ) -> Result<Response<ListCustomersResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        Ok(Response::new(
-            self.profiles
-                .list_customers(&tenant, request.into_inner())
-                .await?,
-        ))
+        let reply = paged(&tenant, request.into_inner(), |r| {
+            self.profiles.list_customers(&tenant, r)
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn erase_customer(
@@ -91,13 +93,26 @@ impl ProfilesService for ProfilesGrpc {
         request: Request<RecordConsentRequest>,
     ) -> Result<Response<RecordConsentResponse>, Status> {
         let tenant = tenant_for(&request, WRITE)?;
-        let consent = self
-            .profiles
-            .record_consent(&tenant, request.into_inner())
+        let request = request.into_inner();
+        let reply = self
+            .requests
+            .once(
+                &tenant,
+                "RecordConsent",
+                &request.request_id,
+                &request,
+                || async {
+                    let consent = self
+                        .profiles
+                        .record_consent(&tenant, request.clone())
+                        .await?;
+                    Ok(RecordConsentResponse {
+                        consent: Some(consent),
+                    })
+                },
+            )
             .await?;
-        Ok(Response::new(RecordConsentResponse {
-            consent: Some(consent),
-        }))
+        Ok(Response::new(reply))
     }
 
     async fn record_consents(
@@ -117,12 +132,14 @@ impl ProfilesService for ProfilesGrpc {
         request: Request<ListConsentHistoryRequest>,
     ) -> Result<Response<ListConsentHistoryResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        let req = request.into_inner();
-        Ok(Response::new(
+        let tenant = tenant.as_str();
+        let reply = paged(tenant, request.into_inner(), |r| async move {
             self.profiles
-                .consent_history(&tenant, &req.customer_id, req.page)
-                .await?,
-        ))
+                .consent_history(tenant, &r.customer_id, r.page)
+                .await
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn record_orders(

@@ -39,10 +39,12 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
         SERVICE,
         EventSource::Profiles,
         |db, outbox, limit| {
+            let requests = winback_platform::idempotency::RequestLog::new(db.clone());
             let profiles = context::Profiles::new(db, outbox, clock);
             delivery_feed::start(&profiles, &host);
             let generated = ProfilesServiceServer::new(grpc::ProfilesGrpc {
                 profiles: profiles.clone(),
+                requests,
             })
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);

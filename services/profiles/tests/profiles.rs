@@ -467,6 +467,7 @@ db_test!(
         };
         for channel in [Channel::Sms, Channel::Email] {
             h.a.record_consent(RecordConsentRequest {
+                request_id: String::new(),
                 customer_id: "c2".into(),
                 consent: Some(consent(channel)),
                 do_not_contact: false,
@@ -680,6 +681,7 @@ db_test!(
         let mut h = Harness::start(db).await;
         upsert(&mut h.a, vec![customer("c1")]).await;
         h.a.record_consent(RecordConsentRequest {
+            request_id: String::new(),
             customer_id: "c1".into(),
             consent: Some(ConsentRecord {
                 channel: Channel::Email as i32,
@@ -789,6 +791,7 @@ db_test!(
         assert_eq!(status.code(), Code::NotFound);
         let status =
             h.a.record_consent(RecordConsentRequest {
+                request_id: String::new(),
                 customer_id: "c1".into(),
                 consent: Some(ConsentRecord {
                     source: "form".into(),
@@ -810,6 +813,7 @@ db_test!(
         let mut h = Harness::start(db).await;
         upsert(&mut h.a, vec![customer("c1"), customer("c2")]).await;
         let change = |id: &str, channel: Channel, granted: bool| RecordConsentRequest {
+            request_id: String::new(),
             customer_id: id.into(),
             consent: Some(ConsentRecord {
                 channel: channel as i32,

@@ -7,6 +7,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use winback_platform::ServiceError;
 use winback_platform::auth::tenant_for;
+use winback_platform::paging::paged;
 use winback_proto::segmentation::segmentation_service_server::SegmentationService;
 use winback_proto::segmentation::*;
 
@@ -157,11 +158,11 @@ impl SegmentationService for SegmentationGrpc {
         request: Request<ListTransitionsRequest>,
     ) -> Result<Response<ListTransitionsResponse>, Status> {
         let tenant = tenant_for(&request, READ)?;
-        Ok(Response::new(
-            self.segmentation
-                .transitions(&tenant, request.into_inner())
-                .await?,
-        ))
+        let reply = paged(&tenant, request.into_inner(), |r| {
+            self.segmentation.transitions(&tenant, r)
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn fit_models(

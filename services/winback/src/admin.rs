@@ -145,3 +145,50 @@ pub async fn health(addr: &str, service: &str) -> Result<String, tonic::Status> 
         .into_inner();
     Ok(reply.status().as_str_name().to_owned())
 }
+
+/// Sets a tenant's own quotas (what is not given keeps its current value, from the
+/// tenant's own limits or the configured defaults) and returns them.
+pub async fn set_quota(
+    config: &Config,
+    tenant_id: &str,
+    change: QuotaChange,
+) -> Result<winback_platform::quotas::TenantQuota, AdminError> {
+    use winback_platform::quotas::{Quotas, set_tenant_quota};
+    known_tenant(config, tenant_id).await?;
+    let db = platform_db(config).await?;
+    let quotas = Quotas::new(config.quotas);
+    quotas
+        .watch(
+            db.clone(),
+            std::time::Duration::from_secs(3600),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .map_err(ServiceError::from)?;
+    let mut quota = quotas.of(tenant_id);
+    quota.calls_per_second = change.calls_per_second.unwrap_or(quota.calls_per_second);
+    quota.call_burst = change.call_burst.unwrap_or(quota.call_burst);
+    quota.messages_per_day = change.messages_per_day.unwrap_or(quota.messages_per_day);
+    if quota.calls_per_second > 0 && quota.call_burst == 0 {
+        return Err(ServiceError::invalid(
+            "call_burst",
+            "must be at least 1 when calls are limited",
+        )
+        .into());
+    }
+    set_tenant_quota(&db, tenant_id, quota)
+        .await
+        .map_err(ServiceError::from)?;
+    Ok(quota)
+}
+
+/// Quota values to change; `None` keeps the current one; 0 means no limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuotaChange {
+    /// Calls per second to one service process.
+    pub calls_per_second: Option<u32>,
+    /// Calls at once above that rate.
+    pub call_burst: Option<u32>,
+    /// Messages per UTC day.
+    pub messages_per_day: Option<u32>,
+}

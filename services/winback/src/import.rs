@@ -434,6 +434,7 @@ async fn record_consents(
         .iter()
         .map(|(line, customer_id, channel, granted)| {
             let request = RecordConsentRequest {
+                request_id: String::new(),
                 customer_id: customer_id.clone(),
                 consent: Some(ConsentRecord {
                     channel: *channel as i32,

@@ -212,6 +212,25 @@ enum TenantCommand {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Sets a tenant's own quotas (0 = no limit) and prints them; every service applies
+    /// them within `auth.revocation_poll_ms`.
+    Quota {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Calls per second to one service process.
+        #[arg(long)]
+        calls_per_second: Option<u32>,
+        /// Calls at once above that rate.
+        #[arg(long)]
+        call_burst: Option<u32>,
+        /// Messages delivery accepts per UTC day.
+        #[arg(long)]
+        messages_per_day: Option<u32>,
+        /// Folder for SQLite files and keys.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -389,6 +408,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant {
             command: TenantCommand::Key { command },
         } => run_key_command(cli.config.as_ref(), command).await?,
+        Command::Tenant {
+            command:
+                TenantCommand::Quota {
+                    tenant,
+                    calls_per_second,
+                    call_burst,
+                    messages_per_day,
+                    data_dir,
+                },
+        } => {
+            let config = load_config(cli.config.as_ref(), data_dir, None)?;
+            let quota = winback::admin::set_quota(
+                &config,
+                &tenant,
+                winback::admin::QuotaChange {
+                    calls_per_second,
+                    call_burst,
+                    messages_per_day,
+                },
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&quota)?);
+        }
         Command::Import {
             tenant,
             customers,

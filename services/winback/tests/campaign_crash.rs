@@ -108,6 +108,7 @@ async fn a_crash_between_coupon_and_send_still_gives_one_coupon_and_one_message(
         .unwrap();
     let offer = OffersServiceClient::new(channel.clone())
         .create_offer_template(CreateOfferTemplateRequest {
+            request_id: String::new(),
             template: Some(OfferTemplate {
                 name: "10 %".into(),
                 kind: OfferKind::PercentOff as i32,
@@ -140,6 +141,7 @@ async fn a_crash_between_coupon_and_send_still_gives_one_coupon_and_one_message(
         .unwrap();
     profiles
         .record_consent(RecordConsentRequest {
+            request_id: String::new(),
             customer_id: "c-1".into(),
             consent: Some(ConsentRecord {
                 channel: Medium::Email as i32,
@@ -166,6 +168,7 @@ async fn a_crash_between_coupon_and_send_still_gives_one_coupon_and_one_message(
         .unwrap();
     let chain = campaigns
         .create_chain(CreateChainRequest {
+            request_id: String::new(),
             chain: Some(Chain {
                 name: "offer now".into(),
                 steps: vec![Step {
@@ -187,6 +190,7 @@ async fn a_crash_between_coupon_and_send_still_gives_one_coupon_and_one_message(
         .unwrap();
     let campaign = campaigns
         .create_campaign(CreateCampaignRequest {
+            request_id: String::new(),
             campaign: Some(Campaign {
                 name: "crash".into(),
                 chain_id: chain.chain_id,

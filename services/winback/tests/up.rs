@@ -186,6 +186,93 @@ async fn tenant_create_prints_a_token_the_running_stack_accepts() {
     // Authenticated as the new tenant, which has no ladders yet.
     assert!(ladders.ladders.is_empty());
 
+    // A read-only key reads and cannot write; revoked, it is refused within seconds.
+    let tenant = created["tenant_id"].as_str().unwrap().to_owned();
+    let cli = |args: Vec<String>| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let output = Command::new(env!("CARGO_BIN_EXE_winback"))
+                .args(&args)
+                .arg("--data-dir")
+                .arg(dir)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout).unwrap()
+        }
+    };
+    let args = |list: &[&str]| list.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    let key: serde_json::Value = serde_json::from_str(
+        &cli(args(&[
+            "tenant",
+            "key",
+            "create",
+            "--tenant",
+            &tenant,
+            "--name",
+            "analyst",
+            "--scope",
+            "read-only",
+        ]))
+        .await,
+    )
+    .unwrap();
+    let analyst = OffersServiceClient::with_interceptor(
+        self::channel(port).await,
+        CallCredentials::bearer(key["token"].as_str().unwrap()).unwrap(),
+    );
+    analyst
+        .clone()
+        .list_ladders(winback_proto::offers::ListLaddersRequest::default())
+        .await
+        .unwrap();
+    let denied = analyst
+        .clone()
+        .create_ladder(winback_proto::offers::CreateLadderRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let listed = cli(args(&["tenant", "key", "list", "--tenant", &tenant])).await;
+    assert_eq!(listed.lines().count(), 2, "initial and analyst: {listed}");
+    assert!(!listed.contains(key["token"].as_str().unwrap()));
+    let key_id = key["key_id"].as_str().unwrap();
+    cli(args(&[
+        "tenant", "key", "revoke", "--tenant", &tenant, key_id,
+    ]))
+    .await;
+    let revoked_at = std::time::Instant::now();
+    loop {
+        let reply = analyst
+            .clone()
+            .list_ladders(winback_proto::offers::ListLaddersRequest::default())
+            .await;
+        if let Err(status) = reply {
+            assert_eq!(status.code(), Code::Unauthenticated);
+            break;
+        }
+        assert!(revoked_at.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let quota: serde_json::Value = serde_json::from_str(
+        &cli(args(&[
+            "tenant",
+            "quota",
+            "--tenant",
+            &tenant,
+            "--messages-per-day",
+            "500",
+        ]))
+        .await,
+    )
+    .unwrap();
+    assert_eq!(quota["messages_per_day"], 500);
+    assert_eq!(quota["calls_per_second"], 1000, "the default is kept");
+
     stop(&mut child).await;
 }
 

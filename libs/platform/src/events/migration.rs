@@ -15,6 +15,7 @@ impl MigratorTrait for PlatformMigrator {
             Box::new(EventKeysInByteOrder),
             Box::new(OutboxWithoutEventIdIndex),
             Box::new(OutboxRowsHoldManyEvents),
+            Box::new(crate::idempotency::CreateRequestLog),
         ]
     }
 
@@ -359,6 +360,8 @@ mod tests {
                 .append_many(&conn, vec![purchase(), purchase(), purchase()])
                 .await
                 .unwrap();
+            // The request log came later; it goes back first.
+            PlatformMigrator::down(&conn, Some(1)).await.unwrap();
             let refused = PlatformMigrator::down(&conn, Some(1)).await.unwrap_err();
             assert!(
                 refused

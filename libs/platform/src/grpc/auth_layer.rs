@@ -1,5 +1,5 @@
 //! The tower layer that authenticates every call except health and reflection, checks the
-//! scope the method needs, and hands the [`AuthContext`](crate::auth::AuthContext) to the
+//! scope the method needs, counts the call against the tenant's quota, and hands the [`AuthContext`](crate::auth::AuthContext) to the
 //! handlers through the request extensions.
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::auth::{TENANT_HEADER, TokenVerifier, required_scope};
+use crate::quotas::Quotas;
 
 /// Paths served without a token.
 const OPEN_PREFIXES: &[&str] = &["/grpc.health.v1.", "/grpc.reflection."];
@@ -18,12 +19,13 @@ const OPEN_PREFIXES: &[&str] = &["/grpc.health.v1.", "/grpc.reflection."];
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     verifier: Arc<TokenVerifier>,
+    quotas: Quotas,
 }
 
 impl AuthLayer {
-    /// A layer verifying tokens with `verifier`.
-    pub fn new(verifier: Arc<TokenVerifier>) -> Self {
-        Self { verifier }
+    /// A layer verifying tokens with `verifier` and limiting tenants by `quotas`.
+    pub fn new(verifier: Arc<TokenVerifier>, quotas: Quotas) -> Self {
+        Self { verifier, quotas }
     }
 }
 
@@ -34,6 +36,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             verifier: self.verifier.clone(),
+            quotas: self.quotas.clone(),
         }
     }
 }
@@ -43,6 +46,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     verifier: Arc<TokenVerifier>,
+    quotas: Quotas,
 }
 
 impl<S, B> Service<http::Request<B>> for AuthService<S>
@@ -86,6 +90,12 @@ where
         }
         if let Some(tenant) = &ctx.tenant {
             tracing::Span::current().record("tenant", tenant.as_str());
+            if !ctx.is_service()
+                && let Err(exceeded) = self.quotas.check_call(tenant)
+            {
+                let status = Status::from(exceeded);
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
         }
         request.extensions_mut().insert(ctx);
         // The clone that was made ready is the one to call; keep a fresh clone for next time.

@@ -22,6 +22,7 @@ use super::deadline_layer::{DeadlineLayer, client_streaming_paths};
 use super::trace_layer::TraceLayer;
 use crate::auth::TokenVerifier;
 use crate::config::ServerConfig;
+use crate::quotas::Quotas;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,7 @@ pub enum ServeError {
 pub struct GrpcServer {
     config: ServerConfig,
     verifier: Arc<TokenVerifier>,
+    quotas: Quotas,
     routes: RoutesBuilder,
     health: HealthReporter,
     health_service:
@@ -54,6 +56,12 @@ impl std::fmt::Debug for GrpcServer {
 }
 
 impl GrpcServer {
+    /// Limits each tenant's calls by `quotas` (without, calls are not limited).
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
     /// A server with the given limits, verifying tokens with `verifier`.
     pub fn new(config: &ServerConfig, verifier: TokenVerifier) -> Self {
         let health = HealthReporter::new();
@@ -63,6 +71,11 @@ impl GrpcServer {
         Self {
             config: config.clone(),
             verifier: Arc::new(verifier),
+            quotas: Quotas::new(crate::config::QuotaConfig {
+                calls_per_second: 0,
+                call_burst: 0,
+                messages_per_day: 0,
+            }),
             routes: RoutesBuilder::default(),
             health,
             health_service,
@@ -128,7 +141,7 @@ impl GrpcServer {
                 Duration::from_millis(self.config.request_timeout_ms),
                 streaming_requests,
             ))
-            .layer(AuthLayer::new(self.verifier));
+            .layer(AuthLayer::new(self.verifier, self.quotas));
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
         let health = self.health.clone();
         let names = self.names.clone();

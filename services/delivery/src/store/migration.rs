@@ -119,3 +119,35 @@ impl MigrationTrait for CreateDelivery {
         Ok(())
     }
 }
+
+/// The per-day message quota counts a tenant's messages since midnight.
+#[derive(Debug)]
+pub(crate) struct IndexMessagesByTime;
+
+impl MigrationName for IndexMessagesByTime {
+    fn name(&self) -> &str {
+        "m20261207_400000_index_messages_by_time"
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)]
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for IndexMessagesByTime {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE INDEX IF NOT EXISTS messages_created ON messages (tenant_id, created_at_us)",
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared("DROP INDEX IF EXISTS messages_created")
+            .await?;
+        Ok(())
+    }
+}

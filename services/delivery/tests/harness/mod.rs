@@ -68,6 +68,7 @@ impl Harness {
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap());
         let shutdown = CancellationToken::new();
         let ctx = ServiceContext {
+            quotas: winback_platform::quotas::Quotas::new(config.quotas),
             config,
             clock: Arc::new(clock.clone()),
             verifier,

@@ -81,6 +81,7 @@ impl Harness {
         let clock = ManualClock::new(start_time());
         let shutdown = CancellationToken::new();
         let ctx = ServiceContext {
+            quotas: winback_platform::quotas::Quotas::new(config.quotas),
             config,
             clock: Arc::new(clock.clone()),
             verifier,
@@ -136,7 +137,10 @@ impl Harness {
 
     pub async fn template(&mut self, t: OfferTemplate) -> String {
         self.a
-            .create_offer_template(CreateOfferTemplateRequest { template: Some(t) })
+            .create_offer_template(CreateOfferTemplateRequest {
+                request_id: String::new(),
+                template: Some(t),
+            })
             .await
             .unwrap()
             .into_inner()

@@ -88,6 +88,7 @@ impl Harness {
         let clock = ManualClock::new(at(400));
         let shutdown = CancellationToken::new();
         let ctx = ServiceContext {
+            quotas: winback_platform::quotas::Quotas::new(config.quotas),
             config,
             clock: Arc::new(clock.clone()),
             verifier,

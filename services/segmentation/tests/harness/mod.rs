@@ -96,6 +96,7 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let service_token = signer.service_token("segmentation", 600).unwrap();
         let ctx = ServiceContext {
+            quotas: winback_platform::quotas::Quotas::new(config.quotas),
             config,
             clock: Arc::new(clock.clone()),
             verifier,

@@ -414,6 +414,7 @@ async fn load(
                 consents: chunk
                     .iter()
                     .map(|(id, medium)| RecordConsentRequest {
+                        request_id: String::new(),
                         customer_id: id.clone(),
                         consent: Some(ConsentRecord {
                             channel: *medium as i32,
@@ -647,6 +648,7 @@ async fn set_up_campaigns(
         let t = c
             .offers
             .create_offer_template(CreateOfferTemplateRequest {
+                request_id: String::new(),
                 template: Some(OfferTemplate {
                     name: name.into(),
                     kind: kind as i32,
@@ -666,6 +668,7 @@ async fn set_up_campaigns(
     let ladder = c
         .offers
         .create_ladder(CreateLadderRequest {
+            request_id: String::new(),
             ladder: Some(Ladder {
                 ladder_id: String::new(),
                 name: "soft to strong".into(),
@@ -699,7 +702,10 @@ async fn set_up_campaigns(
         async move {
             Ok::<_, tonic::Status>(
                 campaigns
-                    .create_chain(CreateChainRequest { chain: Some(chain) })
+                    .create_chain(CreateChainRequest {
+                        request_id: String::new(),
+                        chain: Some(chain),
+                    })
                     .await?
                     .into_inner()
                     .chain
@@ -752,6 +758,7 @@ async fn set_up_campaigns(
         let id = c
             .campaigns
             .create_campaign(CreateCampaignRequest {
+                request_id: String::new(),
                 campaign: Some(Campaign {
                     name: name.into(),
                     chain_id: chain,
