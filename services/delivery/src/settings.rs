@@ -116,6 +116,16 @@ impl Delivery {
             }
             _ => {}
         }
+        if let Some(cost) = &s.cost_per_message {
+            if cost.amount_minor < 0 {
+                return Err(ServiceError::invalid(
+                    "settings.cost_per_message.amount_minor",
+                    "cannot be negative",
+                ));
+            }
+            winback_platform::money::check_currency("settings.cost_per_message", cost)
+                .map_err(|v| ServiceError::InvalidArgument(vec![v]))?;
+        }
         if s.rate_limit_per_second < 0 || s.concurrency < 0 {
             return Err(ServiceError::invalid(
                 "settings.rate_limit_per_second",

@@ -509,6 +509,10 @@ impl Offers {
         if coupon.state == CouponState::Expired as i64 || coupon.expires_at_us <= self.now_us() {
             return Ok(Err(IneligibleReason::Expired));
         }
+        if let Some(total) = &cart.total {
+            winback_platform::money::check_currency("cart.total", total)
+                .map_err(|v| ServiceError::InvalidArgument(vec![v]))?;
+        }
         if let Some(total) = &cart.total
             && !coupon.currency.is_empty()
             && total.currency != coupon.currency

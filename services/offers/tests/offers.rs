@@ -7,7 +7,7 @@ use harness::{Harness, cart, percent_off, rub};
 use tonic::Code;
 use winback_platform::db_test;
 use winback_platform::error::field_violations;
-use winback_proto::common::PageRequest;
+use winback_proto::common::{Money, PageRequest};
 use winback_proto::offers::*;
 use winback_proto::profiles::{Customer, Order, RecordOrdersRequest, UpsertCustomersRequest};
 
@@ -58,6 +58,25 @@ db_test!(
             })
             .await
             .unwrap_err();
+        assert_eq!(field_violations(&err)[0].field, "template.amount");
+        // A made-up currency is refused like profiles refuses it.
+        let made_up = OfferTemplate {
+            name: "x".into(),
+            kind: OfferKind::AmountOff as i32,
+            amount: Some(Money {
+                amount_minor: 100,
+                currency: "ZZZ".into(),
+            }),
+            ..Default::default()
+        };
+        let err =
+            h.a.create_offer_template(CreateOfferTemplateRequest {
+                request_id: String::new(),
+                template: Some(made_up),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
         assert_eq!(field_violations(&err)[0].field, "template.amount");
         let listed =
             h.a.list_offer_templates(ListOfferTemplatesRequest::default())

@@ -15,7 +15,7 @@ pub(crate) const DEFAULT_VALID_FOR_SECONDS: i64 = 72 * 3600;
 const MAX_VALID_FOR_SECONDS: i64 = 365 * 86_400;
 
 fn is_currency(c: &str) -> bool {
-    c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())
+    winback_platform::money::is_currency(c)
 }
 
 /// Checks a template to create and fills its defaults; `now_seconds` for `valid_until`.

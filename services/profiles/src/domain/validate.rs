@@ -15,22 +15,6 @@ pub(crate) const MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
 /// Largest amount accepted, in minor units (10¹⁵: a quadrillion kopecks).
 pub(crate) const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 
-/// ISO 4217 alphabetic codes in use.
-const CURRENCIES: &[&str] = &[
-    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
-    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD",
-    "CDF", "CHF", "CLP", "CNY", "COP", "CRC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD",
-    "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ",
-    "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR", "ISK", "JMD", "JOD",
-    "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR",
-    "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR",
-    "MWK", "MXN", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN",
-    "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR",
-    "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SSP", "STN", "SYP", "SZL", "THB", "TJS",
-    "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "UYU", "UZS", "VES",
-    "VND", "VUV", "WST", "XAF", "XCD", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG",
-];
-
 /// Collects violations under a path prefix.
 #[derive(Debug, Default)]
 pub(crate) struct Violations(pub(crate) Vec<FieldViolation>);
@@ -114,7 +98,7 @@ pub(crate) fn birthday_ok(birthday: &str, today: NaiveDate) -> bool {
 use chrono::Datelike;
 
 pub(crate) fn currency_ok(code: &str) -> bool {
-    CURRENCIES.binary_search(&code).is_ok()
+    winback_platform::money::is_currency(code)
 }
 
 /// A customer of an upsert.
@@ -275,7 +259,7 @@ mod tests {
 
     #[test]
     fn currencies_are_sorted_for_binary_search() {
-        assert!(CURRENCIES.windows(2).all(|w| w[0] < w[1]));
+        assert!(winback_platform::money::CURRENCIES.windows(2).all(|w| w[0] < w[1]));
         assert!(
             currency_ok("RUB") && currency_ok("EUR") && !currency_ok("rub") && !currency_ok("XYZ")
         );
