@@ -161,9 +161,27 @@ impl From<ServiceError> for Status {
                 }
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
-            ServiceError::NotFound { .. } => Status::not_found(err.to_string()),
-            ServiceError::AlreadyExists { .. } => Status::already_exists(err.to_string()),
-            ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ServiceError::NotFound {
+                kind,
+                ref id,
+                ref field,
+            } => resource_status(Code::NotFound, kind, id, field.as_deref(), err.to_string()),
+            ServiceError::AlreadyExists {
+                kind,
+                ref id,
+                ref field,
+            } => resource_status(
+                Code::AlreadyExists,
+                kind,
+                id,
+                field.as_deref(),
+                err.to_string(),
+            ),
+            ServiceError::FailedPrecondition(m) => {
+                let mut details = ErrorDetails::new();
+                details.add_precondition_failure_violation("STATE", "", m.clone());
+                Status::with_error_details(Code::FailedPrecondition, m, details)
+            }
             ServiceError::PermissionDenied(m) => Status::permission_denied(m),
             ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
             ServiceError::ResourceExhausted(m) => Status::resource_exhausted(m),
@@ -188,6 +206,22 @@ impl From<ServiceError> for Status {
             }
         }
     }
+}
+
+/// NOT_FOUND or ALREADY_EXISTS with `google.rpc.ResourceInfo` naming the kind and id, and
+/// `BadRequest` naming the request field that pointed at it.
+fn resource_status(
+    code: Code,
+    kind: &str,
+    id: &str,
+    field: Option<&str>,
+    message: String,
+) -> Status {
+    let mut details = ErrorDetails::with_resource_info(kind, id, "", message.clone());
+    if let Some(field) = field {
+        details.add_bad_request_violation(field, message.clone());
+    }
+    Status::with_error_details(code, message, details)
 }
 
 /// Field violations of a status, for clients and tests.
@@ -219,6 +253,42 @@ mod tests {
         let violations = field_violations(&status);
         assert_eq!(violations.len(), 2);
         assert_eq!(violations[1].field, "customers[5].phone");
+    }
+
+    #[test]
+    fn other_errors_carry_structured_details_too() {
+        let missing: Status = ServiceError::not_found_at("coupon", "WB-1", "code").into();
+        let info = missing.get_details_resource_info().expect("ResourceInfo");
+        assert_eq!(
+            (info.resource_type.as_str(), info.resource_name.as_str()),
+            ("coupon", "WB-1")
+        );
+        assert_eq!(field_violations(&missing)[0].field, "code");
+        let taken: Status = ServiceError::already_exists_at("tenant", "Shop", "name").into();
+        assert_eq!(
+            taken.get_details_resource_info().unwrap().resource_type,
+            "tenant"
+        );
+        let state: Status =
+            ServiceError::FailedPrecondition("the campaign is completed".into()).into();
+        let failure = state
+            .get_details_precondition_failure()
+            .expect("PreconditionFailure");
+        assert_eq!(
+            failure.violations[0].description,
+            "the campaign is completed"
+        );
+        let quota: Status = ServiceError::QuotaExceeded {
+            limit: "calls_per_second",
+            description: "over".into(),
+            retry_after: std::time::Duration::from_millis(250),
+        }
+        .into();
+        assert_eq!(quota.code(), Code::ResourceExhausted);
+        assert_eq!(
+            quota.get_details_retry_info().unwrap().retry_delay,
+            Some(std::time::Duration::from_millis(250))
+        );
     }
 
     #[test]

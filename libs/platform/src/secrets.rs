@@ -114,20 +114,29 @@ impl SecretBox {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| key_file_error(path, e))?;
             }
+            // Written whole under a private name, then linked into place: a process that
+            // loses the race never reads a half-written file.
+            let staging = path.with_extension(format!("{}.new", std::process::id()));
             let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
+            options.write(true).create(true).truncate(true);
             #[cfg(unix)]
             {
                 use std::os::unix::fs::OpenOptionsExt;
                 options.mode(0o600);
             }
-            match options.open(path) {
-                Ok(mut file) => {
-                    use std::io::Write;
-                    file.write_all(line.as_bytes())
-                        .and_then(|()| file.sync_all())
-                        .map_err(|e| key_file_error(path, e))?;
-                }
+            {
+                use std::io::Write;
+                let mut file = options
+                    .open(&staging)
+                    .map_err(|e| key_file_error(path, e))?;
+                file.write_all(line.as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| key_file_error(path, e))?;
+            }
+            let linked = std::fs::hard_link(&staging, path);
+            let _ = std::fs::remove_file(&staging);
+            match linked {
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(key_file_error(path, e)),
             }

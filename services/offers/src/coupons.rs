@@ -573,7 +573,7 @@ impl Offers {
             Ok(code) => code,
             Err(e) => {
                 if let Some(until) = self.locked_until(tenant, who).await? {
-                    return Err(locked_out(until));
+                    return Err(locked_out(until, self.now_us()));
                 }
                 self.record_failure(tenant, who, typed, "failed_attempt")
                     .await?;
@@ -582,7 +582,7 @@ impl Offers {
         };
         let presented = self.presented(tenant, code.canonical(), who).await?;
         if let Some(until) = presented.locked_until_us {
-            return Err(locked_out(until));
+            return Err(locked_out(until, self.now_us()));
         }
         let Some((seen, t)) = presented.coupon else {
             self.record_failure(tenant, who, typed, "failed_attempt")
@@ -935,13 +935,20 @@ struct Presented {
     coupon: Option<(CouponRow, Arc<OfferTemplate>)>,
 }
 
-fn locked_out(until_us: i64) -> ServiceError {
-    ServiceError::ResourceExhausted(format!(
-        "too many failed attempts: locked until {}",
-        DateTime::from_timestamp_micros(until_us)
-            .unwrap_or_default()
-            .to_rfc3339()
-    ))
+/// A lockout: RESOURCE_EXHAUSTED with RetryInfo saying when it ends.
+fn locked_out(until_us: i64, now_us: i64) -> ServiceError {
+    ServiceError::QuotaExceeded {
+        limit: "failed_attempts",
+        description: format!(
+            "too many failed attempts: locked until {}",
+            DateTime::from_timestamp_micros(until_us)
+                .unwrap_or_default()
+                .to_rfc3339()
+        ),
+        retry_after: std::time::Duration::from_micros(
+            u64::try_from(until_us - now_us).unwrap_or_default(),
+        ),
+    }
 }
 
 fn reason(r: IneligibleReason) -> ValidateCouponResponse {

@@ -145,10 +145,14 @@ db_test!(
             })
             .await
             .unwrap_err();
-        assert_eq!(
-            (err.code(), field_violations(&err).len()),
-            (Code::NotFound, 0)
-        );
+        // NOT_FOUND names the missing resource and the field that pointed at it.
+        assert_eq!(err.code(), Code::NotFound);
+        assert_eq!(field_violations(&err)[0].field, "ladder.template_ids[1]");
+        {
+            use tonic_types::StatusExt;
+            let info = err.get_details_resource_info().expect("ResourceInfo");
+            assert_eq!(info.resource_name, "tpl_nope");
+        }
         assert!(
             err.message().contains("ladder.template_ids[1]"),
             "{}",
@@ -748,9 +752,16 @@ db_test!(
         request
             .metadata_mut()
             .insert("x-winback-source", "till-7".parse().unwrap());
-        assert_eq!(
-            h.a.redeem_coupon(request).await.unwrap_err().code(),
-            Code::ResourceExhausted
+        let locked = h.a.redeem_coupon(request).await.unwrap_err();
+        assert_eq!(locked.code(), Code::ResourceExhausted);
+        // The lockout says when it ends (at most the 15 minutes of the first one).
+        use tonic_types::StatusExt;
+        let wait = locked
+            .get_details_retry_info()
+            .and_then(|r| r.retry_delay)
+            .expect("RetryInfo");
+        assert!(
+            wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(15 * 60)
         );
         // The lockout ends; the next one lasts twice as long.
         h.clock.advance(chrono::Duration::minutes(16));

@@ -33,13 +33,17 @@ fn start_replica(db: &TestDatabase, port: u16) -> Child {
         .env("WINBACK_DATABASE__URL", &db.url_template)
         .env("WINBACK_AUTH__REVOCATION_POLL_MS", "500")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log_of(db, port)).unwrap())
         .kill_on_drop(true)
         .spawn()
         .expect("the winback-profiles binary")
 }
 
-async fn connect(port: u16) -> Channel {
+fn log_of(db: &TestDatabase, port: u16) -> std::path::PathBuf {
+    db.dir().join(format!("replica-{port}.log"))
+}
+
+async fn connect(db: &TestDatabase, port: u16) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
@@ -49,7 +53,11 @@ async fn connect(port: u16) -> Channel {
         {
             return channel;
         }
-        assert!(Instant::now() < deadline, "replica on {port} never served");
+        assert!(
+            Instant::now() < deadline,
+            "replica on {port} never served: {}",
+            std::fs::read_to_string(log_of(db, port)).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -115,7 +123,7 @@ db_test!(
         let _replicas: Vec<Child> = ports.iter().map(|&p| start_replica(db, p)).collect();
         let mut channels = Vec::new();
         for port in ports {
-            channels.push(connect(port).await);
+            channels.push(connect(db, port).await);
         }
         for channel in &channels {
             get_customer(channel, &analyst.token).await.unwrap();

@@ -259,7 +259,11 @@ mod tests {
 
     #[test]
     fn currencies_are_sorted_for_binary_search() {
-        assert!(winback_platform::money::CURRENCIES.windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            winback_platform::money::CURRENCIES
+                .windows(2)
+                .all(|w| w[0] < w[1])
+        );
         assert!(
             currency_ok("RUB") && currency_ok("EUR") && !currency_ok("rub") && !currency_ok("XYZ")
         );
