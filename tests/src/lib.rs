@@ -64,7 +64,7 @@ impl TestStack {
             },
             // Any free port: several stacks run at once.
             delivery: DeliveryConfig {
-                tracking_listen: "127.0.0.1:0".parse().unwrap(),
+                tracking_listen: Some("127.0.0.1:0".parse().unwrap()),
                 ..DeliveryConfig::default()
             },
             ..Config::default()

@@ -152,7 +152,7 @@ impl Job {
         // The tracking server (opens, clicks, unsubscribes) on a port the links name.
         let tracking = winback_testkit::free_port();
         let stack = TestStack::start_with(db, |config| {
-            config.delivery.tracking_listen = tracking;
+            config.delivery.tracking_listen = Some(tracking);
             config.delivery.public_url = format!("http://{tracking}");
         })
         .await;

@@ -305,12 +305,24 @@ impl Default for EventsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// Address of the HTTP server for opens, clicks, unsubscribes and provider callbacks.
-    pub tracking_listen: SocketAddr,
-    /// The public base URL of that server, as recipients and providers reach it.
+    /// Address of the HTTP server for opens, clicks, unsubscribes and provider callbacks;
+    /// unset means the gRPC `listen` host with the next port (50052 beside 50051), and
+    /// port 0 any free port.
+    pub tracking_listen: Option<SocketAddr>,
+    /// The public base URL of that server, as recipients and providers reach it; empty
+    /// means `http://` and the address it listens on (loopback for an unspecified host).
     pub public_url: String,
-    /// Secret for signing tracking links; empty means a random one kept in `data_dir`.
+    /// Secret for signing tracking links; empty means a random one kept in
+    /// `<data_dir>/keys/tracking.key` (created by `winback keys init` or on first start;
+    /// an older `<data_dir>/tracking.key` is still read). Links in mail already sent stay
+    /// valid only while this secret does.
     pub tracking_secret: String,
+    /// SMTP server for the email of tenants that configured no email provider, as
+    /// `host:port` (plain SMTP, for a local catcher such as Mailpit); empty writes their
+    /// email to the file sink.
+    pub default_smtp: String,
+    /// From address of that default SMTP server's mail.
+    pub default_smtp_from: String,
     /// How often an idle worker looks for due messages, in milliseconds.
     pub poll_interval_ms: u64,
     /// Messages a worker claims at once.
@@ -331,12 +343,41 @@ pub struct DeliveryConfig {
     pub provider_timeout_ms: u64,
 }
 
+impl DeliveryConfig {
+    /// Where the tracking server listens for a gRPC server on `grpc`: the configured
+    /// address, else the same host and the next port (any free port when `grpc`'s is 0).
+    pub fn tracking_address(&self, grpc: SocketAddr) -> SocketAddr {
+        self.tracking_listen.unwrap_or_else(|| {
+            let port = match grpc.port() {
+                0 | u16::MAX => 0,
+                p => p + 1,
+            };
+            SocketAddr::new(grpc.ip(), port)
+        })
+    }
+
+    /// The public base URL for a tracking server bound to `bound`.
+    pub fn public_base(&self, bound: SocketAddr) -> String {
+        if !self.public_url.is_empty() {
+            return self.public_url.clone();
+        }
+        let host = if bound.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), bound.port())
+        } else {
+            bound
+        };
+        format!("http://{host}")
+    }
+}
+
 impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
-            tracking_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            public_url: "http://127.0.0.1:8080".into(),
+            tracking_listen: None,
+            public_url: String::new(),
             tracking_secret: String::new(),
+            default_smtp: String::new(),
+            default_smtp_from: "winback@localhost".into(),
             poll_interval_ms: 200,
             claim_batch: 200,
             lease_ms: 30_000,
@@ -543,7 +584,17 @@ impl Config {
         if self.delivery.max_attempts == 0 {
             return invalid("delivery.max_attempts", "must be at least 1");
         }
-        if !self.delivery.public_url.starts_with("http://")
+        if !self.delivery.default_smtp.is_empty()
+            && self
+                .delivery
+                .default_smtp
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return invalid("delivery.default_smtp", "must be host:port");
+        }
+        if !self.delivery.public_url.is_empty()
+            && !self.delivery.public_url.starts_with("http://")
             && !self.delivery.public_url.starts_with("https://")
         {
             return invalid("delivery.public_url", "must be an http(s) URL");

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use winback_platform::auth::tenant_for;
 use winback_platform::config::ServerConfig;
@@ -262,4 +263,39 @@ async fn a_call_past_the_request_timeout_is_cut() {
         "cut at the deadline, not after the handler"
     );
     running.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn at_shutdown_the_whole_server_is_not_serving_and_a_watch_does_not_hold_the_drain() {
+    let running = start_with(ServerConfig {
+        shutdown_grace_ms: 10_000,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut health = HealthClient::new(running.channel.clone());
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let began = std::time::Instant::now();
+    running.shutdown.cancel();
+    let mut last = first.status;
+    while let Ok(Some(update)) = watch.message().await {
+        last = update.status;
+    }
+    assert_eq!(
+        last,
+        ServingStatus::NotServing as i32,
+        "\"\" turns NOT_SERVING"
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(5), running.task)
+        .await
+        .expect("the open watch does not hold the 10 s grace")
+        .unwrap();
+    assert!(began.elapsed() < std::time::Duration::from_secs(5));
 }

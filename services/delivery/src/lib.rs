@@ -41,16 +41,21 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
         &ctx.config.auth.secrets_key_path(&ctx.config.data_dir),
     )?);
     let clock = ctx.clock.clone();
-    let config = ctx.config.delivery.clone();
+    let mut config = ctx.config.delivery.clone();
     let sink_dir = ctx.config.data_dir.join("outbox");
     let shutdown = ctx.shutdown.clone();
     let quotas = ctx.quotas.clone();
-    let tracking = std::net::TcpListener::bind(config.tracking_listen)
+    let tracking_addr = config.tracking_address(ctx.config.listen);
+    let tracking = std::net::TcpListener::bind(tracking_addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| StartError::Io {
-            what: "the tracking server's address (delivery.tracking_listen)",
+            what: "the tracking server's address (delivery.tracking_listen; by default the gRPC port + 1)",
             source,
         })?;
+    if let Ok(bound) = tracking.local_addr() {
+        config.public_url = config.public_base(bound);
+        tracking_addr_log(bound, &config.public_url);
+    }
     let tracking =
         tokio::net::TcpListener::from_std(tracking).map_err(|source| StartError::Io {
             what: "the tracking server's address (delivery.tracking_listen)",
@@ -97,18 +102,48 @@ fn tracking_secret(config: &Config) -> Result<Vec<u8>, std::io::Error> {
     if !config.delivery.tracking_secret.is_empty() {
         return Ok(config.delivery.tracking_secret.as_bytes().to_vec());
     }
-    let path = config.data_dir.join("tracking.key");
-    match std::fs::read(&path) {
-        Ok(secret) if secret.len() >= 32 => Ok(secret),
-        _ => {
-            let mut secret = vec![0u8; 32];
-            aws_lc_rs::rand::fill(&mut secret)
-                .map_err(|_| std::io::Error::other("the system random generator failed"))?;
-            std::fs::create_dir_all(&config.data_dir)?;
-            std::fs::write(&path, &secret)?;
-            Ok(secret)
+    let beside_keys = tracking_key_path(config);
+    // Data folders from before the key moved beside the other keys keep their secret.
+    for path in [beside_keys.clone(), config.data_dir.join("tracking.key")] {
+        if let Ok(secret) = std::fs::read(&path)
+            && secret.len() >= 32
+        {
+            return Ok(secret);
         }
     }
+    ensure_tracking_key(&beside_keys)
+}
+
+/// Where the tracking secret lives: beside the token keys, on the keys volume.
+pub fn tracking_key_path(config: &Config) -> std::path::PathBuf {
+    config
+        .auth
+        .public_key_path(&config.data_dir)
+        .parent()
+        .map(|dir| dir.join("tracking.key"))
+        .unwrap_or_else(|| config.data_dir.join("keys/tracking.key"))
+}
+
+/// Reads the tracking secret at `path`, creating a random one when missing (`winback keys
+/// init` does this for the stack).
+pub fn ensure_tracking_key(path: &std::path::Path) -> Result<Vec<u8>, std::io::Error> {
+    if let Ok(secret) = std::fs::read(path)
+        && secret.len() >= 32
+    {
+        return Ok(secret);
+    }
+    let mut secret = vec![0u8; 32];
+    aws_lc_rs::rand::fill(&mut secret)
+        .map_err(|_| std::io::Error::other("the system random generator failed"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, &secret)?;
+    Ok(secret)
+}
+
+fn tracking_addr_log(bound: std::net::SocketAddr, public_url: &str) {
+    tracing::info!(%bound, public_url, "tracking server (opens, clicks, unsubscribes, callbacks)");
 }
 
 /// Runs the delivery service alone until `shutdown` is cancelled.

@@ -245,6 +245,25 @@ impl Delivery {
     ) -> Result<ChannelSettings, ServiceError> {
         match self.stored_settings(tenant, ch).await? {
             Some(settings) => Ok(settings),
+            // The deployment's SMTP server (Mailpit in compose.yaml) for email.
+            None if ch == Channel::Email && !self.config.default_smtp.is_empty() => {
+                let (host, port) = self
+                    .config
+                    .default_smtp
+                    .rsplit_once(':')
+                    .unwrap_or((self.config.default_smtp.as_str(), "25"));
+                Ok(ChannelSettings {
+                    channel: ch as i32,
+                    provider: Some(Provider::Smtp(winback_proto::delivery::SmtpSettings {
+                        host: host.to_owned(),
+                        port: port.parse().unwrap_or(25),
+                        security: "plain".into(),
+                        from: self.config.default_smtp_from.clone(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+            }
             None => Ok(ChannelSettings {
                 channel: ch as i32,
                 provider: Some(Provider::FileSink(

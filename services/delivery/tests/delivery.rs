@@ -748,3 +748,43 @@ db_test!(
             .unwrap();
     }
 );
+
+db_test!(
+    a_tenant_without_email_settings_mails_through_the_deployments_smtp_server,
+    |db| async move {
+        // compose.yaml points this at Mailpit; here the test's SMTP server.
+        let sink = SmtpSink::start(db.dir().join("smtp")).await;
+        let mut h = Harness::start_with(db, |d| {
+            d.default_smtp = format!("127.0.0.1:{}", sink.port);
+            d.default_smtp_from = "winback@example.com".into();
+        })
+        .await;
+        h.a.upsert_template(UpsertTemplateRequest {
+            template: Some(welcome_back()),
+        })
+        .await
+        .unwrap();
+        let sent =
+            h.a.send(email_to("d1", "anna@example.ru"))
+                .await
+                .unwrap()
+                .into_inner()
+                .message
+                .unwrap();
+        wait_for_status(&mut h, &sent.message_id, MessageStatus::Sent).await;
+        let mut received = Vec::new();
+        for _ in 0..100 {
+            received = sink.messages();
+            if !received.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(received.len(), 1);
+        assert!(
+            received[0].contains("winback@example.com"),
+            "{}",
+            received[0]
+        );
+    }
+);

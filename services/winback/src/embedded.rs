@@ -34,6 +34,16 @@ pub fn ensure_keys(config: &Config) -> Result<bool, StartError> {
     winback_platform::secrets::SecretBox::open_or_create(
         &config.auth.secrets_key_path(&config.data_dir),
     )?;
+    // The secret of tracking links, on the keys volume: a re-created delivery container
+    // must not break the links in mail already sent. An older data folder's secret stays.
+    if config.delivery.tracking_secret.is_empty() && !config.data_dir.join("tracking.key").exists()
+    {
+        winback_delivery::ensure_tracking_key(&winback_delivery::tracking_key_path(config))
+            .map_err(|source| StartError::Io {
+                what: "the tracking secret",
+                source,
+            })?;
+    }
     Ok(created)
 }
 

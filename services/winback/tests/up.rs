@@ -35,13 +35,22 @@ fn free_port() -> u16 {
 
 /// Starts `winback up` and waits for its one "serving" log line.
 async fn up(data_dir: &std::path::Path, port: u16) -> Child {
+    up_with(
+        data_dir,
+        port,
+        &[("WINBACK_DELIVERY__TRACKING_LISTEN", "127.0.0.1:0")],
+    )
+    .await
+}
+
+/// `winback up` with extra environment.
+async fn up_with(data_dir: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_winback"))
         .args(["up", "--data-dir"])
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("WINBACK_TELEMETRY__LOG_FORMAT", "json")
-        // Stacks run side by side in tests: each its own tracking port.
-        .env("WINBACK_DELIVERY__TRACKING_LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -317,4 +326,25 @@ async fn a_bad_configuration_value_stops_winback_up_naming_the_key() {
     assert!(stderr.contains("server.request_timeout_ms"), "{stderr}");
     // Nothing was started or written.
     assert!(!dir.path().join("profiles.db").exists());
+}
+
+#[tokio::test]
+async fn two_stacks_on_their_own_ports_each_put_tracking_on_the_next_port() {
+    // Two ports with a free neighbour each.
+    let mut ports = Vec::new();
+    while ports.len() < 2 {
+        let p = free_port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            ports.push(p);
+        }
+    }
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut a = up_with(dirs[0].path(), ports[0], &[]).await;
+    let mut b = up_with(dirs[1].path(), ports[1], &[]).await;
+    for port in &ports {
+        let tracking = tokio::net::TcpStream::connect(("127.0.0.1", port + 1)).await;
+        assert!(tracking.is_ok(), "tracking server beside {port}");
+    }
+    stop(&mut a).await;
+    stop(&mut b).await;
 }

@@ -4,7 +4,8 @@
 pub mod auth_layer;
 pub mod client;
 pub mod deadline_layer;
-pub mod server;
+pub mod health;
+mod server;
 pub mod trace_layer;
 
 pub use client::{CallCredentials, lazy_channel};

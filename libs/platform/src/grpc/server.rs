@@ -42,8 +42,7 @@ pub struct GrpcServer {
     quotas: Quotas,
     routes: RoutesBuilder,
     health: HealthReporter,
-    health_service:
-        tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    health_service: tonic_health::server::HealthService,
     names: Vec<&'static str>,
 }
 
@@ -65,9 +64,8 @@ impl GrpcServer {
     /// A server with the given limits, verifying tokens with `verifier`.
     pub fn new(config: &ServerConfig, verifier: TokenVerifier) -> Self {
         let health = HealthReporter::new();
-        let health_service = tonic_health::pb::health_server::HealthServer::new(
-            tonic_health::server::HealthService::from_health_reporter(health.clone()),
-        );
+        let health_service =
+            tonic_health::server::HealthService::from_health_reporter(health.clone());
         Self {
             config: config.clone(),
             verifier: Arc::new(verifier),
@@ -128,9 +126,15 @@ impl GrpcServer {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
+        let watches_end = tokio_util::sync::CancellationToken::new();
         let mut routes = self.routes;
         routes
-            .add_service(self.health_service)
+            .add_service(tonic_health::pb::health_server::HealthServer::new(
+                super::health::DrainingHealth {
+                    inner: self.health_service,
+                    stopped: watches_end.clone(),
+                },
+            ))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
 
@@ -159,11 +163,16 @@ impl GrpcServer {
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
-                for name in names {
+                // The server as a whole ("") and every service: load balancers and
+                // orchestrators stop sending before the listener closes.
+                for name in std::iter::once("").chain(names) {
                     health
                         .set_service_status(name, ServingStatus::NotServing)
                         .await;
                 }
+                // Watchers get NOT_SERVING, then their streams end.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                watches_end.cancel();
                 tracing::info!("shutting down: draining in-flight calls");
                 let _ = draining_tx.send(());
             });

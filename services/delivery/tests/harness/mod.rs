@@ -53,7 +53,7 @@ impl Harness {
                 max_connections: 8,
             },
             delivery: DeliveryConfig {
-                tracking_listen: tracking,
+                tracking_listen: Some(tracking),
                 public_url: format!("http://{tracking}"),
                 poll_interval_ms: 20,
                 retry_base_ms: 1_000,

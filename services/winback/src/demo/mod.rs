@@ -132,7 +132,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         listen: "127.0.0.1:0".parse()?,
         data_dir: opts.out.clone(),
         delivery: DeliveryConfig {
-            tracking_listen: format!("127.0.0.1:{tracking}").parse()?,
+            tracking_listen: Some(format!("127.0.0.1:{tracking}").parse()?),
             public_url: format!("http://127.0.0.1:{tracking}"),
             ..DeliveryConfig::default()
         },
