@@ -35,6 +35,17 @@ struct Shop {
     offer_template_id: String,
 }
 
+/// A step outcome as the lower-case word of its enum value (`STEP_RESULT_SENT` → "sent").
+fn word(outcome: i32) -> String {
+    winback_proto::common::StepResult::try_from(outcome)
+        .map(|r| {
+            r.as_str_name()
+                .trim_start_matches("STEP_RESULT_")
+                .to_lowercase()
+        })
+        .unwrap_or_default()
+}
+
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().to_utc()
 }
@@ -325,7 +336,7 @@ db_test!(
         shop.settle(&running, 3).await;
         for d in &treated {
             let e = shop.enrolment(&d.enrolment_id).await;
-            let outcomes: Vec<&str> = e.steps.iter().map(|s| s.outcome.as_str()).collect();
+            let outcomes: Vec<String> = e.steps.iter().map(|s| word(s.outcome)).collect();
             assert_eq!(outcomes, ["sent", "sent", "sent"], "{e:?}");
             assert!(e.steps[0].coupon_code.is_empty());
             assert!(!e.steps[1].coupon_code.is_empty());
@@ -441,7 +452,7 @@ db_test!(
             .wait_for(&d.enrolment_id, |e| {
                 e.steps
                     .first()
-                    .is_some_and(|s| s.outcome == "deferred_quiet_hours")
+                    .is_some_and(|s| word(s.outcome) == "deferred_quiet_hours")
             })
             .await;
         assert!(e.steps[0].executed_at.is_none());
@@ -453,7 +464,7 @@ db_test!(
         shop.set_clock("2026-03-02T23:00:00Z");
         let e = shop
             .wait_for(&d.enrolment_id, |e| {
-                e.steps.first().is_some_and(|s| s.outcome == "sent")
+                e.steps.first().is_some_and(|s| word(s.outcome) == "sent")
             })
             .await;
         assert_eq!(
@@ -884,7 +895,7 @@ db_test!(
             .unwrap();
         shop.settle(std::slice::from_ref(&d.enrolment_id), 3).await;
         let e = shop.enrolment(&d.enrolment_id).await;
-        let outcomes: Vec<&str> = e.steps.iter().map(|s| s.outcome.as_str()).collect();
+        let outcomes: Vec<String> = e.steps.iter().map(|s| word(s.outcome)).collect();
         assert_eq!(outcomes, ["sent", "sent", "skipped_stale"]);
         assert_eq!(shop.messages_of("s-0").await.len(), 2);
         shop.stack.stop().await;
@@ -1032,7 +1043,7 @@ db_test!(
                     started += 1
                 }
                 Some(winback_proto::events::event::Payload::StepExecuted(s))
-                    if s.campaign_id == campaign && s.outcome == "sent" =>
+                    if s.campaign_id == campaign && word(s.outcome) == "sent" =>
                 {
                     sent += 1
                 }
@@ -1544,6 +1555,49 @@ db_test!(
         assert_eq!(
             format!("{:?}", after).matches("survey").count(),
             format!("{:?}", before).matches("survey").count() + 1
+        );
+        shop.stack.stop().await;
+    }
+);
+
+db_test!(
+    a_step_that_fails_says_why_in_get_and_list_enrolments,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        shop.customers(&["f-0".to_owned()], "Europe/Moscow").await;
+        let campaign = shop.one_step_campaign("doomed", None).await;
+        // The template goes away after the chain was checked: delivery refuses the send.
+        shop.delivery
+            .delete_template(winback_proto::delivery::DeleteTemplateRequest {
+                template_id: "reminder".into(),
+                channel: Channel::Email as i32,
+                locale: String::new(),
+            })
+            .await
+            .unwrap();
+        let d = shop.enrol(&campaign, &["f-0".into()]).await.remove(0);
+        shop.settle(std::slice::from_ref(&d.enrolment_id), 1).await;
+        let e = shop.enrolment(&d.enrolment_id).await;
+        let step = &e.steps[0];
+        assert_eq!(word(step.outcome), "failed", "{e:?}");
+        assert!(
+            step.failure_reason.starts_with("CHANNEL_EMAIL: "),
+            "{step:?}"
+        );
+        assert!(step.failure_reason.contains("reminder"), "{step:?}");
+        let listed = shop
+            .campaigns
+            .list_enrolments(ListEnrolmentsRequest {
+                campaign_id: campaign.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .enrolments;
+        assert_eq!(
+            listed[0].steps, e.steps,
+            "ListEnrolments carries the steps too"
         );
         shop.stack.stop().await;
     }

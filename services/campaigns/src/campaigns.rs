@@ -393,8 +393,8 @@ impl Campaigns {
                         enrolment_id: row.try_get("", "enrolment_id").map_err(db_error)?,
                         campaign_id: campaign_id.to_owned(),
                         customer_id: row.try_get("", "customer_id").map_err(db_error)?,
-                        reason: "campaign_completed".into(),
-                        next_state: "sleeping".into(),
+                        reason: crate::domain::outcomes::end_reason("campaign_completed"),
+                        next_state: crate::domain::outcomes::after_chain_state("sleeping"),
                     }),
                 ));
             }

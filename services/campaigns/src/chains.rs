@@ -132,7 +132,24 @@ impl Campaigns {
                     })
                     .await
                 {
-                    Ok(_) => {}
+                    Ok(reply) => {
+                        // A step fills the standard variables only (delivery.proto).
+                        let extra = reply
+                            .into_inner()
+                            .template
+                            .map(|t| t.extra_variables)
+                            .unwrap_or_default();
+                        if !extra.is_empty() {
+                            check.violations.push(FieldViolation::new(
+                                format!("chain.steps[{i}].channels[{j}].template_id"),
+                                format!(
+                                    "template {} uses variables a campaign step does not fill: {}",
+                                    c.template_id,
+                                    extra.join(", ")
+                                ),
+                            ));
+                        }
+                    }
                     Err(s)
                         if matches!(
                             s.code(),

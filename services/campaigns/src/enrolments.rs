@@ -5,10 +5,11 @@ use winback_proto::campaigns::{Enrolment, ListEnrolmentsResponse, StepOutcome};
 use winback_proto::common::PageResponse;
 
 use crate::context::{Campaigns, db_error, page_size, timestamp};
+use crate::domain::outcomes;
 use crate::store::query;
 
 const COLUMNS: &str = "enrolment_id, campaign_id, customer_id, variant, state, skip_reason,
-    enrolled_at_us, ended_at_us, segment, trigger_kind";
+    enrolled_at_us, ended_at_us, segment, trigger_kind, end_reason, next_state";
 
 fn enrolment_of(r: &sea_orm::QueryResult) -> Result<Enrolment, ServiceError> {
     let s = |c: &str| r.try_get::<String>("", c).map_err(db_error);
@@ -25,10 +26,50 @@ fn enrolment_of(r: &sea_orm::QueryResult) -> Result<Enrolment, ServiceError> {
         steps: Vec::new(),
         segment: s("segment")?,
         trigger: i32::try_from(i("trigger_kind")?).unwrap_or_default(),
+        end_reason: outcomes::end_reason(&s("end_reason")?),
+        next_state: outcomes::after_chain_state(&s("next_state")?),
     })
 }
 
 impl Campaigns {
+    /// The step outcomes of these enrolments, by enrolment, in step order.
+    async fn step_outcomes(
+        &self,
+        tenant: &str,
+        enrolment_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<StepOutcome>>, ServiceError> {
+        let rows = crate::store::query_in(
+            &self.db,
+            "SELECT enrolment_id, step, outcome, due_at_us, executed_at_us, channel, coupon_code,
+                    message_id, failure_reason
+             FROM step_outcomes WHERE tenant_id = $1 AND enrolment_id IN ({list})
+             ORDER BY enrolment_id, step",
+            vec![tenant.into()],
+            enrolment_ids,
+        )
+        .await
+        .map_err(db_error)?;
+        let mut out: std::collections::HashMap<String, Vec<StepOutcome>> =
+            std::collections::HashMap::new();
+        for r in &rows {
+            let i = |c: &str| r.try_get::<i64>("", c).map_err(db_error);
+            let s = |c: &str| r.try_get::<String>("", c).map_err(db_error);
+            out.entry(s("enrolment_id")?)
+                .or_default()
+                .push(StepOutcome {
+                    step: i32::try_from(i("step")?).unwrap_or_default(),
+                    outcome: outcomes::step_result(&s("outcome")?),
+                    failure_reason: s("failure_reason")?,
+                    due_at: timestamp(i("due_at_us")?),
+                    executed_at: timestamp(i("executed_at_us")?),
+                    channel: i32::try_from(i("channel")?).unwrap_or_default(),
+                    coupon_code: s("coupon_code")?,
+                    message_id: s("message_id")?,
+                });
+        }
+        Ok(out)
+    }
+
     /// One enrolment with its step outcomes, or NOT_FOUND.
     pub(crate) async fn enrolment(
         &self,
@@ -45,27 +86,11 @@ impl Campaigns {
         let mut e = enrolment_of(rows.first().ok_or_else(|| {
             ServiceError::not_found_at("enrolment", enrolment_id, "enrolment_id")
         })?)?;
-        let rows = query(
-            &self.db,
-            "SELECT step, outcome, due_at_us, executed_at_us, channel, coupon_code, message_id
-             FROM step_outcomes WHERE tenant_id = $1 AND enrolment_id = $2 ORDER BY step",
-            vec![tenant.into(), enrolment_id.into()],
-        )
-        .await
-        .map_err(db_error)?;
-        for r in &rows {
-            let i = |c: &str| r.try_get::<i64>("", c).map_err(db_error);
-            let s = |c: &str| r.try_get::<String>("", c).map_err(db_error);
-            e.steps.push(StepOutcome {
-                step: i32::try_from(i("step")?).unwrap_or_default(),
-                outcome: s("outcome")?,
-                due_at: timestamp(i("due_at_us")?),
-                executed_at: timestamp(i("executed_at_us")?),
-                channel: i32::try_from(i("channel")?).unwrap_or_default(),
-                coupon_code: s("coupon_code")?,
-                message_id: s("message_id")?,
-            });
-        }
+        e.steps = self
+            .step_outcomes(tenant, std::slice::from_ref(&e.enrolment_id))
+            .await?
+            .remove(&e.enrolment_id)
+            .unwrap_or_default();
         Ok(e)
     }
 
@@ -110,6 +135,11 @@ impl Campaigns {
         } else {
             String::new()
         };
+        let ids: Vec<String> = enrolments.iter().map(|e| e.enrolment_id.clone()).collect();
+        let mut steps = self.step_outcomes(tenant, &ids).await?;
+        for e in &mut enrolments {
+            e.steps = steps.remove(&e.enrolment_id).unwrap_or_default();
+        }
         Ok(ListEnrolmentsResponse {
             enrolments,
             page: Some(PageResponse { next_page_token }),

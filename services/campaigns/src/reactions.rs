@@ -472,8 +472,8 @@ impl Reactions {
                         enrolment_id: id,
                         campaign_id: campaign,
                         customer_id: customer.to_owned(),
-                        reason: "purchase".into(),
-                        next_state: "active".into(),
+                        reason: crate::domain::outcomes::end_reason("purchase"),
+                        next_state: crate::domain::outcomes::after_chain_state("active"),
                     }),
                 ));
             } else if state == i64::from(EnrolmentState::Completed as i32) {
@@ -523,8 +523,8 @@ impl Reactions {
                     enrolment_id: row.try_get("", "enrolment_id")?,
                     campaign_id: row.try_get("", "campaign_id")?,
                     customer_id: customer.to_owned(),
-                    reason: reason.to_owned(),
-                    next_state: "sleeping".into(),
+                    reason: crate::domain::outcomes::end_reason(reason),
+                    next_state: crate::domain::outcomes::after_chain_state("sleeping"),
                 }),
             ));
         }

@@ -104,6 +104,8 @@ struct Ending {
     /// Set when the enrolment ends: (reason, next state).
     end: Option<(&'static str, &'static str)>,
     marketing_touch: bool,
+    /// Why a failed step failed.
+    failure_reason: String,
 }
 
 impl Ending {
@@ -116,6 +118,7 @@ impl Ending {
             offer_template_id: String::new(),
             coupon: None,
             message_id: String::new(),
+            failure_reason: String::new(),
             end: None,
             marketing_touch: false,
         }
@@ -134,6 +137,8 @@ struct Sending {
     tried: usize,
     coupon: Option<(String, DateTime<Utc>)>,
     offer_template_id: String,
+    /// Delivery's refusal on each channel tried, in order.
+    refusals: Vec<String>,
 }
 
 /// The grace after the last step before a chain is judged (opened, clicked, nothing).
@@ -307,6 +312,7 @@ impl Campaigns {
                     channels,
                     tried: 0,
                     coupon: None,
+                    refusals: Vec::new(),
                     offer_template_id: pending
                         .get(&d.enrolment_id)
                         .map(|(_, t)| t.clone())
@@ -688,6 +694,11 @@ impl Campaigns {
                     continue;
                 }
                 tracing::debug!(enrolment = %d.enrolment_id, code = result.error_code, error = %result.error, "send refused");
+                s.refusals.push(format!(
+                    "{}: {}",
+                    s.channels[s.tried].0.as_str_name(),
+                    result.error
+                ));
                 s.tried += 1;
                 if s.tried < s.channels.len() {
                     again.push(s);
@@ -697,9 +708,17 @@ impl Campaigns {
                     } else {
                         "failed"
                     };
+                    let failure_reason = if outcome == "failed" {
+                        let why = s.refusals.join("; ");
+                        tracing::warn!(enrolment = %d.enrolment_id, step = d.step, reason = %why, "step failed: delivery refused every channel");
+                        why
+                    } else {
+                        String::new()
+                    };
                     let ending = Ending {
                         coupon: s.coupon.clone(),
                         offer_template_id: s.offer_template_id.clone(),
+                        failure_reason,
                         ..Ending::new(outcome)
                     };
                     endings[s.index] = Some(self.after(chain, d, ending, now));
@@ -731,7 +750,9 @@ impl Campaigns {
         if let Some((code, expires)) = coupon {
             variables["coupon"] = serde_json::json!({
                 "code": code,
-                "expires_at": expires.format("%Y-%m-%d %H:%M").to_string(),
+                // The customer's local time, with the zone named.
+                "expires_at": crate::domain::coupon_text::expiry(expires, &d.reach.time_zone),
+                "expires_at_utc": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "hours_left": (expires - now).num_hours().max(0),
             });
         }
@@ -908,6 +929,7 @@ impl Campaigns {
                         .unwrap_or_default()
                         .into(),
                     e.message_id.clone().into(),
+                    e.failure_reason.clone().into(),
                 ]);
                 events.push((
                     tenant.to_owned(),
@@ -917,7 +939,8 @@ impl Campaigns {
                         campaign_id: d.campaign_id.clone(),
                         customer_id: d.customer_id.clone(),
                         step: d.step as i32,
-                        outcome: e.outcome.into(),
+                        outcome: crate::domain::outcomes::step_result(e.outcome),
+                        failure_reason: e.failure_reason.clone(),
                         channel: e.channel as i32,
                         coupon_code: e.coupon.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
                         message_id: e.message_id.clone(),
@@ -942,8 +965,8 @@ impl Campaigns {
                             enrolment_id: d.enrolment_id.clone(),
                             campaign_id: d.campaign_id.clone(),
                             customer_id: d.customer_id.clone(),
-                            reason: reason.into(),
-                            next_state: next_state.into(),
+                            reason: crate::domain::outcomes::end_reason(reason),
+                            next_state: crate::domain::outcomes::after_chain_state(next_state),
                         }),
                     ));
                     (
@@ -979,14 +1002,14 @@ impl Campaigns {
             let mut stmt = multi_row_insert(
                 backend,
                 "INSERT INTO step_outcomes (tenant_id, enrolment_id, step, outcome, due_at_us,
-                    executed_at_us, channel, offer_template_id, coupon_code, message_id)",
+                    executed_at_us, channel, offer_template_id, coupon_code, message_id, failure_reason)",
                 chunk.to_vec(),
             );
             stmt.sql.push_str(
                 " ON CONFLICT (tenant_id, enrolment_id, step) DO UPDATE SET outcome = excluded.outcome,
                   executed_at_us = excluded.executed_at_us, channel = excluded.channel,
                   offer_template_id = excluded.offer_template_id, coupon_code = excluded.coupon_code,
-                  message_id = excluded.message_id",
+                  message_id = excluded.message_id, failure_reason = excluded.failure_reason",
             );
             txn.execute_raw(stmt).await.map_err(db_error)?;
         }

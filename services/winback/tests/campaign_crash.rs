@@ -257,7 +257,11 @@ async fn a_crash_between_coupon_and_send_still_gives_one_coupon_and_one_message(
             .into_inner()
             .enrolment
             .unwrap();
-        if let Some(step) = e.steps.into_iter().find(|s| s.outcome == "sent") {
+        if let Some(step) = e
+            .steps
+            .into_iter()
+            .find(|s| s.outcome == winback_proto::common::StepResult::Sent as i32)
+        {
             sent = Some(step);
             break;
         }

@@ -2,6 +2,8 @@
 
 pub(crate) mod assign;
 pub(crate) mod chain;
+pub(crate) mod coupon_text;
+pub(crate) mod outcomes;
 pub(crate) mod plan;
 pub(crate) mod policy;
 pub(crate) mod presets;

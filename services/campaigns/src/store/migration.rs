@@ -177,3 +177,35 @@ impl MigrationTrait for CreateCampaigns {
         Ok(())
     }
 }
+
+/// A failed step keeps delivery's reason.
+#[derive(Debug)]
+pub(crate) struct StepFailureReasons;
+
+impl MigrationName for StepFailureReasons {
+    fn name(&self) -> &str {
+        "m20261207_300000_step_failure_reasons"
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)]
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for StepFailureReasons {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "ALTER TABLE step_outcomes ADD COLUMN failure_reason TEXT NOT NULL DEFAULT ''",
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared("ALTER TABLE step_outcomes DROP COLUMN failure_reason")
+            .await?;
+        Ok(())
+    }
+}

@@ -10,7 +10,10 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(migration::CreateCampaigns)]
+        vec![
+            Box::new(migration::CreateCampaigns),
+            Box::new(migration::StepFailureReasons),
+        ]
     }
 }
 

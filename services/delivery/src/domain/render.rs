@@ -63,27 +63,20 @@ fn describe(e: &minijinja::Error) -> String {
 }
 
 /// The variables every message can use, with sample values, plus the template's declared
-/// extra variables (as strings). What `check` renders against.
+/// extra variables (as strings). What `check` renders against. These are exactly what a
+/// campaign step fills (campaigns: `facts.segment`, `coupon.*`; delivery: `customer.*`,
+/// `unsubscribe_url`, `message_id`), so a template that saves renders at send time; the
+/// list is documented in delivery.proto (MessageTemplate) and docs/delivery.md.
 pub(crate) fn sample_variables(extra: &[String]) -> Value {
     let mut v = json!({
-        "customer": {
-            "customer_id": "c-1", "name": "Анна Иванова", "first_name": "Анна",
-            "email": "anna@example.ru", "phone": "+79161234567", "locale": "ru",
-            "time_zone": "Europe/Moscow", "birthday": "1990-05-17",
-            "tags": ["vip"], "attributes": {}
-        },
-        "facts": {
-            "last_purchase_at": "2026-05-01", "days_since_last_purchase": 45,
-            "order_count": 7, "average_check": "1 250 ₽", "total_spent": "8 750 ₽",
-            "segment": "at_risk", "lifecycle": "sleeping"
-        },
+        "customer": { "customer_id": "c-1", "name": "Анна Иванова", "first_name": "Анна" },
+        "facts": { "segment": "at_risk" },
         "coupon": {
-            "code": "ABCD-EFGH-JKLM", "value": "10 %", "kind": "percent_off",
-            "expires_at": "2026-06-03 12:00", "hours_left": 72, "time_left": "3 дня"
+            "code": "ABCD-EFGH-JKLM",
+            "expires_at": "2026-06-03 12:00 (Europe/Moscow)",
+            "expires_at_utc": "2026-06-03T09:00:00Z",
+            "hours_left": 72
         },
-        "picks": { "top_categories": ["торты", "пирожные"] },
-        "bonus": { "balance": 500, "expires_at": "2026-06-30", "expiring": 200 },
-        "shop": { "name": "Пекарня", "url": "https://shop.example" },
         "unsubscribe_url": "https://t.example/u/token",
         "message_id": "m-1"
     });

@@ -1071,7 +1071,7 @@ impl<'a> Simulation<'a> {
                 let Some(event) = reply.event else { continue };
                 self.cursor = event.cursor.clone();
                 if let Some(Payload::StepExecuted(s)) = event.payload
-                    && s.outcome == "sent"
+                    && s.outcome == winback_proto::common::StepResult::Sent as i32
                     && s.channel == Medium::Email as i32
                 {
                     let campaign = self
