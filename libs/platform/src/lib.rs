@@ -12,6 +12,7 @@ pub mod events;
 pub mod grpc;
 pub mod host;
 pub mod idempotency;
+pub mod metrics;
 pub mod money;
 pub mod paging;
 pub mod quotas;

@@ -5,6 +5,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -24,10 +30,27 @@ use winback_proto::profiles::profiles_service_client::ProfilesServiceClient;
 use winback_proto::profiles::profiles_service_server::{ProfilesService, ProfilesServiceServer};
 use winback_proto::profiles::{GetFactsRequest, GetFactsResponse};
 
-/// An OTLP trace receiver that keeps every span it is sent.
+/// An OTLP receiver that keeps every span and the name of every metric it is sent.
 #[derive(Debug, Clone, Default)]
 struct Receiver {
     spans: Arc<Mutex<Vec<Span>>>,
+    metrics: Arc<Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let mut names = self.metrics.lock().unwrap();
+        for resource in request.into_inner().resource_metrics {
+            for scope in resource.scope_metrics {
+                names.extend(scope.metrics.into_iter().map(|m| m.name));
+            }
+        }
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
 }
 
 #[tonic::async_trait]
@@ -59,6 +82,9 @@ impl ProfilesService for Facts {
     }
 }
 
+/// Server spans are named `Service/Method`.
+const SERVER_SPAN: &str = "winback.profiles.v1.ProfilesService/GetFacts";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_is_one_trace_exported_over_otlp() {
     // The OTLP receiver.
@@ -70,7 +96,8 @@ async fn a_call_is_one_trace_exported_over_otlp() {
     let collector = receiver.clone();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector))
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .add_service(MetricsServiceServer::new(collector))
             .serve_with_incoming_shutdown(TcpIncoming::from(otlp), stop.cancelled_owned())
             .await
             .unwrap();
@@ -104,6 +131,8 @@ async fn a_call_is_one_trace_exported_over_otlp() {
     }
     .instrument(tracing::info_span!("campaign_step"))
     .await;
+    // A business counter, as delivery records one per accepted message.
+    winback_platform::metrics::message_sent("t-a", "email");
 
     stop_server.cancel();
     server_task.await.unwrap().unwrap();
@@ -117,7 +146,7 @@ async fn a_call_is_one_trace_exported_over_otlp() {
             {
                 let spans = receiver.spans.lock().unwrap();
                 if spans.iter().any(|s| s.name == "campaign_step")
-                    && spans.iter().any(|s| s.name == "grpc")
+                    && spans.iter().any(|s| s.name == SERVER_SPAN)
                 {
                     return spans.clone();
                 }
@@ -127,10 +156,14 @@ async fn a_call_is_one_trace_exported_over_otlp() {
     })
     .await
     .expect("both spans reach the OTLP receiver");
+    let metrics = receiver.metrics.lock().unwrap().clone();
     stop_otlp.cancel();
+    for name in ["rpc.server.duration", "winback.messages.sent"] {
+        assert!(metrics.iter().any(|m| m == name), "{name} in {metrics:?}");
+    }
 
     let client_span = spans.iter().find(|s| s.name == "campaign_step").unwrap();
-    let server_span = spans.iter().find(|s| s.name == "grpc").unwrap();
+    let server_span = spans.iter().find(|s| s.name == SERVER_SPAN).unwrap();
     assert_eq!(
         server_span.trace_id, client_span.trace_id,
         "one call, one trace"

@@ -264,6 +264,18 @@ impl Campaigns {
             .await?;
         txn.commit().await.map_err(db_error)?;
         drop(guard);
+        let mut by_state: std::collections::HashMap<&str, u64> = Default::default();
+        for d in &decided {
+            let state = match &d.outcome {
+                Ok(Assignment::Holdout) => "holdout",
+                Ok(Assignment::Variant(_)) => "running",
+                Err(_) => "skipped",
+            };
+            *by_state.entry(state).or_default() += 1;
+        }
+        for (state, n) in by_state {
+            winback_platform::metrics::enrolments(tenant, state, n);
+        }
         self.wake.notify_waiters();
         Ok(out)
     }

@@ -1101,7 +1101,15 @@ impl Campaigns {
             .append_many(&txn, events)
             .await
             .map_err(db_error)?;
-        txn.commit().await.map_err(db_error)
+        txn.commit().await.map_err(db_error)?;
+        let mut by_outcome: HashMap<&str, u64> = HashMap::new();
+        for e in endings.iter().flatten() {
+            *by_outcome.entry(e.outcome).or_default() += 1;
+        }
+        for (outcome, n) in by_outcome {
+            winback_platform::metrics::steps_executed(tenant, outcome, n);
+        }
+        Ok(())
     }
 
     /// Enrols the customers that triggers and segment changes queued; returns how many

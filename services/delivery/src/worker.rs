@@ -262,12 +262,21 @@ impl Delivery {
             now_unix: self.clock.now().timestamp(),
         };
         match route.send(&outgoing).await {
-            Ok(provider_id) => Ending::Done {
-                status: MessageStatus::Sent,
-                detail: String::new(),
-                provider_id,
-                suppress: false,
-            },
+            Ok(provider_id) => {
+                winback_platform::metrics::message_sent(
+                    tenant,
+                    &channel
+                        .as_str_name()
+                        .trim_start_matches("CHANNEL_")
+                        .to_lowercase(),
+                );
+                Ending::Done {
+                    status: MessageStatus::Sent,
+                    detail: String::new(),
+                    provider_id,
+                    suppress: false,
+                }
+            }
             Err(Failure::Permanent { reason, suppress }) => Ending::Done {
                 status: if suppress {
                     MessageStatus::Bounced

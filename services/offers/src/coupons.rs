@@ -641,6 +641,7 @@ impl Offers {
         };
         if won {
             self.outbox.notify_committed();
+            winback_platform::metrics::coupon_redeemed(tenant);
             let redeemed = CouponRow {
                 state: CouponState::Redeemed as i64,
                 order_id: order_id.to_owned(),

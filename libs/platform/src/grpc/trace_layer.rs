@@ -63,10 +63,16 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = request.uri().path().to_owned();
         let parent = crate::telemetry::extract_context(request.headers());
+        // Named `Service/Method` as OpenTelemetry's RPC conventions ask.
+        let name = method.trim_start_matches('/').to_owned();
+        let (service, short) = name.split_once('/').unwrap_or((name.as_str(), ""));
         let span = tracing::info_span!(
             "grpc",
+            otel.name = %name,
             otel.kind = "server",
-            rpc.method = %method,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %short,
             tenant = tracing::field::Empty,
             grpc.status = tracing::field::Empty,
         );
