@@ -1053,6 +1053,18 @@ db_test!(
         let total = shop.report(&campaign).await.total.unwrap();
         assert_eq!((total.enrolled, total.touched), (started, sent));
         assert_eq!((started, sent), (1, 1));
+        // Decided once, though 4 step workers read the queue: no "already in chain" rows.
+        let decisions = shop
+            .campaigns
+            .list_enrolments(ListEnrolmentsRequest {
+                campaign_id: campaign.clone(),
+                ..ListEnrolmentsRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .enrolments;
+        assert_eq!(decisions.len(), 1, "{decisions:?}");
         shop.stack.stop().await;
     }
 );

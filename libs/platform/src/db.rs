@@ -55,7 +55,21 @@ pub async fn connect(
                 // default) a 500-row batch read parked and woke that thread ten times.
                 .row_buffer_size(1024)
         });
-        let mut db = Database::connect(options).await?;
+        // Opening sets WAL, which needs the file's lock for a moment; another process or
+        // pool opening or migrating the same file at that instant answers SQLITE_BUSY
+        // without waiting. Try again for a few seconds.
+        let mut attempt = 0u32;
+        let mut db = loop {
+            match Database::connect(options.clone()).await {
+                Ok(db) => break db,
+                Err(error) if attempt < 50 && error.to_string().contains("database is locked") => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10))))
+                        .await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         statement_profile::attach(&mut db, service);
         return Ok(db);
     }

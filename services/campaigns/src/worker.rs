@@ -1115,14 +1115,31 @@ impl Campaigns {
     /// Enrols the customers that triggers and segment changes queued; returns how many
     /// requests were handled.
     pub(crate) async fn drain_enrolment_requests(&self) -> Result<usize, ServiceError> {
-        let rows = query(
-            &self.db,
-            "SELECT seq, tenant_id, campaign_id, customer_id, segment, trigger_kind, p_alive, clv_minor
-             FROM enrolment_requests ORDER BY seq LIMIT 500",
-            vec![],
-        )
-        .await
-        .map_err(db_error)?;
+        // Claimed first, so of several workers (and replicas) one decides each request; a
+        // claim left by a crash expires after the lease and the request is decided then.
+        // The lease is real time, not the service clock: it is about a worker dying.
+        let wall_us = chrono::Utc::now().timestamp_micros();
+        let lease_us = i64::try_from(self.config.lease_ms).unwrap_or(60_000) * 1000;
+        let rows = {
+            let (_guard, txn) = self.begin_write().await.map_err(db_error)?;
+            let rows = query(
+                &txn,
+                "UPDATE enrolment_requests SET claimed_until_us = $1
+                 WHERE claimed_until_us < $2 AND seq IN (
+                     SELECT seq FROM enrolment_requests WHERE claimed_until_us < $2
+                     ORDER BY seq LIMIT 500)
+                 RETURNING seq, tenant_id, campaign_id, customer_id, segment, trigger_kind,
+                           p_alive, clv_minor",
+                vec![(wall_us + lease_us).into(), wall_us.into()],
+            )
+            .await
+            .map_err(db_error)?;
+            txn.commit().await.map_err(db_error)?;
+            let mut rows = rows;
+            // RETURNING keeps no order: decide in the order the requests came.
+            rows.sort_by_key(|r| r.try_get::<i64>("", "seq").unwrap_or_default());
+            rows
+        };
         if rows.is_empty() {
             return Ok(0);
         }

@@ -209,3 +209,35 @@ impl MigrationTrait for StepFailureReasons {
         Ok(())
     }
 }
+
+/// Enrolment requests are claimed by one worker at a time.
+#[derive(Debug)]
+pub(crate) struct ClaimEnrolmentRequests;
+
+impl MigrationName for ClaimEnrolmentRequests {
+    fn name(&self) -> &str {
+        "m20261207_300001_claim_enrolment_requests"
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)]
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for ClaimEnrolmentRequests {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "ALTER TABLE enrolment_requests ADD COLUMN claimed_until_us BIGINT NOT NULL DEFAULT 0",
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared("ALTER TABLE enrolment_requests DROP COLUMN claimed_until_us")
+            .await?;
+        Ok(())
+    }
+}

@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(migration::CreateCampaigns),
             Box::new(migration::StepFailureReasons),
+            Box::new(migration::ClaimEnrolmentRequests),
         ]
     }
 }
