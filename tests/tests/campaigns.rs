@@ -113,6 +113,7 @@ impl Shop {
     async fn customers(&mut self, ids: &[String], zone: &str) {
         self.profiles
             .upsert_customers(UpsertCustomersRequest {
+                update_mask: None,
                 customers: ids
                     .iter()
                     .map(|id| Customer {
@@ -1078,6 +1079,7 @@ db_test!(
         shop.customers(&all[..2], "Europe/Moscow").await;
         shop.profiles
             .upsert_customers(UpsertCustomersRequest {
+                update_mask: None,
                 customers: all[2..]
                     .iter()
                     .map(|id| Customer {
@@ -1305,6 +1307,7 @@ db_test!(
         let mut shop = Shop::open(db).await;
         shop.profiles
             .upsert_customers(UpsertCustomersRequest {
+                update_mask: None,
                 customers: vec![Customer {
                     customer_id: "m-0".into(),
                     email: "m0@example.com".into(),

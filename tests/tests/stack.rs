@@ -196,6 +196,7 @@ db_test!(an_oversized_message_is_refused, |db| async move {
     let shop = stack.tenant("Retail").await;
     let limit = stack.config.server.max_message_bytes;
     let huge = UpsertCustomersRequest {
+        update_mask: None,
         customers: vec![Customer {
             customer_id: "c-1".into(),
             name: "x".repeat(limit + 1),

@@ -889,6 +889,7 @@ db_test!(
             .await;
         h.profiles
             .upsert_customers(UpsertCustomersRequest {
+                update_mask: None,
                 customers: ["anna", "boris"]
                     .map(|id| Customer {
                         customer_id: id.into(),

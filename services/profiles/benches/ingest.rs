@@ -55,9 +55,12 @@ async fn run(label: &str, db: &TestDatabase, args: &Args) {
             .iter()
             .map(|i| customer(&format!("c{i:07}")))
             .collect();
-        h.a.upsert_customers(UpsertCustomersRequest { customers })
-            .await
-            .unwrap();
+        h.a.upsert_customers(UpsertCustomersRequest {
+            update_mask: None,
+            customers,
+        })
+        .await
+        .unwrap();
     }
     let upsert_s = started.elapsed().as_secs_f64();
 

@@ -21,7 +21,20 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// Merges an upsert into a stored customer: fields left empty keep their value.
-fn merge(stored: Option<&CustomerRow>, c: &Customer, now_us: i64) -> CustomerRow {
+/// The fields an upsert's mask may name.
+pub(crate) const MASKABLE: &[&str] = &[
+    "name",
+    "email",
+    "phone",
+    "locale",
+    "time_zone",
+    "birthday",
+    "tags",
+    "push_tokens",
+    "attributes",
+];
+
+fn merge(stored: Option<&CustomerRow>, c: &Customer, exact: &[String], now_us: i64) -> CustomerRow {
     let mut row = stored.cloned().unwrap_or_else(|| CustomerRow {
         customer_id: c.customer_id.clone(),
         push_tokens: "[]".into(),
@@ -30,18 +43,23 @@ fn merge(stored: Option<&CustomerRow>, c: &Customer, now_us: i64) -> CustomerRow
         created_at_us: now_us,
         ..CustomerRow::default()
     });
-    let set = |field: &mut String, value: &str| {
-        if !value.is_empty() {
+    // A field in the mask is taken as given (empty clears it); others only when set.
+    let named = |f: &str| exact.iter().any(|e| e == f);
+    let set = |field: &mut String, name: &str, value: &str| {
+        if !value.is_empty() || named(name) {
             *field = value.to_owned();
         }
     };
-    set(&mut row.name, &c.name);
-    set(&mut row.email, &c.email.to_lowercase());
-    set(&mut row.phone, &c.phone);
-    set(&mut row.locale, &c.locale);
-    set(&mut row.time_zone, &c.time_zone);
-    set(&mut row.birthday, &c.birthday);
-    if !c.push_tokens.is_empty() {
+    set(&mut row.name, "name", &c.name);
+    set(&mut row.email, "email", &c.email.to_lowercase());
+    set(&mut row.phone, "phone", &c.phone);
+    set(&mut row.locale, "locale", &c.locale);
+    set(&mut row.time_zone, "time_zone", &c.time_zone);
+    set(&mut row.birthday, "birthday", &c.birthday);
+    if named("attributes") {
+        row.attributes = json(&c.attributes.iter().collect::<BTreeMap<_, _>>());
+    }
+    if !c.push_tokens.is_empty() || named("push_tokens") {
         let tokens: Vec<(&str, &str)> = c
             .push_tokens
             .iter()
@@ -49,10 +67,10 @@ fn merge(stored: Option<&CustomerRow>, c: &Customer, now_us: i64) -> CustomerRow
             .collect();
         row.push_tokens = json(&tokens);
     }
-    if !c.tags.is_empty() {
+    if !c.tags.is_empty() || named("tags") {
         row.tags = json(&c.tags);
     }
-    if !c.attributes.is_empty() {
+    if !c.attributes.is_empty() && !named("attributes") {
         let mut attributes: BTreeMap<String, String> =
             serde_json::from_str(&row.attributes).unwrap_or_default();
         attributes.extend(c.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -101,8 +119,21 @@ impl Profiles {
         &self,
         tenant: &str,
         customers: Vec<Customer>,
+        update_mask: Option<prost_types::FieldMask>,
     ) -> Result<(i32, i32), ServiceError> {
         let mut v = Violations::default();
+        let exact = update_mask.map(|m| m.paths).unwrap_or_default();
+        for (i, path) in exact.iter().enumerate() {
+            if !MASKABLE.contains(&path.as_str()) {
+                v.add(
+                    format!("update_mask.paths[{i}]"),
+                    format!(
+                        "{path:?} cannot be set by mask; one of {}",
+                        MASKABLE.join(", ")
+                    ),
+                );
+            }
+        }
         if customers.is_empty() || customers.len() > MAX_BATCH {
             v.add("customers", format!("must hold 1 to {MAX_BATCH} customers"));
         }
@@ -136,7 +167,7 @@ impl Profiles {
         }
         let merged: Vec<CustomerRow> = customers
             .iter()
-            .map(|c| merge(stored.get(&c.customer_id), c, now_us))
+            .map(|c| merge(stored.get(&c.customer_id), c, &exact, now_us))
             .collect();
         let mut states = rows::facts_states(&txn, tenant, &ids).await?;
         let facts: Vec<(String, FactsState)> = merged

@@ -31,9 +31,10 @@ impl ProfilesService for ProfilesGrpc {
         request: Request<UpsertCustomersRequest>,
     ) -> Result<Response<UpsertCustomersResponse>, Status> {
         let tenant = tenant_for(&request, WRITE)?;
+        let r = request.into_inner();
         let (created, updated) = self
             .profiles
-            .upsert_customers(&tenant, request.into_inner().customers)
+            .upsert_customers(&tenant, r.customers, r.update_mask)
             .await?;
         Ok(Response::new(UpsertCustomersResponse { created, updated }))
     }

@@ -15,7 +15,10 @@ use winback_proto::profiles::*;
 
 async fn upsert(client: &mut harness::Client, customers: Vec<Customer>) -> UpsertCustomersResponse {
     client
-        .upsert_customers(UpsertCustomersRequest { customers })
+        .upsert_customers(UpsertCustomersRequest {
+            update_mask: None,
+            customers,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -136,6 +139,7 @@ db_test!(
         bad_zone.time_zone = "Moscow".into();
         let status =
             h.a.upsert_customers(UpsertCustomersRequest {
+                update_mask: None,
                 customers: vec![customer("c1"), bad_email, bad_phone, bad_zone],
             })
             .await
@@ -165,6 +169,7 @@ db_test!(
         let too_many: Vec<Customer> = (0..1001).map(|i| customer(&format!("c{i}"))).collect();
         let status =
             h.a.upsert_customers(UpsertCustomersRequest {
+                update_mask: None,
                 customers: too_many,
             })
             .await
@@ -1516,5 +1521,63 @@ db_test!(
             (Code::InvalidArgument, "as_of")
         );
         h.stop();
+    }
+);
+
+db_test!(
+    an_update_mask_clears_the_fields_it_names_and_only_those,
+    |db| async move {
+        let db: &TestDatabase = db;
+        let mut h = Harness::start(db).await;
+        let mut c1 = customer("c1");
+        c1.tags = vec!["vip".into()];
+        upsert(&mut h.a, vec![c1]).await;
+        let get = |h: &mut Harness| {
+            let mut client = h.a.clone();
+            async move {
+                client
+                    .get_customer(GetCustomerRequest {
+                        customer_id: "c1".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .customer
+                    .unwrap()
+            }
+        };
+        // Email and tags cleared on purpose; the phone (empty, not in the mask) is kept.
+        h.a.upsert_customers(UpsertCustomersRequest {
+            customers: vec![Customer {
+                customer_id: "c1".into(),
+                ..Default::default()
+            }],
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["email".into(), "tags".into()],
+            }),
+        })
+        .await
+        .unwrap();
+        let c = get(&mut h).await;
+        assert_eq!(c.email, "");
+        assert!(c.tags.is_empty());
+        assert_eq!(c.phone, "+79161234567");
+        assert_eq!(c.name, "Customer c1");
+        // A path that is not a customer field is refused, naming it; nothing changes.
+        let refused =
+            h.a.upsert_customers(UpsertCustomersRequest {
+                customers: vec![Customer {
+                    customer_id: "c1".into(),
+                    ..Default::default()
+                }],
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["phone".into(), "customer_id".into()],
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert_eq!(field_violations(&refused)[0].field, "update_mask.paths[1]");
+        assert_eq!(get(&mut h).await.phone, "+79161234567");
     }
 );

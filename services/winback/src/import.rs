@@ -473,7 +473,10 @@ async fn upsert(
         let mut client = client.clone();
         async move {
             let reply = client
-                .upsert_customers(UpsertCustomersRequest { customers })
+                .upsert_customers(UpsertCustomersRequest {
+                    update_mask: None,
+                    customers,
+                })
                 .await?
                 .into_inner();
             Ok((u64::try_from(reply.created + reply.updated).unwrap_or(0), 0))

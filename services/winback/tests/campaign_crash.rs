@@ -130,6 +130,7 @@ async fn a_crash_between_coupon_and_send_still_gives_one_coupon_and_one_message(
     let mut profiles = ProfilesServiceClient::new(channel.clone());
     profiles
         .upsert_customers(UpsertCustomersRequest {
+            update_mask: None,
             customers: vec![Customer {
                 customer_id: "c-1".into(),
                 email: "c1@example.com".into(),

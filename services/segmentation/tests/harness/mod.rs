@@ -151,7 +151,10 @@ impl Harness {
     pub async fn add_customers(&mut self, ids: &[&str]) {
         let customers = ids.iter().map(|id| customer(id)).collect();
         self.profiles
-            .upsert_customers(UpsertCustomersRequest { customers })
+            .upsert_customers(UpsertCustomersRequest {
+                update_mask: None,
+                customers,
+            })
             .await
             .unwrap();
     }

@@ -62,7 +62,10 @@ async fn import(profiles: &mut Profiles, history: &[Transaction]) {
             })
             .collect();
         profiles
-            .upsert_customers(UpsertCustomersRequest { customers })
+            .upsert_customers(UpsertCustomersRequest {
+                update_mask: None,
+                customers,
+            })
             .await
             .unwrap();
     }

@@ -365,6 +365,7 @@ async fn load(
     for chunk in shop.customers.chunks(1000) {
         c.profiles
             .upsert_customers(UpsertCustomersRequest {
+                update_mask: None,
                 customers: chunk
                     .iter()
                     .map(|s| Customer {
