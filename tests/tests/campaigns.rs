@@ -1617,3 +1617,188 @@ db_test!(
         shop.stack.stop().await;
     }
 );
+
+db_test!(
+    chains_campaigns_and_ladders_are_edited_by_mask_where_their_state_allows,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        let chain = shop
+            .campaigns
+            .create_chain(CreateChainRequest {
+                request_id: String::new(),
+                chain: Some(shop.classic_chain()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .chain
+            .unwrap();
+        let mask = |paths: &[&str]| {
+            Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            })
+        };
+        // The name alone changes; the steps stay.
+        let renamed = shop
+            .campaigns
+            .update_chain(UpdateChainRequest {
+                chain: Some(Chain {
+                    chain_id: chain.chain_id.clone(),
+                    name: "classic, renamed".into(),
+                    ..Chain::default()
+                }),
+                update_mask: mask(&["name"]),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .chain
+            .unwrap();
+        assert_eq!(renamed.name, "classic, renamed");
+        assert_eq!(renamed.steps, chain.steps);
+        let draft = shop
+            .campaigns
+            .create_campaign(CreateCampaignRequest {
+                request_id: String::new(),
+                campaign: Some(Campaign {
+                    name: "win back".into(),
+                    chain_id: chain.chain_id.clone(),
+                    audience: Some(Audience {
+                        lifecycle_states: vec![LifecycleState::Sleeping as i32],
+                        ..Audience::default()
+                    }),
+                    holdout_percent: 10,
+                    winback: true,
+                    ..Campaign::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .campaign
+            .unwrap();
+        let update = |paths: &[&str], holdout: i32, name: &str| UpdateCampaignRequest {
+            campaign: Some(Campaign {
+                campaign_id: draft.campaign_id.clone(),
+                name: name.into(),
+                holdout_percent: holdout,
+                ..Campaign::default()
+            }),
+            update_mask: mask(paths),
+        };
+        // A draft: the holdout can change.
+        let edited = shop
+            .campaigns
+            .update_campaign(update(&["holdout_percent"], 20, ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .campaign
+            .unwrap();
+        assert_eq!(
+            (edited.holdout_percent, edited.name.as_str()),
+            (20, "win back")
+        );
+        // Bad values are refused and nothing is stored.
+        let bad = shop
+            .campaigns
+            .update_campaign(update(&["holdout_percent"], 80, ""))
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        shop.campaigns
+            .activate_campaign(ActivateCampaignRequest {
+                campaign_id: draft.campaign_id.clone(),
+            })
+            .await
+            .unwrap();
+        // Active: nothing can change, and its chain is frozen.
+        let active = shop
+            .campaigns
+            .update_campaign(update(&["name"], 0, "x"))
+            .await
+            .unwrap_err();
+        assert_eq!(active.code(), Code::FailedPrecondition);
+        let frozen = shop
+            .campaigns
+            .update_chain(UpdateChainRequest {
+                chain: Some(Chain {
+                    chain_id: chain.chain_id.clone(),
+                    name: "again".into(),
+                    ..Chain::default()
+                }),
+                update_mask: mask(&["name"]),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(frozen.code(), Code::FailedPrecondition);
+        shop.campaigns
+            .pause_campaign(PauseCampaignRequest {
+                campaign_id: draft.campaign_id.clone(),
+            })
+            .await
+            .unwrap();
+        // Paused: the name yes, the split no (it is what the report measures).
+        let split = shop
+            .campaigns
+            .update_campaign(update(&["name", "holdout_percent"], 30, "y"))
+            .await
+            .unwrap_err();
+        assert_eq!(split.code(), Code::InvalidArgument);
+        assert!(
+            split.message().contains("update_mask.paths[1]"),
+            "{split:?}"
+        );
+        let paused = shop
+            .campaigns
+            .update_campaign(update(&["name"], 0, "win back, autumn"))
+            .await
+            .unwrap()
+            .into_inner()
+            .campaign
+            .unwrap();
+        assert_eq!(
+            (paused.name.as_str(), paused.holdout_percent),
+            ("win back, autumn", 20)
+        );
+
+        // A ladder: rungs replaced, name kept.
+        use winback_proto::offers::{CreateLadderRequest, Ladder, UpdateLadderRequest};
+        let second = percent_off_template(&mut shop.offers, 15, 1500).await;
+        let ladder = shop
+            .offers
+            .create_ladder(CreateLadderRequest {
+                request_id: String::new(),
+                ladder: Some(Ladder {
+                    name: "soft to strong".into(),
+                    template_ids: vec![shop.offer_template_id.clone()],
+                    ..Ladder::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .ladder
+            .unwrap();
+        let climbed = shop
+            .offers
+            .update_ladder(UpdateLadderRequest {
+                ladder: Some(Ladder {
+                    ladder_id: ladder.ladder_id.clone(),
+                    template_ids: vec![shop.offer_template_id.clone(), second],
+                    ..Ladder::default()
+                }),
+                update_mask: mask(&["template_ids"]),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .ladder
+            .unwrap();
+        assert_eq!(
+            (climbed.name.as_str(), climbed.template_ids.len()),
+            ("soft to strong", 2)
+        );
+        shop.stack.stop().await;
+    }
+);

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod field_mask;
 pub mod grpc;
 pub mod host;
 pub mod idempotency;

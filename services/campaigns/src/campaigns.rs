@@ -52,6 +52,74 @@ impl Campaigns {
         Ok(c)
     }
 
+    /// Replaces the masked fields of a draft campaign, or the name and audience of a
+    /// paused one.
+    pub(crate) async fn update_campaign(
+        &self,
+        tenant: &str,
+        change: Option<Campaign>,
+        mask: Option<prost_types::FieldMask>,
+    ) -> Result<Campaign, ServiceError> {
+        const DRAFT: &[&str] = &[
+            "name",
+            "chain_id",
+            "audience",
+            "variants",
+            "holdout_percent",
+            "winback",
+            "assignment_seed",
+        ];
+        const PAUSED: &[&str] = &["name", "audience"];
+        let change = change.ok_or_else(|| ServiceError::invalid("campaign", "required"))?;
+        let mut c = self
+            .campaign(tenant, &change.campaign_id, "campaign.campaign_id")
+            .await?;
+        let state = CampaignState::try_from(c.state).unwrap_or_default();
+        let updatable = match state {
+            CampaignState::Draft => DRAFT,
+            CampaignState::Paused => PAUSED,
+            _ => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "campaign {} is {}: only a draft or a paused campaign can be edited",
+                    c.campaign_id,
+                    state.as_str_name()
+                )));
+            }
+        };
+        for path in winback_platform::field_mask::paths(mask.as_ref(), updatable)? {
+            match path {
+                "name" => c.name = change.name.clone(),
+                "chain_id" => c.chain_id = change.chain_id.clone(),
+                "audience" => c.audience = change.audience.clone(),
+                "variants" => c.variants = change.variants.clone(),
+                "holdout_percent" => c.holdout_percent = change.holdout_percent,
+                "winback" => c.winback = change.winback,
+                _ => c.assignment_seed = change.assignment_seed.clone(),
+            }
+        }
+        self.check_campaign(tenant, &c).await?;
+        let (_guard, txn) = self.begin_write().await.map_err(db_error)?;
+        let changed = execute(
+            &txn,
+            "UPDATE campaigns SET campaign = $3 WHERE tenant_id = $1 AND campaign_id = $2 AND state = $4",
+            vec![
+                tenant.into(),
+                c.campaign_id.clone().into(),
+                c.encode_to_vec().into(),
+                i64::from(c.state).into(),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        txn.commit().await.map_err(db_error)?;
+        if changed == 0 {
+            return Err(ServiceError::Aborted(
+                "the campaign changed state meanwhile; read it and retry".into(),
+            ));
+        }
+        Ok(c)
+    }
+
     async fn check_campaign(&self, tenant: &str, c: &Campaign) -> Result<(), ServiceError> {
         let mut bad = Vec::new();
         if c.name.trim().is_empty() || c.name.len() > 200 {

@@ -208,6 +208,75 @@ impl Campaigns {
         Ok(chain)
     }
 
+    /// Replaces the masked fields of a chain no active or paused campaign runs.
+    pub(crate) async fn update_chain(
+        &self,
+        tenant: &str,
+        change: Option<Chain>,
+        mask: Option<prost_types::FieldMask>,
+    ) -> Result<Chain, ServiceError> {
+        let change = change.ok_or_else(|| ServiceError::invalid("chain", "required"))?;
+        let paths = winback_platform::field_mask::paths(mask.as_ref(), &["name", "steps"])?;
+        let mut chain = self
+            .chain(tenant, &change.chain_id, "chain.chain_id")
+            .await?;
+        for path in paths {
+            match path {
+                "name" => chain.name = change.name.clone(),
+                _ => chain.steps = change.steps.clone(),
+            }
+        }
+        if let Some(running) = self.campaigns_running(tenant, &chain.chain_id).await? {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "campaign {running} runs this chain; pause-and-edit is for campaigns, a running \
+                 chain's steps cannot change under its enrolments (copy it instead)"
+            )));
+        }
+        self.check_chain(tenant, &chain).await?.into_result()?;
+        let (_guard, txn) = self.begin_write().await.map_err(db_error)?;
+        execute(
+            &txn,
+            "UPDATE chains SET chain = $3 WHERE tenant_id = $1 AND chain_id = $2",
+            vec![
+                tenant.into(),
+                chain.chain_id.clone().into(),
+                chain.encode_to_vec().into(),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(chain)
+    }
+
+    /// An active or paused campaign of the tenant that runs `chain_id`, if any.
+    async fn campaigns_running(
+        &self,
+        tenant: &str,
+        chain_id: &str,
+    ) -> Result<Option<String>, ServiceError> {
+        let rows = query(
+            &self.db,
+            "SELECT campaign FROM campaigns WHERE tenant_id = $1 AND state IN ($2, $3)",
+            vec![
+                tenant.into(),
+                i64::from(winback_proto::campaigns::CampaignState::Active as i32).into(),
+                i64::from(winback_proto::campaigns::CampaignState::Paused as i32).into(),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        for row in &rows {
+            let bytes: Vec<u8> = row.try_get("", "campaign").map_err(db_error)?;
+            let c = winback_proto::campaigns::Campaign::decode(bytes.as_slice())
+                .map_err(ServiceError::internal)?;
+            if c.chain_id == chain_id || c.variants.iter().any(|v| v.chain_id == chain_id) {
+                return Ok(Some(c.campaign_id));
+            }
+        }
+        Ok(None)
+    }
+
     /// One chain, or NOT_FOUND naming `field`.
     pub(crate) async fn chain(
         &self,

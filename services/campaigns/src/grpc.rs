@@ -120,6 +120,34 @@ impl CampaignsService for CampaignsGrpc {
         Ok(Response::new(reply))
     }
 
+    async fn update_chain(
+        &self,
+        request: Request<UpdateChainRequest>,
+    ) -> Result<Response<UpdateChainResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let r = request.into_inner();
+        let chain = self
+            .campaigns
+            .update_chain(&tenant, r.chain, r.update_mask)
+            .await?;
+        Ok(Response::new(UpdateChainResponse { chain: Some(chain) }))
+    }
+
+    async fn update_campaign(
+        &self,
+        request: Request<UpdateCampaignRequest>,
+    ) -> Result<Response<UpdateCampaignResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let r = request.into_inner();
+        let campaign = self
+            .campaigns
+            .update_campaign(&tenant, r.campaign, r.update_mask)
+            .await?;
+        Ok(Response::new(UpdateCampaignResponse {
+            campaign: Some(campaign),
+        }))
+    }
+
     async fn create_campaign(
         &self,
         request: Request<CreateCampaignRequest>,

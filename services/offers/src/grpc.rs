@@ -144,6 +144,21 @@ impl OffersService for OffersGrpc {
         }))
     }
 
+    async fn update_ladder(
+        &self,
+        request: Request<UpdateLadderRequest>,
+    ) -> Result<Response<UpdateLadderResponse>, Status> {
+        let tenant = tenant_for(&request, WRITE)?;
+        let r = request.into_inner();
+        let ladder = self
+            .offers
+            .update_ladder(&tenant, r.ladder, r.update_mask)
+            .await?;
+        Ok(Response::new(UpdateLadderResponse {
+            ladder: Some(ladder),
+        }))
+    }
+
     async fn list_ladders(
         &self,
         request: Request<ListLaddersRequest>,

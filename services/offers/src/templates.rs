@@ -142,6 +142,53 @@ impl Offers {
         ladder: Option<Ladder>,
     ) -> Result<Ladder, ServiceError> {
         let mut ladder = ladder.ok_or_else(|| ServiceError::invalid("ladder", "is required"))?;
+        self.check_ladder(tenant, &mut ladder).await?;
+        ladder.ladder_id = format!("lad_{}", uuid::Uuid::now_v7().simple());
+        execute(
+            &self.db,
+            "INSERT INTO ladders (tenant_id, ladder_id, ladder, created_at_us) VALUES ($1, $2, $3, $4)",
+            vec![tenant.into(), ladder.ladder_id.clone().into(), ladder.encode_to_vec().into(), self.now_us().into()],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(ladder)
+    }
+
+    /// Replaces the masked fields of a ladder.
+    pub(crate) async fn update_ladder(
+        &self,
+        tenant: &str,
+        change: Option<Ladder>,
+        mask: Option<prost_types::FieldMask>,
+    ) -> Result<Ladder, ServiceError> {
+        let change = change.ok_or_else(|| ServiceError::invalid("ladder", "is required"))?;
+        let paths = winback_platform::field_mask::paths(mask.as_ref(), &["name", "template_ids"])?;
+        let mut ladder = self
+            .ladder(tenant, &change.ladder_id, "ladder.ladder_id")
+            .await?;
+        for path in paths {
+            match path {
+                "name" => ladder.name = change.name.clone(),
+                _ => ladder.template_ids = change.template_ids.clone(),
+            }
+        }
+        self.check_ladder(tenant, &mut ladder).await?;
+        execute(
+            &self.db,
+            "UPDATE ladders SET ladder = $3 WHERE tenant_id = $1 AND ladder_id = $2",
+            vec![
+                tenant.into(),
+                ladder.ladder_id.clone().into(),
+                ladder.encode_to_vec().into(),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(ladder)
+    }
+
+    /// The rules of a ladder: a name, 1–5 distinct rungs of live templates.
+    async fn check_ladder(&self, tenant: &str, ladder: &mut Ladder) -> Result<(), ServiceError> {
         ladder.name = ladder.name.trim().to_owned();
         if ladder.name.is_empty() {
             return Err(ServiceError::invalid("ladder.name", "is required"));
@@ -169,15 +216,7 @@ impl Offers {
                 ));
             }
         }
-        ladder.ladder_id = format!("lad_{}", uuid::Uuid::now_v7().simple());
-        execute(
-            &self.db,
-            "INSERT INTO ladders (tenant_id, ladder_id, ladder, created_at_us) VALUES ($1, $2, $3, $4)",
-            vec![tenant.into(), ladder.ladder_id.clone().into(), ladder.encode_to_vec().into(), self.now_us().into()],
-        )
-        .await
-        .map_err(db_error)?;
-        Ok(ladder)
+        Ok(())
     }
 
     /// A ladder by id.
