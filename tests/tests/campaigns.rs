@@ -1802,3 +1802,63 @@ db_test!(
         shop.stack.stop().await;
     }
 );
+
+db_test!(
+    a_chain_whose_template_needs_variables_a_step_does_not_fill_does_not_validate,
+    |db| async move {
+        let mut shop = Shop::open(db).await;
+        shop.delivery
+            .upsert_template(UpsertTemplateRequest {
+                template: Some(MessageTemplate {
+                    template_id: "store_invite".into(),
+                    channel: Channel::Email as i32,
+                    subject: "Ждём вас, {{ customer.first_name }}".into(),
+                    text: "Магазин: {{ store_address }}. {{ unsubscribe_url }}".into(),
+                    extra_variables: vec!["store_address".into()],
+                    ..MessageTemplate::default()
+                }),
+            })
+            .await
+            .unwrap();
+        let chain = Chain {
+            name: "invite".into(),
+            steps: vec![Step {
+                name: "invite".into(),
+                channels: vec![email("store_invite")],
+                ..Step::default()
+            }],
+            ..Chain::default()
+        };
+        let checked = shop
+            .campaigns
+            .validate_chain(ValidateChainRequest {
+                chain: Some(chain.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!checked.valid);
+        let v = &checked.violations[0];
+        assert_eq!(v.field, "chain.steps[0].channels[0].template_id");
+        assert!(v.description.contains("store_address"), "{v:?}");
+        // CreateChain refuses it the same way, and stores nothing.
+        let refused = shop
+            .campaigns
+            .create_chain(CreateChainRequest {
+                request_id: String::new(),
+                chain: Some(chain),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        let chains = shop
+            .campaigns
+            .list_chains(ListChainsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .chains;
+        assert!(chains.is_empty());
+        shop.stack.stop().await;
+    }
+);
