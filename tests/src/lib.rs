@@ -58,6 +58,8 @@ impl TestStack {
                 url: db.url_template.clone(),
                 max_connections: 5,
             },
+            // The campaign_steps bench runs on this stack: no call quota.
+            quotas: winback_platform::config::QuotaConfig::unlimited(),
             events: EventsConfig {
                 poll_interval_ms: 50,
                 ..EventsConfig::default()

@@ -97,6 +97,17 @@ pub struct QuotaConfig {
     pub messages_per_day: u32,
 }
 
+impl QuotaConfig {
+    /// No limit at all (tests, benches, the demo).
+    pub const fn unlimited() -> Self {
+        Self {
+            calls_per_second: 0,
+            call_burst: 0,
+            messages_per_day: 0,
+        }
+    }
+}
+
 impl Default for QuotaConfig {
     fn default() -> Self {
         Self {

@@ -163,18 +163,12 @@ impl Quotas {
     ) -> Result<(), DbErr> {
         self.replace(load(&db).await?);
         let quotas = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                match load(&db).await {
-                    Ok(own) => quotas.replace(own),
-                    Err(error) => tracing::warn!(%error, "could not re-read tenant quotas"),
-                }
+        crate::api_keys::refresh_every(every, shutdown, "tenant quotas", move || {
+            let db = db.clone();
+            let quotas = quotas.clone();
+            async move {
+                quotas.replace(load(&db).await?);
+                Ok(())
             }
         });
         Ok(())

@@ -57,11 +57,9 @@ impl Delivery {
             carriers: crate::worker::Carriers::default(),
             reaction_groups: Arc::default(),
             secrets,
-            quotas: winback_platform::quotas::Quotas::new(winback_platform::config::QuotaConfig {
-                calls_per_second: 0,
-                call_burst: 0,
-                messages_per_day: 0,
-            }),
+            quotas: winback_platform::quotas::Quotas::new(
+                winback_platform::config::QuotaConfig::unlimited(),
+            ),
             sqlite_writer: WriteGate::default(),
         }
     }

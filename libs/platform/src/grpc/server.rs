@@ -69,11 +69,7 @@ impl GrpcServer {
         Self {
             config: config.clone(),
             verifier: Arc::new(verifier),
-            quotas: Quotas::new(crate::config::QuotaConfig {
-                calls_per_second: 0,
-                call_burst: 0,
-                messages_per_day: 0,
-            }),
+            quotas: Quotas::new(crate::config::QuotaConfig::unlimited()),
             routes: RoutesBuilder::default(),
             health,
             health_service,

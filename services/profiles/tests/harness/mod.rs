@@ -88,7 +88,10 @@ impl Harness {
         let clock = ManualClock::new(at(400));
         let shutdown = CancellationToken::new();
         let ctx = ServiceContext {
-            quotas: winback_platform::quotas::Quotas::new(config.quotas),
+            // Benches share these harnesses: no call quota (the quota tests set their own).
+            quotas: winback_platform::quotas::Quotas::new(
+                winback_platform::config::QuotaConfig::unlimited(),
+            ),
             config,
             clock: Arc::new(clock.clone()),
             verifier,

@@ -96,7 +96,10 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let service_token = signer.service_token("segmentation", 600).unwrap();
         let ctx = ServiceContext {
-            quotas: winback_platform::quotas::Quotas::new(config.quotas),
+            // Benches share these harnesses: no call quota (the quota tests set their own).
+            quotas: winback_platform::quotas::Quotas::new(
+                winback_platform::config::QuotaConfig::unlimited(),
+            ),
             config,
             clock: Arc::new(clock.clone()),
             verifier,

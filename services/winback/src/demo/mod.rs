@@ -140,6 +140,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         // workers wake on every move of the manual clock (they polled every 10–20 ms, a
         // fifth of the demo's statements); the event feeds look for news often (they also
         // wake on their outbox's commits; 200 ms here measured no faster).
+        // One tenant on one machine: the demo is not throttled.
+        quotas: winback_platform::config::QuotaConfig::unlimited(),
         events: EventsConfig {
             poll_interval_ms: 20,
             ..EventsConfig::default()
