@@ -96,6 +96,14 @@ fn facts(n: usize) -> impl Iterator<Item = CustomerFacts> {
     })
 }
 
+/// Facts as profiles stores them: framed as an entry of `StreamFactsResponse.facts`
+/// (field 1, length-delimited), so a page is the rows concatenated.
+fn framed(f: &winback_proto::profiles::CustomerFacts) -> Vec<u8> {
+    let mut out = vec![0x0A];
+    out.extend(f.encode_length_delimited_to_vec());
+    out
+}
+
 async fn seed(db: &TestDatabase, n: usize) {
     let profiles = winback_platform::db::connect(&db.url("profiles"), "profiles", 2)
         .await
@@ -105,7 +113,7 @@ async fn seed(db: &TestDatabase, n: usize) {
     let mut rows = facts(n).enumerate().peekable();
     while rows.peek().is_some() {
         let mut sql = String::from(
-            "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, encoded) VALUES ",
+            "INSERT INTO facts (tenant_id, customer_id, tx_id, change_seq, state, framed) VALUES ",
         );
         let mut values: Vec<Value> = Vec::new();
         for (k, (i, f)) in rows.by_ref().take(500).enumerate() {
@@ -128,7 +136,7 @@ async fn seed(db: &TestDatabase, n: usize) {
                 0i64.into(),
                 (i as i64).into(),
                 Vec::<u8>::new().into(),
-                f.encode_to_vec().into(),
+                framed(&f).into(),
             ]);
         }
         txn.execute_raw(statement(backend, &sql, values))
