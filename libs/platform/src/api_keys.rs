@@ -303,7 +303,7 @@ impl Revocations {
     ) -> Result<(), DbErr> {
         self.replace(store.revoked_ids().await?);
         let revocations = self.clone();
-        refresh_every(every, shutdown, "revoked API keys", move || {
+        crate::tenancy::refresh_every(every, shutdown, "revoked API keys", move || {
             let store = store.clone();
             let revocations = revocations.clone();
             async move {
@@ -313,32 +313,6 @@ impl Revocations {
         });
         Ok(())
     }
-}
-
-/// Runs `refresh` every `every` until `shutdown`, in a task of its own; a refresh that
-/// fails keeps what the last one loaded and is logged, naming `what`.
-pub(crate) fn refresh_every<F, Fut>(
-    every: Duration,
-    shutdown: CancellationToken,
-    what: &'static str,
-    refresh: F,
-) where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), DbErr>> + Send,
-{
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            if let Err(error) = refresh().await {
-                tracing::warn!(%error, what, "could not re-read from the platform database");
-            }
-        }
-    });
 }
 
 /// Lower-case hex SHA-256.

@@ -137,7 +137,7 @@ where
     loop {
         match up().await {
             Ok(()) => return Ok(()),
-            Err(error) if attempt < ATTEMPTS => {
+            Err(error) if attempt < ATTEMPTS && raced(&error) => {
                 tracing::info!(service, %error, attempt, "migration raced another replica; trying again");
                 tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
                     .await;
@@ -146,6 +146,21 @@ where
             Err(error) => return Err(error),
         }
     }
+}
+
+/// What losing a migration race looks like: the winner's row in the migration table, or a
+/// table, type or schema it just made, or SQLite's file lock. Anything else is a broken
+/// migration and fails at once.
+fn raced(error: &DbErr) -> bool {
+    let text = error.to_string();
+    [
+        "UNIQUE constraint failed",
+        "duplicate key value",
+        "already exists",
+        "database is locked",
+    ]
+    .iter()
+    .any(|sign| text.contains(sign))
 }
 
 /// The schema name of a service on PostgreSQL: the service name, made identifier-safe.

@@ -163,7 +163,7 @@ impl Quotas {
     ) -> Result<(), DbErr> {
         self.replace(load(&db).await?);
         let quotas = self.clone();
-        crate::api_keys::refresh_every(every, shutdown, "tenant quotas", move || {
+        crate::tenancy::refresh_every(every, shutdown, "tenant quotas", move || {
             let db = db.clone();
             let quotas = quotas.clone();
             async move {

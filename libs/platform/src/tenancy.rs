@@ -17,6 +17,32 @@ pub async fn open_platform_db(config: &crate::config::Config) -> Result<Database
     Ok(db)
 }
 
+/// Runs `refresh` every `every` until `shutdown`, in a task of its own; a refresh that
+/// fails keeps what the last one loaded and is logged, naming `what`.
+pub(crate) fn refresh_every<F, Fut>(
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    what: &'static str,
+    refresh: F,
+) where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), DbErr>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(error) = refresh().await {
+                tracing::warn!(%error, what, "could not re-read from the platform database");
+            }
+        }
+    });
+}
+
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Tenant {

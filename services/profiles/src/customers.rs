@@ -20,7 +20,6 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 
-/// Merges an upsert into a stored customer: fields left empty keep their value.
 /// The fields an upsert's mask may name.
 pub(crate) const MASKABLE: &[&str] = &[
     "name",
@@ -34,7 +33,9 @@ pub(crate) const MASKABLE: &[&str] = &[
     "attributes",
 ];
 
-fn merge(stored: Option<&CustomerRow>, c: &Customer, exact: &[String], now_us: i64) -> CustomerRow {
+/// Merges an upsert into a stored customer: fields left empty keep their value, unless the
+/// mask names them (`exact`).
+fn merge(stored: Option<&CustomerRow>, c: &Customer, exact: &[&str], now_us: i64) -> CustomerRow {
     let mut row = stored.cloned().unwrap_or_else(|| CustomerRow {
         customer_id: c.customer_id.clone(),
         push_tokens: "[]".into(),
@@ -44,7 +45,7 @@ fn merge(stored: Option<&CustomerRow>, c: &Customer, exact: &[String], now_us: i
         ..CustomerRow::default()
     });
     // A field in the mask is taken as given (empty clears it); others only when set.
-    let named = |f: &str| exact.iter().any(|e| e == f);
+    let named = |f: &str| exact.contains(&f);
     let set = |field: &mut String, name: &str, value: &str| {
         if !value.is_empty() || named(name) {
             *field = value.to_owned();
@@ -122,18 +123,18 @@ impl Profiles {
         update_mask: Option<prost_types::FieldMask>,
     ) -> Result<(i32, i32), ServiceError> {
         let mut v = Violations::default();
-        let exact = update_mask.map(|m| m.paths).unwrap_or_default();
-        for (i, path) in exact.iter().enumerate() {
-            if !MASKABLE.contains(&path.as_str()) {
-                v.add(
-                    format!("update_mask.paths[{i}]"),
-                    format!(
-                        "{path:?} cannot be set by mask; one of {}",
-                        MASKABLE.join(", ")
-                    ),
-                );
-            }
-        }
+        // No mask means no field is set exactly (not "every field", as for Update calls).
+        let exact = match update_mask.filter(|m| !m.paths.is_empty()) {
+            Some(mask) => match winback_platform::field_mask::paths(Some(&mask), MASKABLE) {
+                Ok(paths) => paths,
+                Err(ServiceError::InvalidArgument(bad)) => {
+                    v.0.extend(bad);
+                    Vec::new()
+                }
+                Err(other) => return Err(other),
+            },
+            None => Vec::new(),
+        };
         if customers.is_empty() || customers.len() > MAX_BATCH {
             v.add("customers", format!("must hold 1 to {MAX_BATCH} customers"));
         }
