@@ -301,6 +301,12 @@ pub struct EventsConfig {
     pub poll_interval_ms: u64,
     /// Events read from the outbox per query.
     pub batch_size: u32,
+    /// How events travel between services: `feed` (each service serves its outbox as the
+    /// gRPC `Subscribe` stream, the embedded default) or `jetstream` (each service relays
+    /// its outbox to NATS JetStream; consumers are durable JetStream consumers).
+    pub transport: EventTransportKind,
+    /// NATS JetStream settings, read when `transport = "jetstream"`.
+    pub jetstream: JetStreamConfig,
 }
 
 impl Default for EventsConfig {
@@ -308,6 +314,47 @@ impl Default for EventsConfig {
         Self {
             poll_interval_ms: 200,
             batch_size: 500,
+            transport: EventTransportKind::Feed,
+            jetstream: JetStreamConfig::default(),
+        }
+    }
+}
+
+/// How events travel between services.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EventTransportKind {
+    /// The gRPC `Subscribe` feed of each service's outbox.
+    #[default]
+    Feed,
+    /// NATS JetStream streams, one per source service.
+    Jetstream,
+}
+
+/// Where the JetStream server is and how the streams are named and kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamConfig {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Streams are `<PREFIX>_<SOURCE>` with subjects `<prefix>.<source>.<tenant>.<type>`;
+    /// two stacks on one NATS server need two prefixes.
+    pub prefix: String,
+    /// How long a consumer has to acknowledge an event before JetStream hands it to
+    /// another replica (a replica that died holding it), in milliseconds.
+    pub ack_wait_ms: u64,
+    /// How long a stream keeps events, in hours; a consumer further behind than this has
+    /// lost the events in between (it logs the gap and goes on).
+    pub max_age_hours: u64,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            prefix: "winback".into(),
+            ack_wait_ms: 30_000,
+            max_age_hours: 24 * 7,
         }
     }
 }
@@ -615,6 +662,29 @@ impl Config {
         }
         if self.events.batch_size == 0 || self.events.batch_size > 10_000 {
             return invalid("events.batch_size", "must be between 1 and 10000");
+        }
+        if self.events.transport == EventTransportKind::Jetstream {
+            let js = &self.events.jetstream;
+            if !js.url.starts_with("nats://") && !js.url.starts_with("tls://") {
+                return invalid("events.jetstream.url", "must be a nats:// or tls:// URL");
+            }
+            if js.prefix.is_empty()
+                || !js
+                    .prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return invalid(
+                    "events.jetstream.prefix",
+                    "must be letters, digits, '_' or '-'",
+                );
+            }
+            if js.ack_wait_ms < 100 {
+                return invalid("events.jetstream.ack_wait_ms", "must be at least 100");
+            }
+            if js.max_age_hours == 0 {
+                return invalid("events.jetstream.max_age_hours", "must be greater than 0");
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter).is_err() {
             return invalid("telemetry.log_filter", "is not a valid tracing filter");

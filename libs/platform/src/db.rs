@@ -115,12 +115,107 @@ pub async fn connect_and_migrate<M: MigratorTrait>(
     max_connections: u32,
 ) -> Result<DatabaseConnection, DbErr> {
     let db = connect(url, service, max_connections).await?;
-    migrate_shared(service, || {
-        crate::events::migration::PlatformMigrator::up(&db, None)
+    migrate_in_turn(&db, url, service, || async {
+        crate::events::migration::PlatformMigrator::up(&db, None).await?;
+        M::up(&db, None).await
     })
     .await?;
-    migrate_shared(service, || M::up(&db, None)).await?;
     Ok(db)
+}
+
+/// Runs `up` on `db` (opened from `url`) while no other process migrates the same
+/// service's database: replicas starting together take turns, because a migration that
+/// renames or copies a table cannot run twice at once, whatever retrying does afterwards.
+pub async fn migrate_in_turn<F, Fut>(
+    db: &DatabaseConnection,
+    url: &str,
+    service: &str,
+    up: F,
+) -> Result<(), DbErr>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), DbErr>>,
+{
+    let turn = MigrationTurn::take(db, url, service).await?;
+    migrate_shared(service, up).await?;
+    turn.release().await
+}
+
+/// One process at a time migrates a service's database: a PostgreSQL advisory lock on
+/// a connection of its own, or on SQLite an OS lock on a file beside the database.
+enum MigrationTurn {
+    Postgres(DatabaseConnection, i64),
+    Sqlite(std::fs::File),
+    None,
+}
+
+impl MigrationTurn {
+    async fn take(db: &DatabaseConnection, url: &str, service: &str) -> Result<Self, DbErr> {
+        match db.get_database_backend() {
+            DbBackend::Postgres => {
+                let mut options = ConnectOptions::new(url.to_owned());
+                options
+                    .max_connections(1)
+                    .min_connections(1)
+                    .connect_timeout(Duration::from_secs(10))
+                    .sqlx_logging(false);
+                let lock = Database::connect(options).await?;
+                // A stable key per service schema (FNV-1a; the same in every process).
+                let key = schema_name(service)
+                    .bytes()
+                    .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                    }) as i64;
+                lock.execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_advisory_lock($1)",
+                    [key.into()],
+                ))
+                .await?;
+                Ok(Self::Postgres(lock, key))
+            }
+            DbBackend::Sqlite => {
+                let Some(path) = sqlite_path(url) else {
+                    return Ok(Self::None);
+                };
+                let lock_path = path.with_extension("migrate-lock");
+                let file = tokio::task::spawn_blocking(move || {
+                    let file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&lock_path)?;
+                    file.lock()?;
+                    Ok::<_, std::io::Error>(file)
+                })
+                .await
+                .map_err(|e| DbErr::Custom(format!("migration lock: {e}")))?
+                .map_err(|e| DbErr::Custom(format!("migration lock: {e}")))?;
+                Ok(Self::Sqlite(file))
+            }
+            _ => Ok(Self::None),
+        }
+    }
+
+    async fn release(self) -> Result<(), DbErr> {
+        match self {
+            Self::Postgres(lock, key) => {
+                lock.execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_advisory_unlock($1)",
+                    [key.into()],
+                ))
+                .await?;
+                lock.close().await
+            }
+            // Closing the file releases the lock.
+            Self::Sqlite(file) => {
+                drop(file);
+                Ok(())
+            }
+            Self::None => Ok(()),
+        }
+    }
 }
 
 /// Runs migrations that replicas starting together on one database may run at the same

@@ -19,9 +19,11 @@ use winback_proto::events::events_service_server::EventsServiceServer;
 
 use crate::auth::{AuthError, TokenVerifier, read_key};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, ConfigError, Peer};
+use crate::config::{Config, ConfigError, EventTransportKind, Peer};
 use crate::error::ServiceError;
-use crate::events::{EventsGrpc, FeedReader, Outbox};
+use crate::events::{
+    EventTransport, EventsGrpc, FeedReader, GrpcEventTransport, JetStream, JetStreamError, Outbox,
+};
 use crate::grpc::CallCredentials;
 use crate::grpc::{GrpcServer, ServeError};
 
@@ -67,6 +69,9 @@ pub enum StartError {
     /// The server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// NATS JetStream (`events.transport = "jetstream"`).
+    #[error(transparent)]
+    JetStream(#[from] JetStreamError),
 }
 
 /// What every service is started with.
@@ -84,7 +89,14 @@ pub struct ServiceContext {
     pub service_credentials: Option<CallCredentials>,
     /// Per-tenant quotas, kept fresh from the platform database while serving.
     pub quotas: crate::quotas::Quotas,
+    /// This process's JetStream connection (`events.transport = "jetstream"`), made on
+    /// first use and shared by its relays and consumers; start with `Default::default()`.
+    pub jetstream: LazyJetStream,
 }
+
+/// A JetStream connection made on first use, shared by the clones of a context.
+#[derive(Debug, Clone, Default)]
+pub struct LazyJetStream(Arc<tokio::sync::OnceCell<JetStream>>);
 
 /// A service added to a server: its name and the feed of its outbox, if it has one.
 #[derive(Debug)]
@@ -135,7 +147,47 @@ impl ServiceContext {
             shutdown,
             service_credentials,
             quotas,
+            jetstream: LazyJetStream::default(),
         })
+    }
+
+    /// The JetStream connection of this process (connecting on first use; the client
+    /// keeps reconnecting while the server is away).
+    pub async fn jetstream(&self) -> Result<JetStream, JetStreamError> {
+        self.jetstream
+            .0
+            .get_or_try_init(|| JetStream::connect(&self.config.events.jetstream))
+            .await
+            .cloned()
+    }
+
+    /// What the consumer `consumer` reads `peer`'s events through: the peer's gRPC feed
+    /// (with this process's service credential) or its JetStream stream, as configured.
+    pub async fn event_transport(
+        &self,
+        peer: Peer,
+        consumer: &str,
+    ) -> Result<Arc<dyn EventTransport>, ServiceError> {
+        match self.config.events.transport {
+            EventTransportKind::Jetstream => {
+                let jetstream = self.jetstream().await.map_err(ServiceError::internal)?;
+                Ok(Arc::new(jetstream.transport(consumer)))
+            }
+            EventTransportKind::Feed => {
+                let credentials = self.service_credentials.clone().ok_or_else(|| {
+                    ServiceError::FailedPrecondition(
+                        "no service credential configured (auth.service_token_file)".into(),
+                    )
+                })?;
+                let channel = crate::grpc::lazy_channel(&self.config.peer_url(peer))
+                    .map_err(ServiceError::internal)?;
+                Ok(Arc::new(GrpcEventTransport::new(
+                    channel,
+                    credentials,
+                    None,
+                )))
+            }
+        }
     }
 
     /// A channel to `peer` (connects on first use) and the credentials to call it as a
@@ -226,6 +278,7 @@ impl ServiceContext {
         let names: Vec<&str> = mounted.iter().map(|m| m.name).collect();
         let feeds: Vec<(EventSource, FeedReader)> =
             mounted.into_iter().filter_map(|m| m.feed).collect();
+        let relays = feeds.clone();
         if !feeds.is_empty() {
             let events = EventsGrpc::new(
                 feeds,
@@ -244,6 +297,9 @@ impl ServiceContext {
                 .set_service_status(winback_proto::service_names::EVENTS, ServingStatus::Serving)
                 .await;
         }
+        if self.config.events.transport == EventTransportKind::Jetstream {
+            self.start_relays(&relays).await?;
+        }
         self.watch_platform().await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: self.config.listen,
@@ -254,6 +310,21 @@ impl ServiceContext {
         server
             .serve(listener, async move { shutdown.cancelled().await })
             .await?;
+        Ok(())
+    }
+
+    /// Relays each mounted service's outbox to JetStream.
+    async fn start_relays(&self, feeds: &[(EventSource, FeedReader)]) -> Result<(), StartError> {
+        let jetstream = self.jetstream().await?;
+        for (source, feed) in feeds {
+            tokio::spawn(jetstream.clone().relay(
+                feed.clone(),
+                *source,
+                self.config.events.batch_size,
+                Duration::from_millis(self.config.events.poll_interval_ms),
+                self.shutdown.clone(),
+            ));
+        }
         Ok(())
     }
 

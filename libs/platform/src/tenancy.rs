@@ -13,7 +13,7 @@ pub const PLATFORM_DB: &str = "platform";
 pub async fn open_platform_db(config: &crate::config::Config) -> Result<DatabaseConnection, DbErr> {
     let url = config.database.url_for(PLATFORM_DB, &config.data_dir);
     let db = crate::db::connect(&url, PLATFORM_DB, 2).await?;
-    crate::db::migrate_shared(PLATFORM_DB, || TenantMigrator::up(&db, None)).await?;
+    crate::db::migrate_in_turn(&db, &url, PLATFORM_DB, || TenantMigrator::up(&db, None)).await?;
     Ok(db)
 }
 

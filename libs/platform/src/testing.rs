@@ -141,6 +141,39 @@ fn replace_database(url: &str, name: &str) -> String {
     }
 }
 
+/// Environment variable naming the NATS server for JetStream tests.
+pub const NATS_URL_VAR: &str = "WINBACK_TEST_NATS_URL";
+
+/// JetStream settings of a test's own (under a fresh stream prefix, so tests sharing the
+/// local NATS server never see each other's events), or `None` with a loud message when
+/// NATS cannot be reached outside CI; under CI that fails.
+pub async fn jetstream() -> Option<crate::config::JetStreamConfig> {
+    let url = std::env::var(NATS_URL_VAR).unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let address = url
+        .trim_start_matches("nats://")
+        .trim_start_matches("tls://")
+        .to_owned();
+    if let Err(err) = tokio::net::TcpStream::connect(&address).await {
+        if std::env::var_os("CI").is_none() {
+            eprintln!(
+                "\n*** SKIPPED: the JetStream half of this test: cannot reach NATS at {url} ({err}).\n\
+                 *** Start nats-server -js or set {NATS_URL_VAR}; under CI this is a failure. ***\n"
+            );
+            return None;
+        }
+        panic!("NATS JetStream is required under CI: cannot reach {url}: {err}");
+    }
+    Some(crate::config::JetStreamConfig {
+        url,
+        prefix: format!(
+            "wbtest_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ),
+        ack_wait_ms: 1_000,
+        max_age_hours: 1,
+    })
+}
+
 /// Declares a database test that runs twice: `name::sqlite` and `name::postgres`.
 /// The body gets `$db: &TestDatabase`.
 #[macro_export]

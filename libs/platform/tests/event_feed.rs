@@ -1,5 +1,5 @@
-//! The event feed end to end over gRPC, on SQLite and on PostgreSQL: at-least-once
-//! delivery with exactly-once effect, across a consumer that dies mid-stream and restarts.
+//! The event feed's reads and the consumer's batches, on SQLite and on PostgreSQL. The
+//! consumer suite over both transports is in `consumers.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -11,20 +11,17 @@ use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
     TransactionTrait,
 };
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use winback_platform::config::ServerConfig;
 use winback_platform::db_test;
 use winback_platform::events::migration::PlatformMigrator;
 use winback_platform::events::{
-    Cursor, EventConsumer, EventHandler, EventsGrpc, FeedFilter, FeedReader, GrpcEventTransport,
-    HandlerError, Outbox,
+    Cursor, EventConsumer, EventHandler, FeedFilter, FeedReader, GrpcEventTransport, HandlerError,
+    Outbox,
 };
-use winback_platform::grpc::{CallCredentials, GrpcServer};
-use winback_platform::testing::{TestDatabase, test_keys};
+use winback_platform::grpc::CallCredentials;
+use winback_platform::testing::TestDatabase;
 use winback_proto::events::event::Payload;
-use winback_proto::events::events_service_server::EventsServiceServer;
 use winback_proto::events::{Event, EventSource, PurchaseRecorded};
 
 fn purchase(i: usize) -> Payload {
@@ -165,17 +162,6 @@ async fn effects(db: &DatabaseConnection) -> Vec<(String, i64)> {
     .collect()
 }
 
-async fn wait_for_effects(db: &DatabaseConnection, n: usize) -> Vec<(String, i64)> {
-    for _ in 0..200 {
-        let rows = effects(db).await;
-        if rows.len() >= n {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("only {} of {n} effects after 10 s", effects(db).await.len());
-}
-
 /// The producer's database and the consumer's, with the table the counting handler writes.
 async fn producer_and_consumer(
     database: &TestDatabase,
@@ -188,96 +174,6 @@ async fn producer_and_consumer(
         .unwrap();
     (producer, consumer_db)
 }
-
-db_test!(
-    a_restarted_consumer_neither_loses_nor_repeats_an_event,
-    |db| async move {
-        let (producer, consumer_db) = producer_and_consumer(db).await;
-
-        let outbox = Outbox::new(EventSource::Profiles);
-        let (signer, verifier) = test_keys();
-        let server_shutdown = CancellationToken::new();
-        let mut server = GrpcServer::new(&ServerConfig::default(), verifier);
-        let feed = FeedReader::new(producer.clone(), &outbox);
-        let events = EventsGrpc::new(
-            [(EventSource::Profiles, feed)],
-            Duration::from_millis(50),
-            7,
-            server_shutdown.clone(),
-        );
-        server.add_service(EventsServiceServer::new(events)).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = server_shutdown.clone();
-        let server_task =
-            tokio::spawn(server.serve(listener, async move { stop.cancelled().await }));
-
-        // Two tenants, events in multi-event transactions; a batch size of 7 splits them.
-        produce(&producer, &outbox, "t-a", 0, 30, 4).await;
-        produce(&producer, &outbox, "t-b", 30, 30, 5).await;
-
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
-        let credentials =
-            CallCredentials::bearer(&signer.service_token("campaigns", 300).unwrap()).unwrap();
-        let transport = Arc::new(GrpcEventTransport::new(channel, credentials, None));
-
-        // First consumer: dies on its 26th event after writing the effect, before the commit.
-        let crashed = CancellationToken::new();
-        let first = consumer(&consumer_db, transport.clone(), Some(26), crashed.clone());
-        tokio::time::timeout(Duration::from_secs(20), first.run(crashed))
-            .await
-            .expect("the first consumer stops after its crash");
-        // Events already received commit in batches: the crash rolls back the whole batch
-        // holding the 26th event, so at most the 25 before it have their effect.
-        let committed = effects(&consumer_db).await.len();
-        assert!(
-            committed <= 25,
-            "the crashed event's effect was rolled back ({committed} effects)"
-        );
-
-        // Second consumer: same name and database, resumes from the stored cursor; more events
-        // arrive while it runs.
-        let stop_second = CancellationToken::new();
-        let second = consumer(
-            &consumer_db,
-            transport.clone(),
-            None,
-            CancellationToken::new(),
-        );
-        let second_task = tokio::spawn(second.run(stop_second.clone()));
-        produce(&producer, &outbox, "t-a", 60, 10, 3).await;
-        let rows = wait_for_effects(&consumer_db, 70).await;
-        stop_second.cancel();
-        second_task.await.unwrap();
-
-        assert_eq!(rows.len(), 70, "every event handled");
-        assert!(
-            rows.iter().all(|(_, times)| *times == 1),
-            "no event applied twice: {rows:?}"
-        );
-
-        // A redelivery (at-least-once) changes nothing: the inbox knows the event.
-        let feed = FeedReader::new(producer.clone(), &outbox);
-        let first_event = feed
-            .read_after(Cursor::default(), &FeedFilter::default(), 1)
-            .await
-            .unwrap()
-            .remove(0);
-        let replay = consumer(&consumer_db, transport, None, CancellationToken::new());
-        assert!(!replay.handle(&first_event).await.unwrap());
-        assert!(
-            effects(&consumer_db)
-                .await
-                .iter()
-                .all(|(_, times)| *times == 1)
-        );
-
-        server_shutdown.cancel();
-        server_task.await.unwrap().unwrap();
-    }
-);
 
 db_test!(
     a_batch_skips_the_events_handled_before_and_its_own_repeats,

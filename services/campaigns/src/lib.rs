@@ -44,10 +44,8 @@ pub async fn mount(ctx: &ServiceContext, server: &mut GrpcServer) -> Result<Moun
             for _ in 0..campaigns.config.workers {
                 tokio::spawn(campaigns.clone().run_worker(host.shutdown.clone()));
             }
-            if campaigns.config.consume_events
-                && let Err(e) = reactions::start_consumers(&campaigns)
-            {
-                tracing::error!(error = %e, "campaigns cannot read the other services' events");
+            if campaigns.config.consume_events {
+                reactions::start_consumers(&campaigns);
             }
             CampaignsServiceServer::new(grpc::CampaignsGrpc {
                 campaigns,

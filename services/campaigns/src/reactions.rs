@@ -15,7 +15,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement};
-use winback_platform::events::{EventConsumer, EventHandler, GrpcEventTransport, HandlerError};
+use winback_platform::config::Peer;
+use winback_platform::events::{EventConsumer, EventHandler, HandlerError};
 use winback_platform::time::from_timestamp;
 use winback_proto::campaigns::{CampaignState, EnrolmentState, Trigger};
 use winback_proto::common::{Channel, LifecycleState, MessagePurpose};
@@ -591,46 +592,37 @@ impl Reactions {
     }
 }
 
-/// Starts one consumer per feed campaigns reads, each resuming from its stored cursor.
-pub(crate) fn start_consumers(campaigns: &Campaigns) -> Result<(), winback_platform::ServiceError> {
-    let host = &campaigns.host;
-    let Some(credentials) = host.service_credentials.clone() else {
-        tracing::warn!(
-            "no service credential (auth.service_token_file): campaigns reads no events"
-        );
-        return Ok(());
-    };
+/// Starts one consumer per source campaigns reads, each resuming where it stopped.
+pub(crate) fn start_consumers(campaigns: &Campaigns) {
     let handler = Arc::new(Reactions {
         campaigns: campaigns.clone(),
     });
     for (source, peer) in [
-        (
-            EventSource::Profiles,
-            winback_platform::config::Peer::Profiles,
-        ),
-        (
-            EventSource::Segmentation,
-            winback_platform::config::Peer::Segmentation,
-        ),
-        (
-            EventSource::Delivery,
-            winback_platform::config::Peer::Delivery,
-        ),
-        (EventSource::Offers, winback_platform::config::Peer::Offers),
+        (EventSource::Profiles, Peer::Profiles),
+        (EventSource::Segmentation, Peer::Segmentation),
+        (EventSource::Delivery, Peer::Delivery),
+        (EventSource::Offers, Peer::Offers),
     ] {
-        let channel = winback_platform::grpc::lazy_channel(&host.config.peer_url(peer))
-            .map_err(winback_platform::ServiceError::internal)?;
-        let transport = Arc::new(GrpcEventTransport::new(channel, credentials.clone(), None));
-        let consumer = EventConsumer::new(
-            "campaigns",
-            source,
-            campaigns.db.clone(),
-            transport,
-            handler.clone(),
-        )
-        .with_retry_delay(std::time::Duration::from_millis(200))
-        .with_write_gate(campaigns.sqlite_writer.clone());
-        tokio::spawn(consumer.run(host.shutdown.clone()));
+        let (campaigns, handler) = (campaigns.clone(), handler.clone());
+        tokio::spawn(async move {
+            let host = &campaigns.host;
+            let transport = match host.event_transport(peer, "campaigns").await {
+                Ok(transport) => transport,
+                Err(e) => {
+                    tracing::error!(error = %e, ?source, "campaigns cannot read these events");
+                    return;
+                }
+            };
+            let consumer = EventConsumer::new(
+                "campaigns",
+                source,
+                campaigns.db.clone(),
+                transport,
+                handler,
+            )
+            .with_retry_delay(std::time::Duration::from_millis(200))
+            .with_write_gate(campaigns.sqlite_writer.clone());
+            consumer.run(host.shutdown.clone()).await;
+        });
     }
-    Ok(())
 }

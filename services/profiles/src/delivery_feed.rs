@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use sea_orm::DatabaseTransaction;
 use winback_platform::config::Peer;
-use winback_platform::events::{EventConsumer, EventHandler, GrpcEventTransport, HandlerError};
+use winback_platform::events::{EventConsumer, EventHandler, HandlerError};
 use winback_platform::host::ServiceContext;
 use winback_platform::time::from_timestamp;
 use winback_proto::common::MessagePurpose;
@@ -217,31 +217,28 @@ impl EventHandler for DeliveryReactions {
     }
 }
 
-/// Starts the consumer of delivery's feed (it resumes from its stored cursor).
+/// Starts the consumer of delivery's events (it resumes where it stopped).
 pub(crate) fn start(profiles: &Profiles, ctx: &ServiceContext) {
-    let Some(credentials) = ctx.service_credentials.clone() else {
-        tracing::warn!(
-            "no service credential (auth.service_token_file): profiles reads no delivery events"
-        );
-        return;
-    };
-    let channel = match winback_platform::grpc::lazy_channel(&ctx.config.peer_url(Peer::Delivery)) {
-        Ok(channel) => channel,
-        Err(e) => {
-            tracing::error!(error = %e, "profiles cannot reach delivery's event feed");
-            return;
-        }
-    };
-    let consumer = EventConsumer::new(
-        "profiles",
-        EventSource::Delivery,
-        profiles.db.clone(),
-        Arc::new(GrpcEventTransport::new(channel, credentials, None)),
-        Arc::new(DeliveryReactions {
-            profiles: profiles.clone(),
-        }),
-    )
-    .with_retry_delay(std::time::Duration::from_millis(200))
-    .with_write_gate(profiles.sqlite_writer.clone());
-    tokio::spawn(consumer.run(ctx.shutdown.clone()));
+    let (profiles, ctx) = (profiles.clone(), ctx.clone());
+    tokio::spawn(async move {
+        let transport = match ctx.event_transport(Peer::Delivery, "profiles").await {
+            Ok(transport) => transport,
+            Err(e) => {
+                tracing::warn!(error = %e, "profiles reads no delivery events");
+                return;
+            }
+        };
+        let consumer = EventConsumer::new(
+            "profiles",
+            EventSource::Delivery,
+            profiles.db.clone(),
+            transport,
+            Arc::new(DeliveryReactions {
+                profiles: profiles.clone(),
+            }),
+        )
+        .with_retry_delay(std::time::Duration::from_millis(200))
+        .with_write_gate(profiles.sqlite_writer.clone());
+        consumer.run(ctx.shutdown.clone()).await;
+    });
 }

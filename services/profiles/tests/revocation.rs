@@ -125,9 +125,15 @@ db_test!(
         for port in ports {
             channels.push(connect(db, port).await);
         }
-        for channel in &channels {
-            get_customer(channel, &analyst.token).await.unwrap();
-            get_customer(channel, &crm.token).await.unwrap();
+        for (channel, port) in channels.iter().zip(ports) {
+            for token in [&analyst.token, &crm.token] {
+                if let Err(status) = get_customer(channel, token).await {
+                    panic!(
+                        "replica on {port}: {status:?}\n{}",
+                        std::fs::read_to_string(log_of(db, port)).unwrap_or_default()
+                    );
+                }
+            }
         }
         // A read-only key cannot write.
         let mut write = tonic::Request::new(UpsertCustomersRequest::default());

@@ -10,18 +10,22 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::transport::Channel;
 use winback_proto::events::events_service_client::EventsServiceClient;
 use winback_proto::events::{Event, EventSource, SubscribeRequest};
 
+use super::jetstream::Receipt;
 use crate::db::{WriteGate, multi_row_insert, placeholders, statement};
 use crate::grpc::client::CallCredentials;
 
 /// Events already received that one transaction takes at most.
 const MAX_BATCH: usize = 500;
+
+/// How soon an event another replica's turn came before is offered again.
+const OUT_OF_TURN_DELAY: Duration = Duration::from_millis(50);
 
 /// Inbox rows per lookup and per insert statement (3 values a row, well under SQLite's
 /// parameter limit).
@@ -66,15 +70,31 @@ pub trait EventHandler: Send + Sync + 'static {
     }
 }
 
-/// A source of event streams. The gRPC feed is the one implementation today; a deployment
-/// that outgrows it can put the same events on Kafka or NATS JetStream behind this trait.
+/// An event as a transport hands it over.
+#[derive(Debug)]
+pub struct Received {
+    /// The event, its `cursor` set to its position in the transport.
+    pub event: Event,
+    /// How to acknowledge it, for a transport that wants acks (JetStream): its `cursor`
+    /// is then the stream sequence, and the consumer takes events strictly in turn.
+    pub receipt: Option<Receipt>,
+}
+
+/// A source of event streams: the gRPC feed of a service (`GrpcEventTransport`), or NATS
+/// JetStream (`JetStreamTransport`).
 pub trait EventTransport: Send + Sync + 'static {
     /// Events of `source` after `after_cursor`, as a stream that stays open.
     fn subscribe(
         &self,
         source: EventSource,
         after_cursor: String,
-    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Event, Status>>, Status>>;
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Received, Status>>, Status>>;
+
+    /// For a transport of stream sequences: the first one `source`'s stream still holds
+    /// (a consumer further behind lost the events in between to retention).
+    fn first_sequence(&self, _source: EventSource) -> BoxFuture<'_, Result<u64, Status>> {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// The gRPC event feed of a service.
@@ -102,7 +122,7 @@ impl EventTransport for GrpcEventTransport {
         &self,
         source: EventSource,
         after_cursor: String,
-    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Event, Status>>, Status>> {
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Received, Status>>, Status>> {
         Box::pin(async move {
             let mut client = EventsServiceClient::with_interceptor(
                 self.channel.clone(),
@@ -120,7 +140,12 @@ impl EventTransport for GrpcEventTransport {
                 .into_inner()
                 .filter_map(|item| async move {
                     match item {
-                        Ok(resp) => resp.event.map(Ok),
+                        Ok(resp) => resp.event.map(|event| {
+                            Ok(Received {
+                                event,
+                                receipt: None,
+                            })
+                        }),
                         Err(status) => Some(Err(status)),
                     }
                 })
@@ -164,6 +189,9 @@ pub enum ConsumerError {
     /// The consumer's own bookkeeping failed.
     #[error(transparent)]
     Db(#[from] DbErr),
+    /// The transport could not answer.
+    #[error("event transport: {0}")]
+    Transport(#[from] Status),
 }
 
 impl EventConsumer {
@@ -240,11 +268,15 @@ impl EventConsumer {
         let mut stream = self.transport.subscribe(self.source, cursor).await?;
         loop {
             let item = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                biased;
+                _ = shutdown.cancelled() => {
+                    hand_back(&mut stream).await;
+                    return Ok(());
+                }
                 item = stream.next() => item,
             };
             let first = match item {
-                Some(Ok(event)) => event,
+                Some(Ok(received)) => received,
                 Some(Err(status)) => return Err(status.into()),
                 None => return Ok(()),
             };
@@ -254,7 +286,7 @@ impl EventConsumer {
             let mut ended = None;
             while batch.len() < MAX_BATCH {
                 match stream.next().now_or_never() {
-                    Some(Some(Ok(event))) => batch.push(event),
+                    Some(Some(Ok(received))) => batch.push(received),
                     Some(Some(Err(status))) => {
                         ended = Some(Err(status));
                         break;
@@ -266,18 +298,17 @@ impl EventConsumer {
                     None => break,
                 }
             }
-            if batch.len() == 1 {
-                self.handle(&batch[0]).await?;
-            } else if self.handle_batch(&batch).await.is_err() {
-                // One of them failed and the batch rolled back: one by one now, so the ones
-                // before the failing event are kept and the failing one is named (unless the
-                // consumer is stopping; the stored cursor resumes it).
-                for event in &batch {
-                    if shutdown.is_cancelled() {
-                        return Ok(());
-                    }
-                    self.handle(event).await?;
-                }
+            if batch.iter().any(|r| r.receipt.is_some()) {
+                self.take_in_turn(batch, shutdown).await;
+            } else {
+                let events: Vec<Event> = batch.into_iter().map(|r| r.event).collect();
+                self.handle_fed(&events, shutdown).await?;
+            }
+            if shutdown.is_cancelled() {
+                // A batch that failed while stopping was not (all) handled: nothing after
+                // it may be, or the stored cursor would pass over it.
+                hand_back(&mut stream).await;
+                return Ok(());
             }
             match ended {
                 Some(Err(status)) => return Err(status.into()),
@@ -287,27 +318,212 @@ impl EventConsumer {
         }
     }
 
+    /// Events from a feed: as one batch, or one by one when the batch fails.
+    async fn handle_fed(
+        &self,
+        events: &[Event],
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumerError> {
+        if events.len() == 1 {
+            self.handle(&events[0]).await?;
+        } else if self.handle_batch(events).await.is_err() {
+            // One of them failed and the batch rolled back: one by one now, so the ones
+            // before the failing event are kept and the failing one is named (unless the
+            // consumer is stopping; the stored cursor resumes it).
+            for event in events {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                self.handle(event).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Events from JetStream: handled in turn, acknowledged after the commit; a failed
+    /// batch is retried one by one and the failing event (with every later one) handed
+    /// back to JetStream to come again after the retry delay.
+    async fn take_in_turn(&self, batch: Vec<Received>, shutdown: &CancellationToken) {
+        if batch.len() > 1 {
+            match self.handle_in_turn(&batch).await {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::debug!(consumer = %self.name, error = %err, "batch failed; one by one")
+                }
+            }
+        }
+        for (i, received) in batch.iter().enumerate() {
+            let stopping = shutdown.is_cancelled();
+            let result = if stopping {
+                Ok(())
+            } else {
+                self.handle_in_turn(std::slice::from_ref(received)).await
+            };
+            if stopping || result.is_err() {
+                if let Err(err) = result {
+                    tracing::warn!(consumer = %self.name, error = %err, "event consumer interrupted; retrying");
+                }
+                for later in &batch[i..] {
+                    if let Some(receipt) = &later.receipt {
+                        receipt.retry(self.retry_delay).await;
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    /// Handles the events of `batch` that are next in turn in one transaction, then
+    /// acknowledges them (and any already handled), and hands the rest back for later.
+    ///
+    /// Replicas of a consuming service share one durable JetStream consumer, so each may
+    /// hold a part of the stream. The stored sequence (locked for the transaction on
+    /// PostgreSQL) decides whose turn it is: only the event right after it may be handled
+    /// next, so events take effect in stream order whichever replica got them.
+    async fn handle_in_turn(&self, batch: &[Received]) -> Result<(), ConsumerError> {
+        let (_writer, txn) = self.writer.begin(&self.db).await?;
+        let backend = txn.get_database_backend();
+        let key = || {
+            vec![
+                self.name.clone().into(),
+                format!("{}.jetstream", source_name(self.source)).into(),
+            ]
+        };
+        txn.execute_raw(statement(
+            backend,
+            "INSERT INTO event_cursor (consumer, source, position, updated_at_us) VALUES ($1, $2, '', 0)
+             ON CONFLICT (consumer, source) DO NOTHING",
+            key(),
+        ))
+        .await?;
+        let lock = if backend == DbBackend::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let stored: Option<u64> = txn
+            .query_one_raw(statement(
+                backend,
+                &format!(
+                    "SELECT position FROM event_cursor WHERE consumer = $1 AND source = $2{lock}"
+                ),
+                key(),
+            ))
+            .await?
+            .map(|row| row.try_get::<String>("", "position"))
+            .transpose()?
+            .and_then(|p| p.parse().ok());
+        let sequence = |r: &Received| r.receipt.as_ref().map_or(0, |receipt| receipt.sequence);
+
+        let (done, pending): (Vec<&Received>, Vec<&Received>) = batch
+            .iter()
+            .partition(|r| stored.is_some_and(|s| sequence(r) <= s));
+        let mut expected = match (stored, pending.first()) {
+            (_, None) => 0,
+            // The first event this consumer takes is the first the stream holds: events
+            // further on may reach another replica first.
+            (None, Some(_)) => self.transport.first_sequence(self.source).await?.max(1),
+            (Some(s), Some(first)) if sequence(first) > s + 1 => {
+                // A gap: another replica holds the events in between, unless retention
+                // removed them.
+                let kept_from = self.transport.first_sequence(self.source).await?;
+                if kept_from > s + 1 {
+                    tracing::warn!(consumer = %self.name, after = s, kept_from, "events lost to the stream's retention");
+                    kept_from
+                } else {
+                    s + 1
+                }
+            }
+            (Some(s), Some(_)) => s + 1,
+        };
+        let mut in_turn = Vec::new();
+        let mut later = Vec::new();
+        for r in pending {
+            if later.is_empty() && sequence(r) == expected {
+                in_turn.push(r);
+                expected += 1;
+            } else {
+                later.push(r);
+            }
+        }
+        let events: Vec<&Event> = in_turn.iter().map(|r| &r.event).collect();
+        if let Some(last) = in_turn.last() {
+            self.apply(&txn, &events).await?;
+            let mut values = key();
+            values.push(sequence(last).to_string().into());
+            values.push(chrono::Utc::now().timestamp_micros().into());
+            txn.execute_raw(statement(
+                backend,
+                "UPDATE event_cursor SET position = $3, updated_at_us = $4 WHERE consumer = $1 AND source = $2",
+                values,
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        for r in done.into_iter().chain(in_turn) {
+            if let Some(receipt) = &r.receipt {
+                receipt.ack().await;
+            }
+        }
+        for r in later {
+            if let Some(receipt) = &r.receipt {
+                receipt.retry(OUT_OF_TURN_DELAY).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Handles `events` in one transaction: every effect, the inbox rows and the last
     /// cursor commit together, or nothing does. Returns how many were new (not redeliveries,
     /// not repeated within `events`).
     pub async fn handle_batch(&self, events: &[Event]) -> Result<usize, ConsumerError> {
         let (_writer, txn) = self.writer.begin(&self.db).await?;
         let backend = txn.get_database_backend();
+        let all: Vec<&Event> = events.iter().collect();
+        let handled = self.apply(&txn, &all).await?;
+        if let Some(last) = events.last() {
+            let now_us = chrono::Utc::now().timestamp_micros();
+            txn.execute_raw(statement(
+                backend,
+                "INSERT INTO event_cursor (consumer, source, position, updated_at_us) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (consumer, source) DO UPDATE SET position = excluded.position, updated_at_us = excluded.updated_at_us",
+                vec![
+                    self.name.clone().into(),
+                    source_name(self.source).into(),
+                    last.cursor.clone().into(),
+                    now_us.into(),
+                ],
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(handled)
+    }
+
+    /// Inside `txn`: the effects of the events not handled before (nor repeated within
+    /// `events`) and their inbox rows. Returns how many that was; a handler failure is
+    /// returned as such and the caller's transaction must not commit.
+    async fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        events: &[&Event],
+    ) -> Result<usize, ConsumerError> {
+        let backend = txn.get_database_backend();
         let now_us = chrono::Utc::now().timestamp_micros();
         // The inbox is read once for the whole batch and written once: a backlog of
         // thousands of events cost two statements per event before.
-        let mut seen = self.already_handled(&txn, events).await?;
+        let mut seen = self.already_handled(txn, events).await?;
         let fresh: Vec<&Event> = events
             .iter()
+            .copied()
             .filter(|e| seen.insert(e.event_id.as_str()))
             .collect();
         let result = match fresh.as_slice() {
             [] => Ok(()),
-            [one] => self.handler.handle(&txn, one).await,
-            all => self.handler.handle_all(&txn, all).await,
+            [one] => self.handler.handle(txn, one).await,
+            all => self.handler.handle_all(txn, all).await,
         };
         if let Err(source) = result {
-            txn.rollback().await?;
             return Err(ConsumerError::Handler {
                 event_id: fresh
                     .iter()
@@ -332,21 +548,6 @@ impl EventConsumer {
             ))
             .await?;
         }
-        if let Some(last) = events.last() {
-            txn.execute_raw(statement(
-                backend,
-                "INSERT INTO event_cursor (consumer, source, position, updated_at_us) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (consumer, source) DO UPDATE SET position = excluded.position, updated_at_us = excluded.updated_at_us",
-                vec![
-                    self.name.clone().into(),
-                    source_name(self.source).into(),
-                    last.cursor.clone().into(),
-                    now_us.into(),
-                ],
-            ))
-            .await?;
-        }
-        txn.commit().await?;
         Ok(handled.len())
     }
 
@@ -354,7 +555,7 @@ impl EventConsumer {
     async fn already_handled<'e>(
         &self,
         txn: &DatabaseTransaction,
-        events: &'e [Event],
+        events: &[&'e Event],
     ) -> Result<HashSet<&'e str>, DbErr> {
         let backend = txn.get_database_backend();
         let mut seen = HashSet::new();
@@ -383,6 +584,16 @@ impl EventConsumer {
             );
         }
         Ok(seen)
+    }
+}
+
+/// On shutdown: events a transport with acks already handed over but this consumer has not
+/// taken go back at once, rather than after the ack wait.
+async fn hand_back(stream: &mut BoxStream<'static, Result<Received, Status>>) {
+    while let Some(Some(Ok(received))) = stream.next().now_or_never() {
+        if let Some(receipt) = &received.receipt {
+            receipt.retry(Duration::ZERO).await;
+        }
     }
 }
 

@@ -50,6 +50,16 @@ impl FeedReader {
         }
     }
 
+    /// The database the outbox is in.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Notified after each commit that appended events.
+    pub(crate) fn committed_signal(&self) -> Arc<Notify> {
+        self.committed.clone()
+    }
+
     /// Up to `limit` events after `after`, oldest first, each with its cursor set.
     ///
     /// A row may hold many events, so this reads twice: the event counts of the rows from

@@ -77,6 +77,7 @@ impl Harness {
             verifier,
             shutdown: shutdown.clone(),
             service_credentials: None,
+            jetstream: Default::default(),
         };
         let mut server = ctx.server();
         let mounted = winback_delivery::mount(&ctx, &mut server).await.unwrap();

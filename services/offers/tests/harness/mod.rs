@@ -93,6 +93,7 @@ impl Harness {
             service_credentials: Some(
                 CallCredentials::bearer(&signer.service_token("offers", 600).unwrap()).unwrap(),
             ),
+            jetstream: Default::default(),
         };
         let mut server = ctx.server();
         let mounted = vec![

@@ -97,6 +97,7 @@ impl Harness {
             verifier,
             shutdown: shutdown.clone(),
             service_credentials: None,
+            jetstream: Default::default(),
         };
         let mut server = ctx.server();
         let mounted = winback_profiles::mount(&ctx, &mut server).await.unwrap();

@@ -105,6 +105,7 @@ impl Harness {
             verifier,
             shutdown: shutdown.clone(),
             service_credentials: Some(CallCredentials::bearer(&service_token).unwrap()),
+            jetstream: Default::default(),
         };
         let mut server = ctx.server();
         let mounted = vec![
