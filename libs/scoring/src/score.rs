@@ -187,11 +187,18 @@ impl TenantModels {
                 mean_value: c.repeat_average_check,
             })
             .collect();
-        let gamma_gamma = SpendData::new(&spend).ok().map(|d| d.fit());
+        // The three fits are independent (0.45, 0.5 and 0.13 s at a million customers):
+        // on threads of their own they take as long as the slowest, not the sum.
+        let (bg_nbd, mbg_nbd, gamma_gamma) = std::thread::scope(|threads| {
+            let bg = threads.spawn(|| data.fit(NbdModel::BgNbd));
+            let gamma_gamma = threads.spawn(|| SpendData::new(&spend).ok().map(|d| d.fit()));
+            let mbg = data.fit(NbdModel::MbgNbd);
+            (bg.join(), mbg, gamma_gamma.join())
+        });
         Some(Self {
-            bg_nbd: data.fit(NbdModel::BgNbd),
-            mbg_nbd: data.fit(NbdModel::MbgNbd),
-            gamma_gamma,
+            bg_nbd: bg_nbd.unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            mbg_nbd,
+            gamma_gamma: gamma_gamma.unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
         })
     }
 

@@ -79,3 +79,40 @@ impl MigrationTrait for CreateSegmentation {
         Ok(())
     }
 }
+
+/// Score chunks are stored uncompressed on PostgreSQL (`STORAGE EXTERNAL`): a chunk is
+/// already a compact encoding of 2,000 scores, and pglz spent a quarter of a million-
+/// customer recompute compressing it for little gain. Nothing on SQLite.
+pub(crate) struct ScoreChunksUncompressed;
+
+impl MigrationName for ScoreChunksUncompressed {
+    fn name(&self) -> &str {
+        "m20261207_000001_score_chunks_uncompressed"
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)]
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for ScoreChunksUncompressed {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            db.execute_unprepared(
+                "ALTER TABLE score_chunks ALTER COLUMN scores SET STORAGE EXTERNAL",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            db.execute_unprepared(
+                "ALTER TABLE score_chunks ALTER COLUMN scores SET STORAGE EXTENDED",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}

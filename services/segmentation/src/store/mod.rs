@@ -11,6 +11,9 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(migration::CreateSegmentation)]
+        vec![
+            Box::new(migration::CreateSegmentation),
+            Box::new(migration::ScoreChunksUncompressed),
+        ]
     }
 }
