@@ -167,9 +167,13 @@ impl JetStream {
 
     /// The first sequence `source`'s stream still holds (0 for an empty stream).
     pub async fn first_sequence(&self, source: EventSource) -> Result<u64, JetStreamError> {
-        let stream = self.ensure_stream(source).await?;
-        let info = stream.get_info().await.map_err(call_error)?;
-        Ok(info.state.first_sequence)
+        // One request: looking the stream up returns its state with it.
+        let stream = self
+            .context
+            .get_stream(self.stream_name(source))
+            .await
+            .map_err(call_error)?;
+        Ok(stream.cached_info().state.first_sequence)
     }
 
     /// Publishes `events` of `source`, each with its id as `Nats-Msg-Id`, and waits until
@@ -228,9 +232,18 @@ impl JetStream {
         if let Err(e) = self.ensure_stream(source).await {
             tracing::warn!(source = source_name(source), error = %e, "JetStream stream not ready; the relay keeps trying");
         }
+        // The position row is made once; a round only reads and moves it.
+        let mut position_row = false;
         while !shutdown.is_cancelled() {
             let committed = feed.committed_signal().notified_owned();
-            let relayed = match self.relay_round(&feed, source, batch_size).await {
+            let round = async {
+                if !position_row {
+                    ensure_position_row(&feed, source).await?;
+                    position_row = true;
+                }
+                self.relay_round(&feed, source, batch_size).await
+            };
+            let relayed = match round.await {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(source = source_name(source), error = %e, "JetStream relay round failed; retrying");
@@ -257,13 +270,6 @@ impl JetStream {
         batch_size: u32,
     ) -> Result<usize, RelayError> {
         let db = feed.db();
-        db.execute_raw(statement(
-            db.get_database_backend(),
-            "INSERT INTO event_cursor (consumer, source, position, updated_at_us) VALUES ($1, $2, '', 0)
-             ON CONFLICT (consumer, source) DO NOTHING",
-            vec![RELAY.into(), source_name(source).into()],
-        ))
-        .await?;
         if db.get_database_backend() == DbBackend::Postgres {
             let txn = db.begin().await?;
             let relayed = self.relay_batch(&txn, feed, source, batch_size).await?;
@@ -326,6 +332,19 @@ impl JetStream {
         .await?;
         Ok(events.len())
     }
+}
+
+/// The relay's position row in the producing service's `event_cursor`, made if missing.
+async fn ensure_position_row(feed: &FeedReader, source: EventSource) -> Result<(), DbErr> {
+    let db = feed.db();
+    db.execute_raw(statement(
+        db.get_database_backend(),
+        "INSERT INTO event_cursor (consumer, source, position, updated_at_us) VALUES ($1, $2, '', 0)
+         ON CONFLICT (consumer, source) DO NOTHING",
+        vec![RELAY.into(), source_name(source).into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
