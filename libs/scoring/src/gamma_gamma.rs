@@ -125,6 +125,11 @@ impl SpendData {
 
     /// Fits p, q, γ by maximum likelihood.
     pub fn fit(&self) -> GammaGammaFit {
+        self.fit_from(None)
+    }
+
+    /// Fits p, q, γ, starting from `start` when given (a tenant's previous fit).
+    pub fn fit_from(&self, start: Option<GammaGammaParams>) -> GammaGammaFit {
         // Values scaled to a mean of 1 (any currency, any minor unit), γ moved back after.
         let scale = 1.0 / self.mean_value;
         let Minimum {
@@ -135,7 +140,10 @@ impl SpendData {
             ..
         } = bfgs(
             |theta, g| self.objective(theta, scale, g),
-            &[0.0; 3],
+            &start
+                .map(|p| [p.p.ln(), p.q.ln(), (p.gamma * scale).ln()])
+                .filter(|theta| theta.iter().all(|t| t.is_finite()))
+                .unwrap_or([0.0; 3]),
             Tolerance::default(),
         );
         let params = GammaGammaParams {

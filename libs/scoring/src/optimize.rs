@@ -95,7 +95,15 @@ pub fn bfgs(
         // Backtracking line search with the Armijo condition.
         let mut step = 1.0;
         let mut accepted = None;
+        let longest = direction.iter().fold(0.0f64, |m, d| m.max(d.abs()));
         for _ in 0..60 {
+            // A step whose predicted gain is below the objective's rounding, or that no
+            // longer moves any coordinate, cannot show an improvement: at the optimum,
+            // rounding noise in a sum over every customer fails Armijo at every length,
+            // and halving sixty times would cost sixty evaluations.
+            if step * longest < 1e-12 || step * slope.abs() < f64::EPSILON * value.abs() {
+                break;
+            }
             for i in 0..n {
                 candidate[i] = x[i] + step * direction[i];
             }

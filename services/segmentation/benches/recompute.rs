@@ -2,7 +2,9 @@
 //! fits the models, scores every customer and stores the scores — then a second run that
 //! compares against the first.
 //!
-//! `cargo bench -p winback-segmentation --bench recompute -- [--customers N] [--db sqlite|postgres|both]`
+//! `cargo bench -p winback-segmentation --bench recompute -- [--customers N] [--db sqlite|postgres|both] [--write-csv PATH]`
+//!
+//! `--write-csv` also writes the facts for the DuckDB anchor (`scripts/duckdb_recompute.py`).
 //!
 //! The facts are written straight into profiles' facts table (ingesting a million
 //! customers' orders through the API would measure profiles, not this); everything the
@@ -146,6 +148,24 @@ async fn seed(db: &TestDatabase, n: usize) {
     txn.commit().await.unwrap();
 }
 
+/// The facts as the DuckDB anchor reads them (`scripts/duckdb_recompute.py`).
+fn write_csv(path: &str, n: usize) {
+    use std::io::Write;
+    let now = at(400).timestamp();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(out, "customer_id,days_since_last,purchase_days,total_spent").unwrap();
+    for f in facts(n) {
+        let last = f.last_purchase_at.map_or(0, |t| (now - t.seconds) / 86_400);
+        writeln!(
+            out,
+            "{},{last},{},{}",
+            f.customer_id, f.purchase_days, f.total_spent_minor
+        )
+        .unwrap();
+    }
+    println!("wrote {path}");
+}
+
 async fn run(label: &str, db: &TestDatabase, n: usize) {
     let mut h = Harness::start(db).await;
     let started = Instant::now();
@@ -175,6 +195,15 @@ async fn run(label: &str, db: &TestDatabase, n: usize) {
 fn main() {
     let n: usize = arg("--customers").map_or(1_000_000, |v| v.parse().expect("--customers N"));
     let which = arg("--db").unwrap_or_else(|| "sqlite".into());
+    // The recompute's own log line gives its phases (load, score, compare, store).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "winback_segmentation=info".into()),
+        )
+        .init();
+    if let Some(path) = arg("--write-csv") {
+        write_csv(&path, n);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -22,17 +22,20 @@ use winback_proto::events::{LifecycleChanged, SegmentChanged};
 use winback_proto::segmentation::{
     FitModelsResponse, GammaGammaFit, NbdFit, ProbeValue, RecomputeResponse,
 };
+use winback_scoring::gamma_gamma::GammaGammaParams;
 use winback_scoring::lifecycle::CycleSource;
-use winback_scoring::nbd::{NbdFit as ScoringNbdFit, Observation};
+use winback_scoring::nbd::{NbdFit as ScoringNbdFit, NbdParams, Observation};
 use winback_scoring::score::{
-    ModelChoice, MonetaryBasis, PROSPECT_SEGMENT, PROSPECT_SEGMENT_KEY, Score, TenantModels,
-    score_tenant,
+    FitStart, ModelChoice, MonetaryBasis, PROSPECT_SEGMENT, PROSPECT_SEGMENT_KEY, Score,
+    TenantModels, score_tenant,
 };
 
 use crate::context::Segmentation;
 use crate::facts::{self, TenantFacts};
 use crate::policy::Effective;
-use crate::scores::{CHUNK_SIZE, StoredScore, decode_chunk, encode_chunk, proto_state};
+use crate::scores::{
+    CHUNK_SIZE, Membership, StoredScore, chunk_bytes, encode_chunk, memberships, proto_state,
+};
 use crate::store::queries::{self, ChunkRow, RunRow, TransitionRow};
 use crate::summary::SummaryBuilder;
 
@@ -101,54 +104,71 @@ impl Segmentation {
         let started = Instant::now();
         let as_of = requested.at;
         let policy = self.effective_policy(tenant).await?;
-        let facts = facts::load(&self.ctx, tenant, requested).await?;
-        let currency = facts.main_currency();
-        let (facts, models, scores) = score_blocking(facts, policy.clone()).await?;
-        let recompute_id = uuid::Uuid::now_v7().to_string();
-        // Going back in time (a backtest) is not a change of any customer.
-        let backwards = queries::runs(&self.db, tenant, 1)
+        let latest = queries::runs(&self.db, tenant, 1)
             .await
             .map_err(ServiceError::internal)?
-            .first()
+            .into_iter()
+            .next();
+        // Going back in time (a backtest) is not a change of any customer.
+        let backwards = latest
+            .as_ref()
             .is_some_and(|latest| latest.as_of_us > as_of.timestamp_micros());
-
-        let mut previous = PreviousScores::new(self, tenant);
-        let mut summary = SummaryBuilder::new(&policy.lookup);
-        let mut chunks: Vec<ChunkRow> = Vec::with_capacity(facts.customers.len() / CHUNK_SIZE + 1);
-        let mut chunk: Vec<StoredScore> = Vec::with_capacity(CHUNK_SIZE);
-        let mut changes = Changes::default();
+        // A recompute as of now starts its fits where the last one ended; a backtest fits
+        // from scratch, as a fit on the truncated history alone would.
+        let start = latest
+            .filter(|_| !requested.cut_history)
+            .and_then(|run| fit_start(&run.models, policy.scoring.time_unit_days));
+        // The last run's scores are read while the facts stream and the models fit.
+        let previous = (!backwards).then(|| {
+            let (db, tenant) = (self.db.clone(), tenant.to_owned());
+            tokio::spawn(async move { previous_chunks(&db, &tenant).await })
+        });
+        let facts = facts::load(&self.ctx, tenant, requested).await?;
+        let loaded = started.elapsed();
+        let currency = facts.main_currency();
+        let (facts, models, scores) = score_blocking(facts, policy.clone(), start).await?;
+        let scored = started.elapsed();
+        let recompute_id = uuid::Uuid::now_v7().to_string();
+        let previous = match previous {
+            Some(task) => Some(task.await.map_err(ServiceError::internal)??),
+            None => None,
+        };
         let now = self.now();
-        for (row, score) in facts.customers.iter().zip(&scores) {
-            let stored = stored_score(row, score, &facts, &policy);
-            summary.add(
-                (score.segment != PROSPECT_SEGMENT).then_some(score.segment),
-                &stored,
-            );
-            if !backwards {
-                match previous.find(&row.customer_id).await? {
-                    Some((segment, state)) => {
-                        changes.compare(&stored, &segment, state, &recompute_id, now)
-                    }
-                    None => changes.compare(
-                        &stored,
-                        "",
-                        ProtoState::Unspecified as i32,
-                        &recompute_id,
-                        now,
-                    ),
-                }
-            }
-            chunk.push(stored);
-            if chunk.len() == CHUNK_SIZE {
-                chunks.push(chunk_row(std::mem::take(&mut chunk)));
+        let assembly = Assembly {
+            facts,
+            scores,
+            policy: policy.clone(),
+            previous,
+            recompute_id: recompute_id.clone(),
+            now,
+        };
+        // The chunks go into the database as the two assembling threads make them.
+        let txn = self.db.begin().await.map_err(ServiceError::internal)?;
+        queries::delete_chunks(&txn, tenant)
+            .await
+            .map_err(ServiceError::internal)?;
+        let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<(i64, ChunkRow)>(64);
+        let assembling = tokio::task::spawn_blocking(move || assembly.assemble(&chunk_tx));
+        let mut batch = Vec::with_capacity(CHUNKS_PER_STATEMENT);
+        while let Some(chunk) = chunk_rx.recv().await {
+            batch.push(chunk);
+            if batch.len() == CHUNKS_PER_STATEMENT {
+                queries::insert_chunks(&txn, tenant, std::mem::take(&mut batch))
+                    .await
+                    .map_err(ServiceError::internal)?;
             }
         }
-        if !chunk.is_empty() {
-            chunks.push(chunk_row(chunk));
-        }
-        drop(previous);
+        queries::insert_chunks(&txn, tenant, batch)
+            .await
+            .map_err(ServiceError::internal)?;
+        let Assembled {
+            summary,
+            changes,
+            customers,
+        } = assembling.await.map_err(ServiceError::internal)??;
 
         let took = started.elapsed();
+        let compared = took;
         let summary = summary.finish(currency);
         let models = models
             .map(|m| {
@@ -162,7 +182,7 @@ impl Segmentation {
             .unwrap_or_default();
         let response = RecomputeResponse {
             recompute_id: recompute_id.clone(),
-            customers_scored: scores.len() as i64,
+            customers_scored: customers as i64,
             segment_changes: changes.segment_changes,
             lifecycle_changes: changes.lifecycle_changes,
             took: Some(to_duration(
@@ -170,10 +190,6 @@ impl Segmentation {
             )),
             as_of: Some(to_timestamp(as_of)),
         };
-        let txn = self.db.begin().await.map_err(ServiceError::internal)?;
-        queries::replace_chunks(&txn, tenant, chunks)
-            .await
-            .map_err(ServiceError::internal)?;
         queries::insert_transitions(&txn, tenant, &changes.transitions)
             .await
             .map_err(ServiceError::internal)?;
@@ -194,9 +210,13 @@ impl Segmentation {
         )
         .await
         .map_err(ServiceError::internal)?;
+        // Segment changes, then lifecycle changes (each in customer order): a run's changes
+        // happen at one moment, and events of one type in a row share outbox rows, where
+        // alternating types made a row per event (two million on a tenant's first run).
         let events: Vec<_> = changes
-            .events
+            .segment_events
             .into_iter()
+            .chain(changes.lifecycle_events)
             .map(|payload| (tenant.to_owned(), now, payload))
             .collect();
         self.outbox
@@ -215,6 +235,10 @@ impl Segmentation {
             segment_changes = response.segment_changes,
             lifecycle_changes = response.lifecycle_changes,
             took_ms = started.elapsed().as_millis() as u64,
+            load_ms = loaded.as_millis() as u64,
+            score_ms = (scored - loaded).as_millis() as u64,
+            compare_ms = (compared - scored).as_millis() as u64,
+            store_ms = (started.elapsed() - compared).as_millis() as u64,
             "recomputed segments"
         );
         Ok(response)
@@ -262,15 +286,53 @@ impl Segmentation {
 async fn score_blocking(
     facts: TenantFacts,
     policy: Effective,
+    start: Option<FitStart>,
 ) -> Result<(TenantFacts, Option<TenantModels>, Vec<Score>), ServiceError> {
     tokio::task::spawn_blocking(move || {
         let inputs = facts.inputs();
-        let models = TenantModels::fit(&inputs, policy.scoring.time_unit_days);
+        let started = Instant::now();
+        let models = TenantModels::fit_from(&inputs, policy.scoring.time_unit_days, start.as_ref());
+        tracing::debug!(
+            fit_ms = started.elapsed().as_millis() as u64,
+            "fitted models"
+        );
         let scored = score_tenant(&inputs, &policy.lookup, &policy.scoring, models.as_ref());
         (facts, models, scored.scores)
     })
     .await
     .map_err(ServiceError::internal)
+}
+
+/// Where the fits start: the converged parameters of a stored run's fits in the same time
+/// unit (a run in another unit, or unreadable, starts from scratch).
+fn fit_start(encoded_models: &[u8], unit_days: f64) -> Option<FitStart> {
+    let fits = FitModelsResponse::decode(encoded_models).ok()?;
+    let same_unit = fits
+        .time_unit
+        .is_some_and(|u| u.seconds == (unit_days * 86_400.0).round() as i64);
+    if !same_unit {
+        return None;
+    }
+    let nbd = |fit: &Option<NbdFit>| {
+        fit.as_ref().filter(|f| f.converged).map(|f| NbdParams {
+            r: f.r,
+            alpha: f.alpha,
+            a: f.a,
+            b: f.b,
+        })
+    };
+    Some(FitStart {
+        bg_nbd: nbd(&fits.bg_nbd),
+        mbg_nbd: nbd(&fits.mbg_nbd),
+        gamma_gamma: fits
+            .gamma_gamma
+            .filter(|g| g.converged)
+            .map(|g| GammaGammaParams {
+                p: g.p,
+                q: g.q,
+                gamma: g.gamma,
+            }),
+    })
 }
 
 fn chunk_row(scores: Vec<StoredScore>) -> ChunkRow {
@@ -333,16 +395,175 @@ fn stored_score(
     }
 }
 
+/// Every stored chunk of the tenant's last run, in order.
+async fn previous_chunks(
+    db: &sea_orm::DatabaseConnection,
+    tenant: &str,
+) -> Result<Vec<Vec<u8>>, ServiceError> {
+    const CHUNKS_PER_READ: i64 = 25;
+    let mut chunks = Vec::new();
+    loop {
+        let page = queries::chunks(db, tenant, chunks.len() as i64, CHUNKS_PER_READ)
+            .await
+            .map_err(ServiceError::internal)?;
+        let last_page = page.len() < CHUNKS_PER_READ as usize;
+        chunks.extend(page.into_iter().map(|(_, chunk)| chunk.scores));
+        if last_page {
+            return Ok(chunks);
+        }
+    }
+}
+
+/// Below this many customers one thread assembles faster than two start.
+const PARALLEL_FROM: usize = 20_000;
+
+/// What turns a run's scores into stored chunks, a summary and changes.
+struct Assembly {
+    facts: TenantFacts,
+    scores: Vec<Score>,
+    policy: Effective,
+    /// The last run's chunks; `None` for a backtest, which compares with nothing.
+    previous: Option<Vec<Vec<u8>>>,
+    recompute_id: String,
+    now: DateTime<Utc>,
+}
+
+/// Chunks per insert statement (≈ 2 MB of scores).
+const CHUNKS_PER_STATEMENT: usize = 20;
+
+/// Where assembled chunks go: numbered, to the task that inserts them.
+type ChunkSink = tokio::sync::mpsc::Sender<(i64, ChunkRow)>;
+
+/// What a run found besides its chunks.
+struct Assembled {
+    summary: SummaryBuilder,
+    changes: Changes,
+    customers: usize,
+}
+
+impl Assembly {
+    /// Builds the stored scores, chunks, summary and changes, in two halves on two cores
+    /// for a large tenant (split at a chunk boundary, so the chunks are those one pass
+    /// makes).
+    fn assemble(self, sink: &ChunkSink) -> Result<Assembled, ServiceError> {
+        let previous_chunks = self
+            .previous
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|chunk| chunk_bytes(chunk))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut previous: Vec<Membership<'_>> = Vec::new();
+        for chunk in &previous_chunks {
+            previous.extend(memberships(chunk)?);
+        }
+        if !previous.is_sorted_by(|a, b| a.customer_id < b.customer_id) {
+            previous.sort_unstable_by(|a, b| a.customer_id.cmp(b.customer_id));
+        }
+        let n = self.facts.customers.len();
+        let split = if n < PARALLEL_FROM {
+            n
+        } else {
+            (n / 2).div_ceil(CHUNK_SIZE) * CHUNK_SIZE
+        };
+        let compare = self.previous.is_some();
+        let (first, second) = std::thread::scope(|threads| {
+            let second = threads.spawn(|| self.assemble_part(split..n, &previous, compare, sink));
+            let first = self.assemble_part(0..split, &previous, compare, sink);
+            (
+                first,
+                second
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            )
+        });
+        let mut assembled = first;
+        assembled.summary.merge(second.summary);
+        assembled.changes.merge(second.changes);
+        assembled.customers = n;
+        Ok(assembled)
+    }
+
+    fn assemble_part(
+        &self,
+        range: std::ops::Range<usize>,
+        previous: &[Membership<'_>],
+        compare: bool,
+        sink: &ChunkSink,
+    ) -> Assembled {
+        let (facts, policy) = (&self.facts, &self.policy);
+        let mut summary = SummaryBuilder::new(&policy.lookup);
+        let mut changes = Changes::default();
+        // The range starts at a chunk boundary.
+        let mut chunk_no = (range.start / CHUNK_SIZE) as i64;
+        let mut send = |chunk: Vec<StoredScore>| {
+            // A closed sink means the store failed; its error is the one reported.
+            let _ = sink.blocking_send((chunk_no, chunk_row(chunk)));
+            chunk_no += 1;
+        };
+        let mut chunk: Vec<StoredScore> = Vec::with_capacity(CHUNK_SIZE);
+        let rows = &facts.customers[range.clone()];
+        let mut previous = match rows.first() {
+            Some(first) => {
+                let from = previous.partition_point(|p| p.customer_id < first.customer_id.as_str());
+                &previous[from..]
+            }
+            None => &[],
+        };
+        for (row, score) in rows.iter().zip(&self.scores[range]) {
+            let stored = stored_score(row, score, facts, policy);
+            summary.add(
+                (score.segment != PROSPECT_SEGMENT).then_some(score.segment),
+                &stored,
+            );
+            if compare {
+                while previous
+                    .first()
+                    .is_some_and(|p| p.customer_id < row.customer_id.as_str())
+                {
+                    previous = &previous[1..];
+                }
+                let (segment, state) = match previous.first() {
+                    Some(p) if p.customer_id == row.customer_id => (p.segment, p.state),
+                    _ => ("", ProtoState::Unspecified as i32),
+                };
+                changes.compare(&stored, segment, state, &self.recompute_id, self.now);
+            }
+            chunk.push(stored);
+            if chunk.len() == CHUNK_SIZE {
+                send(std::mem::take(&mut chunk));
+            }
+        }
+        if !chunk.is_empty() {
+            send(chunk);
+        }
+        Assembled {
+            summary,
+            changes,
+            customers: 0,
+        }
+    }
+}
+
 /// Changes found by one recompute.
 #[derive(Debug, Default)]
 struct Changes {
     segment_changes: i64,
     lifecycle_changes: i64,
     transitions: Vec<TransitionRow>,
-    events: Vec<Payload>,
+    segment_events: Vec<Payload>,
+    lifecycle_events: Vec<Payload>,
 }
 
 impl Changes {
+    fn merge(&mut self, other: Changes) {
+        self.segment_changes += other.segment_changes;
+        self.lifecycle_changes += other.lifecycle_changes;
+        self.transitions.extend(other.transitions);
+        self.segment_events.extend(other.segment_events);
+        self.lifecycle_events.extend(other.lifecycle_events);
+    }
+
     fn compare(
         &mut self,
         new: &StoredScore,
@@ -355,16 +576,17 @@ impl Changes {
         let state_changed = new.state != old_state;
         if segment_changed {
             self.segment_changes += 1;
-            self.events.push(Payload::SegmentChanged(SegmentChanged {
-                customer_id: new.customer_id.clone(),
-                previous_segment: old_segment.to_owned(),
-                segment: new.segment.clone(),
-                recompute_id: recompute_id.to_owned(),
-            }));
+            self.segment_events
+                .push(Payload::SegmentChanged(SegmentChanged {
+                    customer_id: new.customer_id.clone(),
+                    previous_segment: old_segment.to_owned(),
+                    segment: new.segment.clone(),
+                    recompute_id: recompute_id.to_owned(),
+                }));
         }
         if state_changed {
             self.lifecycle_changes += 1;
-            self.events
+            self.lifecycle_events
                 .push(Payload::LifecycleChanged(LifecycleChanged {
                     customer_id: new.customer_id.clone(),
                     previous_state: old_state,
@@ -389,74 +611,6 @@ impl Changes {
                 at_us: now.timestamp_micros(),
             });
         }
-    }
-}
-
-/// The previous recompute's scores, read chunk page by chunk page alongside the new ones
-/// (both in customer id order), so the comparison never holds both sets in memory.
-struct PreviousScores<'a> {
-    service: &'a Segmentation,
-    tenant: &'a str,
-    next_chunk: i64,
-    buffered: std::collections::VecDeque<(String, String, i32)>,
-    exhausted: bool,
-}
-
-impl<'a> PreviousScores<'a> {
-    fn new(service: &'a Segmentation, tenant: &'a str) -> Self {
-        Self {
-            service,
-            tenant,
-            next_chunk: 0,
-            buffered: Default::default(),
-            exhausted: false,
-        }
-    }
-
-    /// The previous (segment, state) of `customer_id`; ids must come in ascending order.
-    async fn find(&mut self, customer_id: &str) -> Result<Option<(String, i32)>, ServiceError> {
-        loop {
-            while let Some((id, _, _)) = self.buffered.front() {
-                match id.as_str().cmp(customer_id) {
-                    std::cmp::Ordering::Less => {
-                        self.buffered.pop_front();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        return Ok(self
-                            .buffered
-                            .pop_front()
-                            .map(|(_, segment, state)| (segment, state)));
-                    }
-                    std::cmp::Ordering::Greater => return Ok(None),
-                }
-            }
-            if self.exhausted {
-                return Ok(None);
-            }
-            self.fill().await?;
-        }
-    }
-
-    async fn fill(&mut self) -> Result<(), ServiceError> {
-        const CHUNKS_PER_READ: i64 = 25;
-        let page = queries::chunks(
-            &self.service.db,
-            self.tenant,
-            self.next_chunk,
-            CHUNKS_PER_READ,
-        )
-        .await
-        .map_err(ServiceError::internal)?;
-        if page.len() < CHUNKS_PER_READ as usize {
-            self.exhausted = true;
-        }
-        for (chunk_no, chunk) in page {
-            self.next_chunk = chunk_no + 1;
-            for s in decode_chunk(&chunk.scores)? {
-                self.buffered.push_back((s.customer_id, s.segment, s.state));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -61,6 +61,24 @@ impl SummaryBuilder {
         }
     }
 
+    /// Adds the counts of another builder over the same lookup (another part of the tenant).
+    pub(crate) fn merge(&mut self, other: SummaryBuilder) {
+        self.total += other.total;
+        self.prospects += other.prospects;
+        for (n, m) in self.segment_counts.iter_mut().zip(other.segment_counts) {
+            *n += m;
+        }
+        for (n, m) in self.state_counts.iter_mut().zip(other.state_counts) {
+            *n += m;
+        }
+        for (n, m) in self.grid_counts.iter_mut().zip(other.grid_counts) {
+            *n += m;
+        }
+        for (n, m) in self.grid_monetary.iter_mut().zip(other.grid_monetary) {
+            *n += m;
+        }
+    }
+
     /// The summary, names left empty (they depend on the reader's locale), plus the grid.
     pub(crate) fn finish(self, currency: String) -> GetSegmentSummaryResponse {
         let share = |n: i64| {

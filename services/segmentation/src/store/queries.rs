@@ -142,42 +142,41 @@ pub(crate) async fn chunk_of<C: ConnectionTrait>(
     rows.first().map(chunk_row).transpose()
 }
 
-/// Replaces all of the tenant's scores.
-pub(crate) async fn replace_chunks<C: ConnectionTrait>(
-    db: &C,
-    tenant: &str,
-    chunks: Vec<ChunkRow>,
-) -> Result<(), DbErr> {
+/// Deletes all of the tenant's scores (a recompute then inserts the new ones).
+pub(crate) async fn delete_chunks<C: ConnectionTrait>(db: &C, tenant: &str) -> Result<(), DbErr> {
     execute(
         db,
         "DELETE FROM score_chunks WHERE tenant_id = $1",
         vec![tenant.into()],
     )
-    .await?;
-    let backend = db.get_database_backend();
-    let mut rows = chunks
-        .into_iter()
-        .enumerate()
-        .map(|(chunk_no, chunk)| {
-            vec![
-                tenant.into(),
-                (chunk_no as i64).into(),
-                chunk.first_customer_id.into(),
-                chunk.last_customer_id.into(),
-                chunk.scores.into(),
-            ]
-        })
-        .peekable();
-    // Twenty chunks (≈ 2 MB of scores) per statement.
-    while rows.peek().is_some() {
-        db.execute_raw(multi_row_insert(
-            backend,
-            "INSERT INTO score_chunks (tenant_id, chunk_no, first_customer_id, last_customer_id, scores)",
-            rows.by_ref().take(20),
-        ))
-        .await?;
+    .await
+}
+
+/// Inserts numbered chunks of the tenant's scores, in one statement.
+pub(crate) async fn insert_chunks<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    chunks: Vec<(i64, ChunkRow)>,
+) -> Result<(), DbErr> {
+    if chunks.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let rows = chunks.into_iter().map(|(chunk_no, chunk)| {
+        vec![
+            tenant.into(),
+            chunk_no.into(),
+            chunk.first_customer_id.into(),
+            chunk.last_customer_id.into(),
+            chunk.scores.into(),
+        ]
+    });
+    db.execute_raw(multi_row_insert(
+        db.get_database_backend(),
+        "INSERT INTO score_chunks (tenant_id, chunk_no, first_customer_id, last_customer_id, scores)",
+        rows,
+    ))
+    .await
+    .map(|_| ())
 }
 
 /// Records a run.
@@ -245,6 +244,39 @@ pub(crate) async fn insert_transitions<C: ConnectionTrait>(
     rows: &[TransitionRow],
 ) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
+    if backend == sea_orm::DbBackend::Postgres {
+        // Column arrays and UNNEST: a tenant's first recompute records a transition per
+        // customer, and a million rows in statements of 400 took most of a minute.
+        for batch in rows.chunks(50_000) {
+            let text = |f: fn(&TransitionRow) -> &str| -> Value {
+                batch
+                    .iter()
+                    .map(|t| f(t).to_owned())
+                    .collect::<Vec<String>>()
+                    .into()
+            };
+            let ints = |f: fn(&TransitionRow) -> i64| -> Value {
+                batch.iter().map(f).collect::<Vec<i64>>().into()
+            };
+            execute(
+                db,
+                "INSERT INTO transitions (tenant_id, customer_id, from_segment, to_segment, from_state, to_state, recompute_id, at_us)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::bigint[])",
+                vec![
+                    tenant.into(),
+                    text(|t| &t.customer_id),
+                    text(|t| &t.from_segment),
+                    text(|t| &t.to_segment),
+                    ints(|t| i64::from(t.from_state)),
+                    ints(|t| i64::from(t.to_state)),
+                    text(|t| &t.recompute_id),
+                    ints(|t| t.at_us),
+                ],
+            )
+            .await?;
+        }
+        return Ok(());
+    }
     for batch in rows.chunks(400) {
         let values = batch.iter().map(|t| {
             vec![
