@@ -1140,6 +1140,7 @@ db_test!(
         let run = segmentation
             .recompute(winback_proto::segmentation::RecomputeRequest {
                 as_of: Some(to_timestamp(shop.now())),
+                ..Default::default()
             })
             .await
             .unwrap()

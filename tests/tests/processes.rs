@@ -527,7 +527,10 @@ async fn win_back(disruption: Disruption) {
     )
     .await;
     let run = segmentation
-        .recompute(RecomputeRequest { as_of: None })
+        .recompute(RecomputeRequest {
+            as_of: None,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

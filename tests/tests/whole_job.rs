@@ -583,6 +583,7 @@ db_test!(
             .segmentation
             .recompute(RecomputeRequest {
                 as_of: Some(to_timestamp(job.stack.clock.now())),
+                ..Default::default()
             })
             .await
             .unwrap()

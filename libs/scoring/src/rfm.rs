@@ -51,6 +51,51 @@ pub fn quintile_scores(values: &[f64], better: Better) -> Vec<u8> {
     scores
 }
 
+/// Where a run's quintile scores changed, so a value scored later (an incremental
+/// recompute) gets the score it would have had in that run: for each score 2–5 on the
+/// "higher is better" scale, the lowest value that reached it. Exact for every value the
+/// run saw; a new value between two runs' values takes the score of the values below it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Boundaries {
+    /// Lowest value reaching raw score 2, 3, 4, 5 (`+∞` when none did).
+    pub lowest: [f64; 4],
+    /// Which end is good.
+    pub better: Better,
+}
+
+impl Boundaries {
+    /// The boundaries of `scores`, as [`quintile_scores`] gave them for `values`.
+    pub fn of(values: &[f64], scores: &[u8], better: Better) -> Self {
+        let mut lowest = [f64::INFINITY; 4];
+        for (&v, &score) in values.iter().zip(scores) {
+            let raw = match better {
+                Better::Higher => score,
+                Better::Lower => 6 - score,
+            };
+            for (k, low) in lowest.iter_mut().enumerate() {
+                if usize::from(raw) >= k + 2 && order_key(v) < order_key(*low) {
+                    *low = v;
+                }
+            }
+        }
+        Self { lowest, better }
+    }
+
+    /// The score of `value` against these boundaries.
+    pub fn score(&self, value: f64) -> u8 {
+        let key = order_key(value);
+        let raw = 1 + self
+            .lowest
+            .iter()
+            .filter(|&&low| key >= order_key(low))
+            .count() as u8;
+        match self.better {
+            Better::Higher => raw,
+            Better::Lower => 6 - raw,
+        }
+    }
+}
+
 /// A u64 that orders like the number: every NaN equal and below everything, −0 = +0.
 fn order_key(v: f64) -> u64 {
     if v.is_nan() {
@@ -190,5 +235,43 @@ mod tests {
         let scores = quintile_scores(&[f64::NAN, 1.0, 2.0, 3.0, 4.0], Better::Higher);
         assert_eq!(scores[0], 1);
         assert_eq!(scores[4], 5);
+    }
+
+    #[test]
+    fn boundaries_give_every_seen_value_its_score() {
+        let mut rng = 7u64;
+        let mut values: Vec<f64> = (0..2_000)
+            .map(|_| {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ((rng >> 33) % 90) as f64
+            })
+            .collect();
+        values.extend([0.0, 0.0, 1e9]);
+        for better in [Better::Higher, Better::Lower] {
+            let scores = quintile_scores(&values, better);
+            let boundaries = Boundaries::of(&values, &scores, better);
+            for (v, s) in values.iter().zip(&scores) {
+                assert_eq!(boundaries.score(*v), *s, "{v} {better:?}");
+            }
+            // A value past every seen one scores at the good or bad end.
+            let (top, bottom) = (boundaries.score(2e9), boundaries.score(-1.0));
+            assert_eq!(
+                (top, bottom),
+                if better == Better::Higher {
+                    (5, 1)
+                } else {
+                    (1, 5)
+                }
+            );
+        }
+        // One distinct value: everybody 3, and so is a new value above or below.
+        let same = [4.0; 10];
+        let b = Boundaries::of(
+            &same,
+            &quintile_scores(&same, Better::Higher),
+            Better::Higher,
+        );
+        assert_eq!((b.score(4.0), b.score(100.0)), (3, 3));
+        assert_eq!(b.score(1.0), 1);
     }
 }

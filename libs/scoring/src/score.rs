@@ -5,7 +5,7 @@
 use crate::gamma_gamma::{GammaGammaFit, GammaGammaParams, SpendData, SpendObservation};
 use crate::lifecycle::{Lifecycle, LifecyclePolicy, LifecycleState, Signals};
 use crate::nbd::{NbdData, NbdFit, NbdModel, NbdParams, Observation};
-use crate::rfm::{Better, quintile_scores};
+use crate::rfm::{Better, Boundaries, quintile_scores};
 use crate::segments::SegmentLookup;
 
 /// Segment index given to customers who never bought (they have no RFM scores).
@@ -284,8 +284,28 @@ pub struct Score {
 pub struct TenantScores {
     /// One per input customer.
     pub scores: Vec<Score>,
+    /// What the run scored by besides the models, to score more customers the same way.
+    pub frozen: FrozenScoring,
+}
+
+/// The run-wide values a customer's scores depend on, besides the models.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrozenScoring {
+    /// Where R, F (under quintiles) and M changed.
+    pub boundaries: RfmBoundaries,
     /// The tenant interval used for customers without their own.
     pub tenant_cycle_days: f64,
+}
+
+/// The boundaries of a run's R, F and M scores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RfmBoundaries {
+    /// R (days since the last purchase, fewer is better).
+    pub recency: Boundaries,
+    /// F, when scored by quintiles; `None` under fixed thresholds.
+    pub frequency: Option<Boundaries>,
+    /// M.
+    pub monetary: Boundaries,
 }
 
 /// Scores every customer. `models` from [`TenantModels::fit`]; without a converged purchase
@@ -299,7 +319,7 @@ pub fn score_tenant(
     let tenant_cycle_days = policy
         .tenant_cycle_days
         .unwrap_or_else(|| median_regular_interval(inputs, &policy.lifecycle));
-    let (r, f, m) = rfm_scores(inputs, policy.monetary, policy.frequency);
+    let ([r, f, m], boundaries) = rfm_scores(inputs, policy.monetary, policy.frequency);
     let purchase_model = models
         .and_then(|m| m.chosen(policy.model))
         .map(|fit| (fit.model, fit.params));
@@ -319,8 +339,42 @@ pub fn score_tenant(
     };
     TenantScores {
         scores: pass.score_all(inputs),
-        tenant_cycle_days,
+        frozen: FrozenScoring {
+            boundaries,
+            tenant_cycle_days,
+        },
     }
+}
+
+/// Scores some customers as the run that gave `frozen` would have: its RFM boundaries and
+/// tenant interval, and `models` (that run's fits). An incremental recompute scores the
+/// customers whose facts changed this way, so they sit among the others as if the run
+/// had seen their new facts.
+pub fn score_against(
+    inputs: &[CustomerInput],
+    lookup: &SegmentLookup,
+    policy: &ScoringPolicy,
+    models: Option<&TenantModels>,
+    frozen: &FrozenScoring,
+) -> Vec<Score> {
+    let [r, f, m] = rfm_scores_against(inputs, policy, &frozen.boundaries);
+    let unit = policy.time_unit_days;
+    ScoringPass {
+        lookup,
+        policy,
+        tenant_cycle_days: frozen.tenant_cycle_days,
+        purchase_model: models
+            .and_then(|m| m.chosen(policy.model))
+            .map(|fit| (fit.model, fit.params)),
+        spend: models.and_then(TenantModels::spend),
+        unit,
+        horizon: policy.clv_horizon_days / unit,
+        discount: continuous_discount(policy.annual_discount_rate, policy.clv_horizon_days),
+        r: &r,
+        f: &f,
+        m: &m,
+    }
+    .score_all(inputs)
 }
 
 /// Below this many customers one thread scores faster than several start.
@@ -528,47 +582,108 @@ fn median_regular_interval(inputs: &[CustomerInput], policy: &LifecyclePolicy) -
     *median
 }
 
-/// R, F, M scores of the buyers (prospects get 0), in input order. R and M by quintiles
-/// (fewer days since the last purchase, and more money, score higher); F by `frequency`.
+/// R, F, M scores of the buyers (prospects get 0), in input order, and the boundaries
+/// they were given by. R and M by quintiles (fewer days since the last purchase, and more
+/// money, score higher); F by `frequency`.
 fn rfm_scores(
     inputs: &[CustomerInput],
     basis: MonetaryBasis,
     frequency: FrequencyRule,
-) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+) -> ([Vec<u8>; 3], RfmBoundaries) {
     let buyers: Vec<usize> = (0..inputs.len())
         .filter(|&i| inputs[i].purchase_days > 0)
         .collect();
     let column = |value: &dyn Fn(&CustomerInput) -> f64, better| {
         let values: Vec<f64> = buyers.iter().map(|&i| value(&inputs[i])).collect();
         let scores = quintile_scores(&values, better);
+        let boundaries = Boundaries::of(&values, &scores, better);
         let mut all = vec![0u8; inputs.len()];
         for (&i, s) in buyers.iter().zip(scores) {
             all[i] = s;
         }
-        all
+        (all, boundaries)
     };
-    let r = column(&|c| c.days_since_last, Better::Lower);
-    let f = match frequency {
-        FrequencyRule::Quintiles => column(&|c| f64::from(c.purchase_days), Better::Higher),
-        FrequencyRule::PurchaseDays(_) => inputs
-            .iter()
-            .map(|c| {
-                if c.purchase_days == 0 {
-                    0
-                } else {
-                    frequency.fixed_score(c.purchase_days).unwrap_or(0)
-                }
-            })
-            .collect(),
+    let (r, r_bounds) = column(&recency_value, Better::Lower);
+    let (f, f_bounds) = match frequency {
+        FrequencyRule::Quintiles => {
+            let (f, bounds) = column(&frequency_value, Better::Higher);
+            (f, Some(bounds))
+        }
+        FrequencyRule::PurchaseDays(_) => (
+            inputs
+                .iter()
+                .map(|c| fixed_frequency(c, frequency))
+                .collect(),
+            None,
+        ),
     };
-    let m = column(
-        &|c| match basis {
-            MonetaryBasis::Total => c.total_spent,
-            MonetaryBasis::Average => c.average_check,
+    let (m, m_bounds) = column(&|c| monetary_value(c, basis), Better::Higher);
+    (
+        [r, f, m],
+        RfmBoundaries {
+            recency: r_bounds,
+            frequency: f_bounds,
+            monetary: m_bounds,
         },
-        Better::Higher,
-    );
-    (r, f, m)
+    )
+}
+
+/// R, F, M of customers scored against an earlier run's boundaries.
+fn rfm_scores_against(
+    inputs: &[CustomerInput],
+    policy: &ScoringPolicy,
+    boundaries: &RfmBoundaries,
+) -> [Vec<u8>; 3] {
+    let score = |c: &CustomerInput, f: &dyn Fn(&CustomerInput) -> u8| {
+        if c.purchase_days == 0 { 0 } else { f(c) }
+    };
+    let r = inputs
+        .iter()
+        .map(|c| score(c, &|c| boundaries.recency.score(recency_value(c))))
+        .collect();
+    let f = inputs
+        .iter()
+        .map(|c| match (policy.frequency, boundaries.frequency) {
+            (FrequencyRule::Quintiles, Some(b)) => score(c, &|c| b.score(frequency_value(c))),
+            (rule, _) => fixed_frequency(c, rule),
+        })
+        .collect();
+    let m = inputs
+        .iter()
+        .map(|c| {
+            score(c, &|c| {
+                boundaries
+                    .monetary
+                    .score(monetary_value(c, policy.monetary))
+            })
+        })
+        .collect();
+    [r, f, m]
+}
+
+fn recency_value(c: &CustomerInput) -> f64 {
+    c.days_since_last
+}
+
+fn frequency_value(c: &CustomerInput) -> f64 {
+    f64::from(c.purchase_days)
+}
+
+fn monetary_value(c: &CustomerInput, basis: MonetaryBasis) -> f64 {
+    match basis {
+        MonetaryBasis::Total => c.total_spent,
+        MonetaryBasis::Average => c.average_check,
+    }
+}
+
+/// F under fixed thresholds (0 for a prospect; quintiles fall back to the default rule).
+fn fixed_frequency(c: &CustomerInput, rule: FrequencyRule) -> u8 {
+    if c.purchase_days == 0 {
+        return 0;
+    }
+    rule.fixed_score(c.purchase_days)
+        .or_else(|| FrequencyRule::default().fixed_score(c.purchase_days))
+        .unwrap_or(0)
 }
 
 /// Whether a state counts as "inactive" for summaries.
@@ -665,6 +780,33 @@ mod tests {
     }
 
     #[test]
+    fn scoring_against_a_runs_frozen_values_gives_that_runs_scores() {
+        let lookup = RuleTable::default_grid().compile().unwrap();
+        let inputs = simulated_shop(30_000, 5);
+        let models = TenantModels::fit(&inputs, 1.0).unwrap();
+        for frequency in [FrequencyRule::default(), FrequencyRule::Quintiles] {
+            let policy = ScoringPolicy {
+                frequency,
+                ..ScoringPolicy::default()
+            };
+            let run = score_tenant(&inputs, &lookup, &policy, Some(&models));
+            let again = score_against(&inputs, &lookup, &policy, Some(&models), &run.frozen);
+            assert_eq!(again, run.scores);
+            // A customer who just bought again scores as the run would have scored them.
+            let mut changed = inputs[7];
+            changed.purchase_days += 3;
+            changed.days_since_last = 0.0;
+            let alone = score_against(&[changed], &lookup, &policy, Some(&models), &run.frozen);
+            let mut with_all = inputs.clone();
+            with_all[7] = changed;
+            let rescored = score_tenant(&with_all, &lookup, &policy, Some(&models));
+            assert_eq!(alone[0].r, rescored.scores[7].r);
+            assert_eq!(alone[0].f, rescored.scores[7].f);
+            assert_eq!(alone[0].segment, rescored.scores[7].segment);
+        }
+    }
+
+    #[test]
     fn a_recent_frequent_big_spender_is_a_champion_and_worth_more() {
         let lookup = RuleTable::default_grid().compile().unwrap();
         let mut inputs = simulated_shop(1_000, 2);
@@ -694,17 +836,21 @@ mod tests {
         ];
         // Intervals 50, 50, 200 → median 50.
         let scored = score_tenant(&inputs, &lookup, &ScoringPolicy::default(), None);
-        assert_eq!(scored.tenant_cycle_days, 50.0);
+        assert_eq!(scored.frozen.tenant_cycle_days, 50.0);
         let configured = ScoringPolicy {
             tenant_cycle_days: Some(30.0),
             ..ScoringPolicy::default()
         };
         assert_eq!(
-            score_tenant(&inputs, &lookup, &configured, None).tenant_cycle_days,
+            score_tenant(&inputs, &lookup, &configured, None)
+                .frozen
+                .tenant_cycle_days,
             30.0
         );
         assert_eq!(
-            score_tenant(&inputs[3..], &lookup, &ScoringPolicy::default(), None).tenant_cycle_days,
+            score_tenant(&inputs[3..], &lookup, &ScoringPolicy::default(), None)
+                .frozen
+                .tenant_cycle_days,
             DEFAULT_CYCLE_DAYS
         );
     }

@@ -189,6 +189,35 @@ async fn run(label: &str, db: &TestDatabase, n: usize) {
             peak_rss_mib()
         );
     }
+    // One customer in a hundred buys on day 400; only they are rescored.
+    let changed = (n / 100).max(1);
+    let step = n / changed;
+    let orders: Vec<_> = (0..changed)
+        .map(|k| {
+            let id = format!("c{:08}", k * step);
+            harness::order(&format!("{id}-new"), &id, 400, 5_000)
+        })
+        .collect();
+    for batch in orders.chunks(1_000) {
+        h.add_orders(batch.to_vec()).await;
+    }
+    let started = Instant::now();
+    let reply = h
+        .segments
+        .recompute(RecomputeRequest {
+            as_of: None,
+            incremental: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let took = started.elapsed().as_secs_f64();
+    assert!(reply.incremental);
+    assert_eq!(reply.customers_scored as usize, changed);
+    println!(
+        "{label:>8} incremental recompute: {changed} changed of {n} customers in {took:.3} s, {} segment / {} lifecycle changes",
+        reply.segment_changes, reply.lifecycle_changes
+    );
     h.stop();
 }
 

@@ -21,6 +21,8 @@ pub(crate) struct Segmentation {
     pub(crate) db: DatabaseConnection,
     pub(crate) outbox: Outbox,
     pub(crate) ctx: ServiceContext,
+    /// The latest run's members of the tenants this process recomputed.
+    pub(crate) members: crate::members::MemberCache,
     /// One recompute per tenant at a time in this process.
     recompute_locks: Arc<StdMutex<HashMap<String, Arc<Mutex<()>>>>>,
 }
@@ -31,6 +33,7 @@ impl Segmentation {
             db,
             outbox,
             ctx,
+            members: Default::default(),
             recompute_locks: Arc::default(),
         }
     }

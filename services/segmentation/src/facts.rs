@@ -23,11 +23,16 @@ pub(crate) struct CustomerRow {
     pub(crate) input: CustomerInput,
 }
 
-/// Every customer of a tenant, sorted by customer id.
+/// Every customer of a tenant (or those whose facts changed), sorted by customer id.
 #[derive(Debug, Default)]
 pub(crate) struct TenantFacts {
     pub(crate) customers: Vec<CustomerRow>,
     pub(crate) currencies: Vec<String>,
+    /// Customers erased (streamed only when asking for changes), sorted.
+    pub(crate) erased: Vec<String>,
+    /// Profiles' cursor after these facts: the next incremental run asks for changes after
+    /// it. Empty for facts as of a past time.
+    pub(crate) cursor: String,
 }
 
 impl TenantFacts {
@@ -69,17 +74,42 @@ pub(crate) async fn load(
     tenant: &str,
     requested: crate::recompute::AsOf,
 ) -> Result<TenantFacts, ServiceError> {
-    let as_of = requested.at;
+    let as_of = requested
+        .cut_history
+        .then(|| winback_platform::time::to_timestamp(requested.at));
+    stream(ctx, tenant, String::new(), as_of, requested.at).await
+}
+
+/// Streams the facts of `tenant`'s customers that changed after `cursor`, as of `now`.
+pub(crate) async fn load_changed(
+    ctx: &ServiceContext,
+    tenant: &str,
+    cursor: &str,
+    now: DateTime<Utc>,
+) -> Result<TenantFacts, ServiceError> {
+    let mut facts = stream(ctx, tenant, cursor.to_owned(), None, now).await?;
+    if facts.cursor.is_empty() {
+        // Nothing changed: the next run asks from the same place.
+        cursor.clone_into(&mut facts.cursor);
+    }
+    Ok(facts)
+}
+
+async fn stream(
+    ctx: &ServiceContext,
+    tenant: &str,
+    changed_since_cursor: String,
+    as_of_request: Option<Timestamp>,
+    as_of: DateTime<Utc>,
+) -> Result<TenantFacts, ServiceError> {
     let (channel, credentials) = ctx.peer(Peer::Profiles, tenant)?;
     let mut client = ProfilesServiceClient::with_interceptor(channel, credentials)
         .max_decoding_message_size(ctx.config.server.max_message_bytes.max(64 * 1024 * 1024));
     let mut stream = client
         .stream_facts(StreamFactsRequest {
-            changed_since_cursor: String::new(),
+            changed_since_cursor,
             chunk_size: 10_000,
-            as_of: requested
-                .cut_history
-                .then(|| winback_platform::time::to_timestamp(as_of)),
+            as_of: as_of_request,
         })
         .await
         .map_err(|s| upstream("profiles.StreamFacts", &s))?
@@ -87,8 +117,12 @@ pub(crate) async fn load(
     let mut facts = TenantFacts::default();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|s| upstream("profiles.StreamFacts", &s))?;
+        if !chunk.cursor.is_empty() {
+            facts.cursor = chunk.cursor;
+        }
         for f in chunk.facts {
             if f.erased {
+                facts.erased.push(f.customer_id);
                 continue;
             }
             let currency = facts.currency_index(&f.currency);
@@ -109,6 +143,7 @@ pub(crate) async fn load(
             .customers
             .sort_unstable_by(|a, b| a.customer_id.cmp(&b.customer_id));
     }
+    facts.erased.sort_unstable();
     Ok(facts)
 }
 

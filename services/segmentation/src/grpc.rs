@@ -94,7 +94,9 @@ impl SegmentationService for SegmentationGrpc {
         let tenant = tenant_for(&request, WRITE)?;
         let as_of = self.segmentation.as_of(request.get_ref().as_of.as_ref())?;
         Ok(Response::new(
-            self.segmentation.recompute(&tenant, as_of).await?,
+            self.segmentation
+                .recompute(&tenant, as_of, request.get_ref().incremental)
+                .await?,
         ))
     }
 

@@ -9,6 +9,8 @@
 mod context;
 mod facts;
 mod grpc;
+mod incremental;
+mod members;
 mod policy;
 mod reads;
 mod recompute;

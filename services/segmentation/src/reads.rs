@@ -134,10 +134,20 @@ impl Segmentation {
             return Err(ServiceError::invalid("customer_id", "is required"));
         }
         let policy = self.effective_policy(tenant).await?;
-        let as_of = self
-            .latest_run(tenant)
-            .await?
-            .and_then(|r| timestamp_us(r.as_of_us));
+        let times = RunTimes::of(self.latest_run(tenant).await?.as_ref());
+        let not_found = || ServiceError::not_found_at("customer score", customer_id, "customer_id");
+        // An incremental run's patch stands over the chunks.
+        if let Some(patch) = queries::patch(&self.db, tenant, customer_id)
+            .await
+            .map_err(ServiceError::internal)?
+        {
+            if patch.is_empty() {
+                return Err(not_found());
+            }
+            let score = StoredScore::decode(patch.as_slice()).map_err(ServiceError::internal)?;
+            return Ok(score.to_proto(&policy, locale, times.latest));
+        }
+        let as_of = times.full;
         let chunk = queries::chunk_of(&self.db, tenant, customer_id)
             .await
             .map_err(ServiceError::internal)?;
@@ -151,7 +161,7 @@ impl Segmentation {
             .binary_search_by(|s| s.customer_id.as_str().cmp(customer_id))
             .ok()
             .map(|i| scores[i].to_proto(&policy, locale, as_of))
-            .ok_or_else(|| ServiceError::not_found_at("customer score", customer_id, "customer_id"))
+            .ok_or_else(not_found)
     }
 
     async fn latest_run(&self, tenant: &str) -> Result<Option<RunRow>, ServiceError> {
@@ -170,12 +180,29 @@ impl Segmentation {
         tx: mpsc::Sender<Result<ListSegmentMembersResponse, tonic::Status>>,
     ) -> Result<(), ServiceError> {
         let policy = self.effective_policy(&tenant).await?;
-        let as_of = self
-            .latest_run(&tenant)
-            .await?
-            .and_then(|r| timestamp_us(r.as_of_us));
+        let times = RunTimes::of(self.latest_run(&tenant).await?.as_ref());
+        // Patches (an incremental run's customers) merge into the chunks' customer order.
+        let patches = queries::patches(&self.db, &tenant)
+            .await
+            .map_err(ServiceError::internal)?
+            .into_iter()
+            .map(|(id, score)| {
+                let score = (!score.is_empty())
+                    .then(|| StoredScore::decode(score.as_slice()))
+                    .transpose()
+                    .map_err(ServiceError::internal)?;
+                Ok((id, score))
+            })
+            .collect::<Result<Vec<_>, ServiceError>>()?;
+        let mut patches = patches.into_iter().peekable();
+        let mut sender = MemberSender {
+            tx: &tx,
+            members: Vec::with_capacity(filter.chunk_size),
+            filter: &filter,
+            policy: &policy,
+        };
         let mut next_chunk = 0;
-        let mut members = Vec::with_capacity(filter.chunk_size);
+        let mut ordered = Vec::new();
         loop {
             let page = queries::chunks(&self.db, &tenant, next_chunk, 10)
                 .await
@@ -184,30 +211,26 @@ impl Segmentation {
             for (chunk_no, chunk) in page {
                 next_chunk = chunk_no + 1;
                 for s in decode_chunk(&chunk.scores)? {
-                    if filter.keeps(&s) {
-                        members.push(s.to_proto(&policy, &filter.locale, as_of));
-                        if members.len() == filter.chunk_size {
-                            let full = std::mem::replace(
-                                &mut members,
-                                Vec::with_capacity(filter.chunk_size),
-                            );
-                            if tx
-                                .send(Ok(ListSegmentMembersResponse { members: full }))
-                                .await
-                                .is_err()
-                            {
-                                return Ok(()); // the caller went away
-                            }
-                        }
+                    while let Some((_, patch)) = patches.next_if(|(id, _)| *id < s.customer_id) {
+                        ordered.extend(patch.map(|p| (p, times.latest)));
                     }
+                    match patches.next_if(|(id, _)| *id == s.customer_id) {
+                        Some((_, patch)) => ordered.extend(patch.map(|p| (p, times.latest))),
+                        None => ordered.push((s, times.full)),
+                    }
+                }
+                if !sender.send(ordered.drain(..)).await {
+                    return Ok(()); // the caller went away
                 }
             }
             if done {
                 break;
             }
         }
-        if !members.is_empty() {
-            let _ = tx.send(Ok(ListSegmentMembersResponse { members })).await;
+        // Customers first scored by an incremental run, after every chunk's.
+        let rest = patches.filter_map(|(_, p)| p.map(|p| (p, times.latest)));
+        if sender.send(rest).await {
+            sender.flush().await;
         }
         Ok(())
     }
@@ -333,5 +356,80 @@ fn name_segments(
 ) {
     for s in segments {
         s.name = policy.segment_name(&s.segment, locale);
+    }
+}
+
+/// The as-of times of stored scores: the latest run's (patches) and the last full run's
+/// (chunks).
+struct RunTimes {
+    latest: Option<prost_types::Timestamp>,
+    full: Option<prost_types::Timestamp>,
+}
+
+impl RunTimes {
+    fn of(latest: Option<&RunRow>) -> Self {
+        let full_us = latest.and_then(|r| {
+            crate::incremental::RunState::decode(r.incremental.as_slice())
+                .ok()
+                .filter(|state| state.full_as_of_us != 0)
+                .map(|state| state.full_as_of_us)
+        });
+        Self {
+            latest: latest.and_then(|r| timestamp_us(r.as_of_us)),
+            full: full_us
+                .or(latest.map(|r| r.as_of_us))
+                .and_then(timestamp_us),
+        }
+    }
+}
+
+/// Sends members that pass the filter, in messages of the requested size.
+struct MemberSender<'a> {
+    tx: &'a mpsc::Sender<Result<ListSegmentMembersResponse, tonic::Status>>,
+    members: Vec<CustomerScore>,
+    filter: &'a MemberFilter,
+    policy: &'a Effective,
+}
+
+impl MemberSender<'_> {
+    /// Queues `scores`, sending every full message; false when the caller went away.
+    async fn send(
+        &mut self,
+        scores: impl Iterator<Item = (StoredScore, Option<prost_types::Timestamp>)>,
+    ) -> bool {
+        for (s, as_of) in scores {
+            if !self.filter.keeps(&s) {
+                continue;
+            }
+            self.members
+                .push(s.to_proto(self.policy, &self.filter.locale, as_of));
+            if self.members.len() == self.filter.chunk_size {
+                let full = std::mem::replace(
+                    &mut self.members,
+                    Vec::with_capacity(self.filter.chunk_size),
+                );
+                if self
+                    .tx
+                    .send(Ok(ListSegmentMembersResponse { members: full }))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends what is queued.
+    async fn flush(self) {
+        if !self.members.is_empty() {
+            let _ = self
+                .tx
+                .send(Ok(ListSegmentMembersResponse {
+                    members: self.members,
+                }))
+                .await;
+        }
     }
 }

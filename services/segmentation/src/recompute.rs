@@ -26,12 +26,14 @@ use winback_scoring::gamma_gamma::GammaGammaParams;
 use winback_scoring::lifecycle::CycleSource;
 use winback_scoring::nbd::{NbdFit as ScoringNbdFit, NbdParams, Observation};
 use winback_scoring::score::{
-    FitStart, ModelChoice, MonetaryBasis, PROSPECT_SEGMENT, PROSPECT_SEGMENT_KEY, Score,
-    TenantModels, score_tenant,
+    FitStart, FrozenScoring, ModelChoice, MonetaryBasis, PROSPECT_SEGMENT, PROSPECT_SEGMENT_KEY,
+    Score, TenantModels, score_tenant,
 };
 
 use crate::context::Segmentation;
 use crate::facts::{self, TenantFacts};
+use crate::incremental::{RunState, StoredBoundaries, policy_fingerprint};
+use crate::members::{Member, RunMembers};
 use crate::policy::Effective;
 use crate::scores::{
     CHUNK_SIZE, Membership, StoredScore, chunk_bytes, encode_chunk, memberships, proto_state,
@@ -93,12 +95,19 @@ impl Segmentation {
         })
     }
 
-    /// Runs a recompute of `tenant`.
+    /// Runs a recompute of `tenant`: incremental when asked and possible, else full.
     pub(crate) async fn recompute(
         &self,
         tenant: &str,
         requested: AsOf,
+        incremental: bool,
     ) -> Result<RecomputeResponse, ServiceError> {
+        if incremental && requested.cut_history {
+            return Err(ServiceError::invalid(
+                "incremental",
+                "cannot be combined with as_of (a backtest recomputes in full)",
+            ));
+        }
         let lock = self.recompute_lock(tenant);
         let _running = lock.lock().await;
         let started = Instant::now();
@@ -109,6 +118,13 @@ impl Segmentation {
             .map_err(ServiceError::internal)?
             .into_iter()
             .next();
+        if incremental
+            && let Some(response) = self
+                .recompute_incremental(tenant, &policy, latest.as_ref())
+                .await?
+        {
+            return Ok(response);
+        }
         // Going back in time (a backtest) is not a change of any customer.
         let backwards = latest
             .as_ref()
@@ -121,12 +137,20 @@ impl Segmentation {
         // The last run's scores are read while the facts stream and the models fit.
         let previous = (!backwards).then(|| {
             let (db, tenant) = (self.db.clone(), tenant.to_owned());
-            tokio::spawn(async move { previous_chunks(&db, &tenant).await })
+            tokio::spawn(async move {
+                let chunks = previous_chunks(&db, &tenant).await?;
+                let patches = queries::patches(&db, &tenant)
+                    .await
+                    .map_err(ServiceError::internal)?;
+                Ok::<_, ServiceError>((chunks, patches))
+            })
         });
         let facts = facts::load(&self.ctx, tenant, requested).await?;
         let loaded = started.elapsed();
         let currency = facts.main_currency();
-        let (facts, models, scores) = score_blocking(facts, policy.clone(), start).await?;
+        let facts_cursor = facts.cursor.clone();
+        let customers_at_full = facts.customers.len() as i64;
+        let (facts, models, scores, frozen) = score_blocking(facts, policy.clone(), start).await?;
         let scored = started.elapsed();
         let recompute_id = uuid::Uuid::now_v7().to_string();
         let previous = match previous {
@@ -135,6 +159,7 @@ impl Segmentation {
         };
         let now = self.now();
         let assembly = Assembly {
+            keep_members: !requested.cut_history,
             facts,
             scores,
             policy: policy.clone(),
@@ -145,6 +170,9 @@ impl Segmentation {
         // The chunks go into the database as the two assembling threads make them.
         let txn = self.db.begin().await.map_err(ServiceError::internal)?;
         queries::delete_chunks(&txn, tenant)
+            .await
+            .map_err(ServiceError::internal)?;
+        queries::delete_patches(&txn, tenant)
             .await
             .map_err(ServiceError::internal)?;
         let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<(i64, ChunkRow)>(64);
@@ -165,10 +193,32 @@ impl Segmentation {
             summary,
             changes,
             customers,
+            members,
         } = assembling.await.map_err(ServiceError::internal)??;
 
         let took = started.elapsed();
         let compared = took;
+        // What the next incremental run builds on; a backtest leaves nothing to build on.
+        let next_state = (!requested.cut_history).then(|| {
+            RunState {
+                facts_cursor,
+                recency: Some(StoredBoundaries::of(&frozen.boundaries.recency)),
+                frequency: frozen
+                    .boundaries
+                    .frequency
+                    .as_ref()
+                    .map(StoredBoundaries::of),
+                monetary: Some(StoredBoundaries::of(&frozen.boundaries.monetary)),
+                tenant_cycle_days: frozen.tenant_cycle_days,
+                tallies: Some(summary.tallies()),
+                full_as_of_us: as_of.timestamp_micros(),
+                patched: 0,
+                full_customers: customers_at_full,
+                policy_fingerprint: policy_fingerprint(&policy),
+                currency: currency.clone(),
+            }
+            .encode_to_vec()
+        });
         let summary = summary.finish(currency);
         let models = models
             .map(|m| {
@@ -189,6 +239,7 @@ impl Segmentation {
                 chrono::Duration::from_std(took).unwrap_or_default(),
             )),
             as_of: Some(to_timestamp(as_of)),
+            incremental: false,
         };
         queries::insert_transitions(&txn, tenant, &changes.transitions)
             .await
@@ -206,17 +257,13 @@ impl Segmentation {
                 lifecycle_changes: response.lifecycle_changes,
                 summary: summary.encode_to_vec(),
                 models: models.encode_to_vec(),
+                incremental: next_state.unwrap_or_default(),
             },
         )
         .await
         .map_err(ServiceError::internal)?;
-        // Segment changes, then lifecycle changes (each in customer order): a run's changes
-        // happen at one moment, and events of one type in a row share outbox rows, where
-        // alternating types made a row per event (two million on a tenant's first run).
         let events: Vec<_> = changes
-            .segment_events
-            .into_iter()
-            .chain(changes.lifecycle_events)
+            .into_events()
             .map(|payload| (tenant.to_owned(), now, payload))
             .collect();
         self.outbox
@@ -225,6 +272,23 @@ impl Segmentation {
             .map_err(ServiceError::internal)?;
         txn.commit().await.map_err(ServiceError::internal)?;
         self.outbox.notify_committed();
+        if self.db.get_database_backend() == sea_orm::DbBackend::Sqlite {
+            // A full run writes tens of megabytes to the WAL: copy them back now, as part
+            // of this run, rather than in whichever small commit next passes the
+            // auto-checkpoint threshold (an incremental run paid 0.2 s for it).
+            use sea_orm::ConnectionTrait;
+            self.db
+                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+                .await
+                .map_err(ServiceError::internal)?;
+        }
+        match members {
+            Some(members) => self.members.put(
+                tenant,
+                RunMembers::full(response.recompute_id.clone(), members),
+            ),
+            None => self.members.forget(tenant),
+        }
         let mut response = response;
         response.took = Some(to_duration(
             chrono::Duration::from_std(started.elapsed()).unwrap_or_default(),
@@ -287,7 +351,7 @@ async fn score_blocking(
     facts: TenantFacts,
     policy: Effective,
     start: Option<FitStart>,
-) -> Result<(TenantFacts, Option<TenantModels>, Vec<Score>), ServiceError> {
+) -> Result<(TenantFacts, Option<TenantModels>, Vec<Score>, FrozenScoring), ServiceError> {
     tokio::task::spawn_blocking(move || {
         let inputs = facts.inputs();
         let started = Instant::now();
@@ -297,7 +361,7 @@ async fn score_blocking(
             "fitted models"
         );
         let scored = score_tenant(&inputs, &policy.lookup, &policy.scoring, models.as_ref());
-        (facts, models, scored.scores)
+        (facts, models, scored.scores, scored.frozen)
     })
     .await
     .map_err(ServiceError::internal)
@@ -349,7 +413,7 @@ fn chunk_row(scores: Vec<StoredScore>) -> ChunkRow {
     }
 }
 
-fn stored_score(
+pub(crate) fn stored_score(
     row: &facts::CustomerRow,
     score: &Score,
     facts: &TenantFacts,
@@ -396,7 +460,7 @@ fn stored_score(
 }
 
 /// Every stored chunk of the tenant's last run, in order.
-async fn previous_chunks(
+pub(crate) async fn previous_chunks(
     db: &sea_orm::DatabaseConnection,
     tenant: &str,
 ) -> Result<Vec<Vec<u8>>, ServiceError> {
@@ -414,16 +478,53 @@ async fn previous_chunks(
     }
 }
 
+/// The memberships of the chunks with an incremental run's patches laid over them (both
+/// sorted by customer id): a patch replaces its customer, an empty one (erased) removes it.
+fn overlay<'a>(
+    chunks: Vec<Membership<'a>>,
+    patches: &'a [(&'a str, Option<StoredScore>)],
+) -> Vec<Membership<'a>> {
+    if patches.is_empty() {
+        return chunks;
+    }
+    let patch_membership = |(id, score): &'a (&'a str, Option<StoredScore>)| {
+        score.as_ref().map(|s| Membership {
+            customer_id: id,
+            segment: &s.segment,
+            state: s.state,
+        })
+    };
+    let mut out = Vec::with_capacity(chunks.len() + patches.len());
+    let mut patches = patches.iter().peekable();
+    for m in chunks {
+        while let Some(p) = patches.next_if(|p| p.0 < m.customer_id) {
+            out.extend(patch_membership(p));
+        }
+        match patches.next_if(|p| p.0 == m.customer_id) {
+            Some(p) => out.extend(patch_membership(p)),
+            None => out.push(m),
+        }
+    }
+    out.extend(patches.filter_map(patch_membership));
+    out
+}
+
 /// Below this many customers one thread assembles faster than two start.
 const PARALLEL_FROM: usize = 20_000;
 
+/// The last run's stored chunks and patches (customer id, encoded score or empty).
+type PreviousRun = (Vec<Vec<u8>>, Vec<(String, Vec<u8>)>);
+
 /// What turns a run's scores into stored chunks, a summary and changes.
 struct Assembly {
+    /// Whether to keep the members for the next incremental run (not for a backtest).
+    keep_members: bool,
     facts: TenantFacts,
     scores: Vec<Score>,
     policy: Effective,
-    /// The last run's chunks; `None` for a backtest, which compares with nothing.
-    previous: Option<Vec<Vec<u8>>>,
+    /// The last run's chunks and patches; `None` for a backtest, which compares with
+    /// nothing.
+    previous: Option<PreviousRun>,
     recompute_id: String,
     now: DateTime<Utc>,
 }
@@ -439,6 +540,8 @@ struct Assembled {
     summary: SummaryBuilder,
     changes: Changes,
     customers: usize,
+    /// The members, sorted, when kept.
+    members: Option<Vec<(Box<str>, Member)>>,
 }
 
 impl Assembly {
@@ -446,10 +549,11 @@ impl Assembly {
     /// for a large tenant (split at a chunk boundary, so the chunks are those one pass
     /// makes).
     fn assemble(self, sink: &ChunkSink) -> Result<Assembled, ServiceError> {
-        let previous_chunks = self
-            .previous
-            .as_deref()
-            .unwrap_or_default()
+        let (chunks, patches) = match &self.previous {
+            Some((chunks, patches)) => (chunks.as_slice(), patches.as_slice()),
+            None => (&[][..], &[][..]),
+        };
+        let previous_chunks = chunks
             .iter()
             .map(|chunk| chunk_bytes(chunk))
             .collect::<Result<Vec<_>, _>>()?;
@@ -460,6 +564,17 @@ impl Assembly {
         if !previous.is_sorted_by(|a, b| a.customer_id < b.customer_id) {
             previous.sort_unstable_by(|a, b| a.customer_id.cmp(b.customer_id));
         }
+        let patched = patches
+            .iter()
+            .map(|(id, score)| {
+                let score = (!score.is_empty())
+                    .then(|| StoredScore::decode(score.as_slice()))
+                    .transpose()
+                    .map_err(ServiceError::internal)?;
+                Ok((id.as_str(), score))
+            })
+            .collect::<Result<Vec<_>, ServiceError>>()?;
+        let previous = overlay(previous, &patched);
         let n = self.facts.customers.len();
         let split = if n < PARALLEL_FROM {
             n
@@ -480,6 +595,9 @@ impl Assembly {
         let mut assembled = first;
         assembled.summary.merge(second.summary);
         assembled.changes.merge(second.changes);
+        if let (Some(members), Some(more)) = (&mut assembled.members, second.members) {
+            members.extend(more);
+        }
         assembled.customers = n;
         Ok(assembled)
     }
@@ -494,6 +612,7 @@ impl Assembly {
         let (facts, policy) = (&self.facts, &self.policy);
         let mut summary = SummaryBuilder::new(&policy.lookup);
         let mut changes = Changes::default();
+        let mut members = self.keep_members.then(|| Vec::with_capacity(range.len()));
         // The range starts at a chunk boundary.
         let mut chunk_no = (range.start / CHUNK_SIZE) as i64;
         let mut send = |chunk: Vec<StoredScore>| {
@@ -512,10 +631,14 @@ impl Assembly {
         };
         for (row, score) in rows.iter().zip(&self.scores[range]) {
             let stored = stored_score(row, score, facts, policy);
-            summary.add(
-                (score.segment != PROSPECT_SEGMENT).then_some(score.segment),
-                &stored,
-            );
+            let segment = (score.segment != PROSPECT_SEGMENT).then_some(score.segment);
+            summary.add(segment, &stored);
+            if let Some(members) = &mut members {
+                members.push((
+                    Box::<str>::from(stored.customer_id.as_str()),
+                    Member::of(segment, &stored),
+                ));
+            }
             if compare {
                 while previous
                     .first()
@@ -541,21 +664,29 @@ impl Assembly {
             summary,
             changes,
             customers: 0,
+            members,
         }
     }
 }
 
 /// Changes found by one recompute.
 #[derive(Debug, Default)]
-struct Changes {
-    segment_changes: i64,
-    lifecycle_changes: i64,
-    transitions: Vec<TransitionRow>,
+pub(crate) struct Changes {
+    pub(crate) segment_changes: i64,
+    pub(crate) lifecycle_changes: i64,
+    pub(crate) transitions: Vec<TransitionRow>,
     segment_events: Vec<Payload>,
     lifecycle_events: Vec<Payload>,
 }
 
 impl Changes {
+    /// The events: segment changes, then lifecycle changes (each in customer order). A
+    /// run's changes happen at one moment, and events of one type in a row share outbox
+    /// rows, where alternating types made a row per event (two million on a first run).
+    pub(crate) fn into_events(self) -> impl Iterator<Item = Payload> {
+        self.segment_events.into_iter().chain(self.lifecycle_events)
+    }
+
     fn merge(&mut self, other: Changes) {
         self.segment_changes += other.segment_changes;
         self.lifecycle_changes += other.lifecycle_changes;
@@ -564,7 +695,7 @@ impl Changes {
         self.lifecycle_events.extend(other.lifecycle_events);
     }
 
-    fn compare(
+    pub(crate) fn compare(
         &mut self,
         new: &StoredScore,
         old_segment: &str,

@@ -41,7 +41,7 @@ async fn run_due(segmentation: &Segmentation) -> Result<(), sea_orm::DbErr> {
         });
         if due
             && let Err(error) = segmentation
-                .recompute(&tenant, crate::recompute::AsOf::now(now))
+                .recompute(&tenant, crate::recompute::AsOf::now(now), false)
                 .await
         {
             tracing::warn!(tenant, %error, "scheduled recompute failed");

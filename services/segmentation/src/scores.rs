@@ -199,6 +199,17 @@ pub(crate) struct Membership<'a> {
 
 /// The memberships of a chunk's protobuf bytes ([`chunk_bytes`]), in stored order.
 pub(crate) fn memberships(chunk: &[u8]) -> Result<Vec<Membership<'_>>, ServiceError> {
+    Ok(memberships_with_records(chunk)?
+        .into_iter()
+        .map(|(membership, _)| membership)
+        .collect())
+}
+
+/// The memberships of a chunk's protobuf bytes, each with its score's encoded record (to
+/// decode the few a caller wants in full).
+pub(crate) fn memberships_with_records(
+    chunk: &[u8],
+) -> Result<Vec<(Membership<'_>, &[u8])>, ServiceError> {
     let corrupt = || ServiceError::Internal("a stored score chunk is corrupt".into());
     let mut out = Vec::with_capacity(CHUNK_SIZE);
     let mut outer = WireReader(chunk);
@@ -227,7 +238,7 @@ pub(crate) fn memberships(chunk: &[u8]) -> Result<Vec<Membership<'_>>, ServiceEr
                 _ => {}
             }
         }
-        out.push(membership);
+        out.push((membership, score));
     }
     Ok(out)
 }

@@ -22,6 +22,24 @@ pub(crate) struct SummaryBuilder {
     total: i64,
 }
 
+/// A builder's counts as stored with a run, for an incremental run to carry on from.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Tallies {
+    #[prost(int64, repeated, tag = "1")]
+    pub(crate) segment_counts: Vec<i64>,
+    #[prost(int64, tag = "2")]
+    pub(crate) prospects: i64,
+    #[prost(int64, repeated, tag = "3")]
+    pub(crate) state_counts: Vec<i64>,
+    #[prost(int64, repeated, tag = "4")]
+    pub(crate) grid_counts: Vec<i64>,
+    /// Sums of monetary values per grid cell (minor units; an i64 holds any tenant's).
+    #[prost(int64, repeated, tag = "5")]
+    pub(crate) grid_monetary: Vec<i64>,
+    #[prost(int64, tag = "6")]
+    pub(crate) total: i64,
+}
+
 /// States in the order summaries list them.
 const STATES: [ProtoState; 6] = [
     ProtoState::Active,
@@ -46,19 +64,67 @@ impl SummaryBuilder {
     }
 
     pub(crate) fn add(&mut self, segment_index: Option<u16>, score: &StoredScore) {
-        self.total += 1;
+        self.count(segment_index, score, 1);
+    }
+
+    /// Takes back what [`add`](Self::add) counted for `score` (a customer rescored or
+    /// erased by an incremental run).
+    pub(crate) fn remove(&mut self, segment_index: Option<u16>, score: &StoredScore) {
+        self.count(segment_index, score, -1);
+    }
+
+    fn count(&mut self, segment_index: Option<u16>, score: &StoredScore, sign: i64) {
+        self.total += sign;
         match segment_index.and_then(|i| self.segment_counts.get_mut(usize::from(i))) {
-            Some(n) => *n += 1,
-            None => self.prospects += 1,
+            Some(n) => *n += sign,
+            None => self.prospects += sign,
         }
         if let Some(n) = self.state_counts.get_mut(score.state.clamp(0, 6) as usize) {
-            *n += 1;
+            *n += sign;
         }
         if (1..=5).contains(&score.r) && (1..=5).contains(&score.f) {
             let cell = ((score.r - 1) * 5 + (score.f - 1)) as usize;
-            self.grid_counts[cell] += 1;
-            self.grid_monetary[cell] += i128::from(score.monetary_minor);
+            self.grid_counts[cell] += sign;
+            self.grid_monetary[cell] += i128::from(score.monetary_minor) * i128::from(sign);
         }
+    }
+
+    /// Customers counted.
+    pub(crate) fn total(&self) -> i64 {
+        self.total
+    }
+
+    /// The counts, to store with the run.
+    pub(crate) fn tallies(&self) -> Tallies {
+        Tallies {
+            segment_counts: self.segment_counts.clone(),
+            prospects: self.prospects,
+            state_counts: self.state_counts.to_vec(),
+            grid_counts: self.grid_counts.to_vec(),
+            grid_monetary: self
+                .grid_monetary
+                .iter()
+                .map(|&m| m.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
+                .collect(),
+            total: self.total,
+        }
+    }
+
+    /// A builder carrying on from stored counts; `None` when they do not fit `lookup` (the
+    /// segments changed since).
+    pub(crate) fn from_tallies(lookup: &SegmentLookup, tallies: &Tallies) -> Option<Self> {
+        let mut builder = Self::new(lookup);
+        if tallies.segment_counts.len() != builder.segment_counts.len() {
+            return None;
+        }
+        builder.segment_counts.clone_from(&tallies.segment_counts);
+        builder.prospects = tallies.prospects;
+        builder.state_counts = tallies.state_counts.as_slice().try_into().ok()?;
+        builder.grid_counts = tallies.grid_counts.as_slice().try_into().ok()?;
+        let monetary: [i64; 25] = tallies.grid_monetary.as_slice().try_into().ok()?;
+        builder.grid_monetary = monetary.map(i128::from);
+        builder.total = tallies.total;
+        Some(builder)
     }
 
     /// Adds the counts of another builder over the same lookup (another part of the tenant).

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod harness;
+mod incremental;
 mod science;
 
 use std::collections::BTreeMap;
@@ -688,7 +689,10 @@ db_test!(bad_requests_and_callers_are_refused, |db| async move {
     assert_eq!(err.code(), Code::NotFound);
     let err = h
         .segments
-        .recompute(RecomputeRequest { as_of: ts(at(500)) })
+        .recompute(RecomputeRequest {
+            as_of: ts(at(500)),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(field_violations(&err)[0].field, "as_of");

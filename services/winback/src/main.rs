@@ -70,6 +70,10 @@ enum Command {
         /// Recompute as of this time (RFC 3339); implies `--recompute`.
         #[arg(long)]
         as_of: Option<chrono::DateTime<chrono::Utc>>,
+        /// Recompute only the customers whose facts changed since the latest run (falls back
+        /// to a full recompute when it cannot); implies `--recompute`.
+        #[arg(long, conflicts_with = "as_of")]
+        incremental: bool,
         /// Locale of the segment names (e.g. "ru").
         #[arg(long, default_value = "en")]
         locale: String,
@@ -544,6 +548,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             target,
             recompute,
             as_of,
+            incremental,
             locale,
             json,
         } => {
@@ -553,15 +558,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &["segmentation:read", "segmentation:write"],
             )?;
             let mut client = winback::segments::client(&target.addr, &token)?;
-            if recompute || as_of.is_some() {
+            if recompute || incremental || as_of.is_some() {
                 let as_of = as_of.map(winback_platform::time::to_timestamp);
                 let run = client
-                    .recompute(RecomputeRequest { as_of })
+                    .recompute(RecomputeRequest { as_of, incremental })
                     .await?
                     .into_inner();
                 eprintln!(
-                    "recomputed {} customers: {} segment and {} lifecycle changes",
-                    run.customers_scored, run.segment_changes, run.lifecycle_changes
+                    "recomputed {} {}customers: {} segment and {} lifecycle changes",
+                    run.customers_scored,
+                    if run.incremental { "changed " } else { "" },
+                    run.segment_changes,
+                    run.lifecycle_changes
                 );
             }
             let summary = client

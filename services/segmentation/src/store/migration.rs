@@ -116,3 +116,46 @@ impl MigrationTrait for ScoreChunksUncompressed {
         Ok(())
     }
 }
+
+/// Incremental recomputes: a run records what the next incremental one needs (the facts
+/// cursor, the RFM boundaries, the summary's tallies), and the customers an incremental
+/// run rescored are kept as patches over the chunks until the next full run folds them in.
+pub(crate) struct IncrementalRecompute;
+
+impl MigrationName for IncrementalRecompute {
+    fn name(&self) -> &str {
+        "m20261208_000001_incremental_recompute"
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)]
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for IncrementalRecompute {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        for sql in [
+            // An encoded `RunState`; NULL for runs before this migration and backtests.
+            "ALTER TABLE recompute_runs ADD COLUMN incremental BYTEA",
+            // One rescored customer: an encoded `StoredScore`, or empty when the customer
+            // was erased since the chunks were written.
+            "CREATE TABLE score_patches (
+                tenant_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                score BYTEA NOT NULL,
+                PRIMARY KEY (tenant_id, customer_id))",
+        ] {
+            db.execute_unprepared(&ddl(backend, sql)).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared("DROP TABLE IF EXISTS score_patches")
+            .await?;
+        db.execute_unprepared("ALTER TABLE recompute_runs DROP COLUMN incremental")
+            .await?;
+        Ok(())
+    }
+}

@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(migration::CreateSegmentation),
             Box::new(migration::ScoreChunksUncompressed),
+            Box::new(migration::IncrementalRecompute),
         ]
     }
 }

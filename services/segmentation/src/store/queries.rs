@@ -24,6 +24,8 @@ pub(crate) struct RunRow {
     pub(crate) lifecycle_changes: i64,
     pub(crate) summary: Vec<u8>,
     pub(crate) models: Vec<u8>,
+    /// An encoded `RunState` (empty when the run left none: a backtest, or older runs).
+    pub(crate) incremental: Vec<u8>,
 }
 
 /// One stored transition.
@@ -179,6 +181,73 @@ pub(crate) async fn insert_chunks<C: ConnectionTrait>(
     .map(|_| ())
 }
 
+/// Every patch of the tenant, in customer id order.
+pub(crate) async fn patches<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+) -> Result<Vec<(String, Vec<u8>)>, DbErr> {
+    query_all(
+        db,
+        "SELECT customer_id, score FROM score_patches WHERE tenant_id = $1 ORDER BY customer_id",
+        vec![tenant.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("", "customer_id")?, r.try_get("", "score")?)))
+    .collect()
+}
+
+/// One customer's patch.
+pub(crate) async fn patch<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    customer_id: &str,
+) -> Result<Option<Vec<u8>>, DbErr> {
+    let rows = query_all(
+        db,
+        "SELECT score FROM score_patches WHERE tenant_id = $1 AND customer_id = $2",
+        vec![tenant.into(), customer_id.into()],
+    )
+    .await?;
+    rows.first().map(|r| r.try_get("", "score")).transpose()
+}
+
+/// Writes patches (an encoded score, or empty for an erased customer), replacing any.
+pub(crate) async fn put_patches<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    patches: Vec<(String, Vec<u8>)>,
+) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    let mut rows = patches
+        .into_iter()
+        .map(|(customer_id, score)| vec![tenant.into(), customer_id.into(), score.into()])
+        .peekable();
+    while rows.peek().is_some() {
+        let insert = multi_row_insert(
+            backend,
+            "INSERT INTO score_patches (tenant_id, customer_id, score)",
+            rows.by_ref().take(1_000),
+        );
+        let sql = format!(
+            "{} ON CONFLICT (tenant_id, customer_id) DO UPDATE SET score = excluded.score",
+            insert.sql
+        );
+        db.execute_raw(sea_orm::Statement { sql, ..insert }).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the tenant's patches (a full recompute folds them into its chunks).
+pub(crate) async fn delete_patches<C: ConnectionTrait>(db: &C, tenant: &str) -> Result<(), DbErr> {
+    execute(
+        db,
+        "DELETE FROM score_patches WHERE tenant_id = $1",
+        vec![tenant.into()],
+    )
+    .await
+}
+
 /// Records a run.
 pub(crate) async fn insert_run<C: ConnectionTrait>(
     db: &C,
@@ -188,8 +257,8 @@ pub(crate) async fn insert_run<C: ConnectionTrait>(
     execute(
         db,
         "INSERT INTO recompute_runs (tenant_id, recompute_id, as_of_us, finished_at_us, took_us, customers,
-            segment_changes, lifecycle_changes, summary, models)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            segment_changes, lifecycle_changes, summary, models, incremental)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         vec![
             tenant.into(),
             run.recompute_id.into(),
@@ -201,6 +270,7 @@ pub(crate) async fn insert_run<C: ConnectionTrait>(
             run.lifecycle_changes.into(),
             run.summary.into(),
             run.models.into(),
+            (!run.incremental.is_empty()).then_some(run.incremental).into(),
         ],
     )
     .await
@@ -215,7 +285,7 @@ pub(crate) async fn runs<C: ConnectionTrait>(
     query_all(
         db,
         "SELECT recompute_id, as_of_us, finished_at_us, took_us, customers, segment_changes, lifecycle_changes,
-            summary, models
+            summary, models, incremental
          FROM recompute_runs WHERE tenant_id = $1 ORDER BY finished_at_us DESC, recompute_id DESC LIMIT $2",
         vec![tenant.into(), limit.into()],
     )
@@ -232,6 +302,9 @@ pub(crate) async fn runs<C: ConnectionTrait>(
             lifecycle_changes: r.try_get("", "lifecycle_changes")?,
             summary: r.try_get("", "summary")?,
             models: r.try_get("", "models")?,
+            incremental: r
+                .try_get::<Option<Vec<u8>>>("", "incremental")?
+                .unwrap_or_default(),
         })
     })
     .collect()

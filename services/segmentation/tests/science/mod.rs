@@ -245,7 +245,10 @@ db_test!(
             .into_inner();
         let run = h
             .segments
-            .recompute(RecomputeRequest { as_of: ts(cut) })
+            .recompute(RecomputeRequest {
+                as_of: ts(cut),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -263,7 +266,10 @@ db_test!(
             .into_inner();
         let truncated_run = h
             .other_tenant
-            .recompute(RecomputeRequest { as_of: None })
+            .recompute(RecomputeRequest {
+                as_of: None,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -288,7 +294,10 @@ db_test!(as_of_times_from_1970_on_are_accepted, |db| async move {
     let old = Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap();
     let run = h
         .segments
-        .recompute(RecomputeRequest { as_of: ts(old) })
+        .recompute(RecomputeRequest {
+            as_of: ts(old),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -301,6 +310,7 @@ db_test!(as_of_times_from_1970_on_are_accepted, |db| async move {
                 seconds: -1,
                 nanos: 0,
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -207,7 +207,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     let run = c
         .segmentation
         // No as-of: the services' clock is the demo's, and the current facts are read.
-        .recompute(RecomputeRequest { as_of: None })
+        .recompute(RecomputeRequest {
+            as_of: None,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     let summary = c
