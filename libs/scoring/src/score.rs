@@ -320,23 +320,7 @@ pub fn score_tenant(
         .tenant_cycle_days
         .unwrap_or_else(|| median_regular_interval(inputs, &policy.lifecycle));
     let ([r, f, m], boundaries) = rfm_scores(inputs, policy.monetary, policy.frequency);
-    let purchase_model = models
-        .and_then(|m| m.chosen(policy.model))
-        .map(|fit| (fit.model, fit.params));
-    let unit = policy.time_unit_days;
-    let pass = ScoringPass {
-        lookup,
-        policy,
-        tenant_cycle_days,
-        purchase_model,
-        spend: models.and_then(TenantModels::spend),
-        unit,
-        horizon: policy.clv_horizon_days / unit,
-        discount: continuous_discount(policy.annual_discount_rate, policy.clv_horizon_days),
-        r: &r,
-        f: &f,
-        m: &m,
-    };
+    let pass = ScoringPass::new(lookup, policy, models, tenant_cycle_days, [&r, &f, &m]);
     TenantScores {
         scores: pass.score_all(inputs),
         frozen: FrozenScoring {
@@ -358,22 +342,13 @@ pub fn score_against(
     frozen: &FrozenScoring,
 ) -> Vec<Score> {
     let [r, f, m] = rfm_scores_against(inputs, policy, &frozen.boundaries);
-    let unit = policy.time_unit_days;
-    ScoringPass {
+    ScoringPass::new(
         lookup,
         policy,
-        tenant_cycle_days: frozen.tenant_cycle_days,
-        purchase_model: models
-            .and_then(|m| m.chosen(policy.model))
-            .map(|fit| (fit.model, fit.params)),
-        spend: models.and_then(TenantModels::spend),
-        unit,
-        horizon: policy.clv_horizon_days / unit,
-        discount: continuous_discount(policy.annual_discount_rate, policy.clv_horizon_days),
-        r: &r,
-        f: &f,
-        m: &m,
-    }
+        models,
+        frozen.tenant_cycle_days,
+        [&r, &f, &m],
+    )
     .score_all(inputs)
 }
 
@@ -395,7 +370,32 @@ struct ScoringPass<'a> {
     m: &'a [u8],
 }
 
-impl ScoringPass<'_> {
+impl<'a> ScoringPass<'a> {
+    fn new(
+        lookup: &'a SegmentLookup,
+        policy: &'a ScoringPolicy,
+        models: Option<&TenantModels>,
+        tenant_cycle_days: f64,
+        [r, f, m]: [&'a [u8]; 3],
+    ) -> Self {
+        let unit = policy.time_unit_days;
+        Self {
+            lookup,
+            policy,
+            tenant_cycle_days,
+            purchase_model: models
+                .and_then(|m| m.chosen(policy.model))
+                .map(|fit| (fit.model, fit.params)),
+            spend: models.and_then(TenantModels::spend),
+            unit,
+            horizon: policy.clv_horizon_days / unit,
+            discount: continuous_discount(policy.annual_discount_rate, policy.clv_horizon_days),
+            r,
+            f,
+            m,
+        }
+    }
+
     /// Scores every customer, split in consecutive parts over the cores.
     fn score_all(&self, inputs: &[CustomerInput]) -> Vec<Score> {
         let threads = if inputs.len() < PARALLEL_FROM {

@@ -243,12 +243,10 @@ impl Segmentation {
         queries::put_patches(&txn, tenant, patches)
             .await
             .map_err(ServiceError::internal)?;
-        queries::insert_transitions(&txn, tenant, &changes.transitions)
-            .await
-            .map_err(ServiceError::internal)?;
-        queries::insert_run(
-            &txn,
+        self.commit_run(
+            txn,
             tenant,
+            changes,
             RunRow {
                 recompute_id,
                 as_of_us: now.timestamp_micros(),
@@ -261,19 +259,9 @@ impl Segmentation {
                 models: latest.models.clone(),
                 incremental: next_state.encode_to_vec(),
             },
+            now,
         )
-        .await
-        .map_err(ServiceError::internal)?;
-        let events: Vec<_> = changes
-            .into_events()
-            .map(|payload| (tenant.to_owned(), now, payload))
-            .collect();
-        self.outbox
-            .append_many(&txn, events)
-            .await
-            .map_err(ServiceError::internal)?;
-        txn.commit().await.map_err(ServiceError::internal)?;
-        self.outbox.notify_committed();
+        .await?;
         self.members.patch(
             tenant,
             &latest.recompute_id,

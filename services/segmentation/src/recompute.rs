@@ -241,12 +241,10 @@ impl Segmentation {
             as_of: Some(to_timestamp(as_of)),
             incremental: false,
         };
-        queries::insert_transitions(&txn, tenant, &changes.transitions)
-            .await
-            .map_err(ServiceError::internal)?;
-        queries::insert_run(
-            &txn,
+        self.commit_run(
+            txn,
             tenant,
+            changes,
             RunRow {
                 recompute_id,
                 as_of_us: as_of.timestamp_micros(),
@@ -259,19 +257,9 @@ impl Segmentation {
                 models: models.encode_to_vec(),
                 incremental: next_state.unwrap_or_default(),
             },
+            now,
         )
-        .await
-        .map_err(ServiceError::internal)?;
-        let events: Vec<_> = changes
-            .into_events()
-            .map(|payload| (tenant.to_owned(), now, payload))
-            .collect();
-        self.outbox
-            .append_many(&txn, events)
-            .await
-            .map_err(ServiceError::internal)?;
-        txn.commit().await.map_err(ServiceError::internal)?;
-        self.outbox.notify_committed();
+        .await?;
         if self.db.get_database_backend() == sea_orm::DbBackend::Sqlite {
             // A full run writes tens of megabytes to the WAL: copy them back now, as part
             // of this run, rather than in whichever small commit next passes the
@@ -306,6 +294,35 @@ impl Segmentation {
             "recomputed segments"
         );
         Ok(response)
+    }
+
+    /// Records a run in `txn` — its transitions, the run row, its change events — and
+    /// commits: the last step of a full and of an incremental run.
+    pub(crate) async fn commit_run(
+        &self,
+        txn: sea_orm::DatabaseTransaction,
+        tenant: &str,
+        changes: Changes,
+        run: RunRow,
+        now: DateTime<Utc>,
+    ) -> Result<(), ServiceError> {
+        queries::insert_transitions(&txn, tenant, &changes.transitions)
+            .await
+            .map_err(ServiceError::internal)?;
+        queries::insert_run(&txn, tenant, run)
+            .await
+            .map_err(ServiceError::internal)?;
+        let events: Vec<_> = changes
+            .into_events()
+            .map(|payload| (tenant.to_owned(), now, payload))
+            .collect();
+        self.outbox
+            .append_many(&txn, events)
+            .await
+            .map_err(ServiceError::internal)?;
+        txn.commit().await.map_err(ServiceError::internal)?;
+        self.outbox.notify_committed();
+        Ok(())
     }
 
     /// Fits the models on the tenant's customers without storing anything.
