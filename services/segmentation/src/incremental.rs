@@ -14,13 +14,10 @@ use sea_orm::TransactionTrait;
 use winback_platform::ServiceError;
 use winback_platform::time::{to_duration, to_timestamp};
 use winback_proto::common::LifecycleState as ProtoState;
-use winback_proto::segmentation::{FitModelsResponse, NbdFit, RecomputeResponse};
-use winback_scoring::gamma_gamma::{GammaGammaFit, GammaGammaParams};
-use winback_scoring::nbd::{NbdFit as ScoringNbdFit, NbdModel, NbdParams};
+use winback_proto::segmentation::{FitModelsResponse, RecomputeResponse};
 use winback_scoring::rfm::{Better, Boundaries};
 use winback_scoring::score::{
-    FrozenScoring, PROSPECT_SEGMENT, PROSPECT_SEGMENT_KEY, RfmBoundaries, TenantModels,
-    score_against,
+    FrozenScoring, PROSPECT_SEGMENT, PROSPECT_SEGMENT_KEY, RfmBoundaries, score_against,
 };
 use winback_scoring::segments::SegmentLookup;
 
@@ -28,8 +25,8 @@ use crate::context::Segmentation;
 use crate::facts;
 use crate::members::Member;
 use crate::policy::Effective;
-use crate::recompute::{Changes, stored_score};
-use crate::scores::{StoredScore, chunk_bytes, memberships_with_records};
+use crate::recompute::{Changes, stored_models, stored_score};
+use crate::scores::{StoredScore, chunk_bytes, decode_patch, memberships_with_records};
 use crate::store::queries::{self, RunRow};
 use crate::summary::{SummaryBuilder, Tallies};
 
@@ -152,8 +149,7 @@ impl Segmentation {
             return Ok(None);
         };
         let now = self.now();
-        if latest.incremental.is_empty()
-            || state.policy_fingerprint != policy_fingerprint(policy)
+        if state.policy_fingerprint != policy_fingerprint(policy)
             || latest.as_of_us > now.timestamp_micros()
         {
             return Ok(None);
@@ -329,13 +325,10 @@ impl Segmentation {
             if !is_wanted(&customer_id) {
                 continue;
             }
-            if patch.is_empty() {
-                found.remove(&customer_id);
-            } else {
-                let score =
-                    StoredScore::decode(patch.as_slice()).map_err(ServiceError::internal)?;
-                found.insert(customer_id, score);
-            }
+            match decode_patch(&patch)? {
+                Some(score) => found.insert(customer_id, score),
+                None => found.remove(&customer_id),
+            };
         }
         Ok(found)
     }
@@ -364,40 +357,4 @@ fn segment_index(lookup: &SegmentLookup, key: &str) -> Option<u16> {
         .iter()
         .position(|k| k == key)
         .map(|i| i as u16)
-}
-
-/// A run's stored fits as the scoring library's models.
-fn stored_models(fits: &FitModelsResponse) -> Option<TenantModels> {
-    let nbd = |fit: &Option<NbdFit>, model| {
-        fit.as_ref().map(|f| ScoringNbdFit {
-            model,
-            params: NbdParams {
-                r: f.r,
-                alpha: f.alpha,
-                a: f.a,
-                b: f.b,
-            },
-            log_likelihood: f.log_likelihood,
-            customers: f.customers as u64,
-            distinct_rows: f.distinct_rows as u64,
-            converged: f.converged,
-            problem: None,
-            iterations: 0,
-        })
-    };
-    Some(TenantModels {
-        bg_nbd: nbd(&fits.bg_nbd, NbdModel::BgNbd)?,
-        mbg_nbd: nbd(&fits.mbg_nbd, NbdModel::MbgNbd)?,
-        gamma_gamma: fits.gamma_gamma.as_ref().map(|g| GammaGammaFit {
-            params: GammaGammaParams {
-                p: g.p,
-                q: g.q,
-                gamma: g.gamma,
-            },
-            log_likelihood: g.log_likelihood,
-            customers: g.customers as u64,
-            converged: g.converged,
-            problem: None,
-        }),
-    })
 }

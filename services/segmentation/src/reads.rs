@@ -13,7 +13,7 @@ use winback_proto::segmentation::{
 
 use crate::context::Segmentation;
 use crate::policy::Effective;
-use crate::scores::{StoredScore, decode_chunk};
+use crate::scores::{StoredScore, decode_chunk, decode_patch};
 use crate::store::queries::{self, RunRow};
 use crate::summary::SummaryBuilder;
 
@@ -141,10 +141,7 @@ impl Segmentation {
             .await
             .map_err(ServiceError::internal)?
         {
-            if patch.is_empty() {
-                return Err(not_found());
-            }
-            let score = StoredScore::decode(patch.as_slice()).map_err(ServiceError::internal)?;
+            let score = decode_patch(&patch)?.ok_or_else(not_found)?;
             return Ok(score.to_proto(&policy, locale, times.latest));
         }
         let as_of = times.full;
@@ -186,13 +183,7 @@ impl Segmentation {
             .await
             .map_err(ServiceError::internal)?
             .into_iter()
-            .map(|(id, score)| {
-                let score = (!score.is_empty())
-                    .then(|| StoredScore::decode(score.as_slice()))
-                    .transpose()
-                    .map_err(ServiceError::internal)?;
-                Ok((id, score))
-            })
+            .map(|(id, score)| Ok((id, decode_patch(&score)?)))
             .collect::<Result<Vec<_>, ServiceError>>()?;
         let mut patches = patches.into_iter().peekable();
         let mut sender = MemberSender {

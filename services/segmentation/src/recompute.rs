@@ -22,9 +22,9 @@ use winback_proto::events::{LifecycleChanged, SegmentChanged};
 use winback_proto::segmentation::{
     FitModelsResponse, GammaGammaFit, NbdFit, ProbeValue, RecomputeResponse,
 };
-use winback_scoring::gamma_gamma::GammaGammaParams;
+use winback_scoring::gamma_gamma::{GammaGammaFit as ScoringGammaGammaFit, GammaGammaParams};
 use winback_scoring::lifecycle::CycleSource;
-use winback_scoring::nbd::{NbdFit as ScoringNbdFit, NbdParams, Observation};
+use winback_scoring::nbd::{NbdFit as ScoringNbdFit, NbdModel, NbdParams, Observation};
 use winback_scoring::score::{
     FitStart, FrozenScoring, ModelChoice, MonetaryBasis, PROSPECT_SEGMENT, PROSPECT_SEGMENT_KEY,
     Score, TenantModels, score_tenant,
@@ -36,7 +36,8 @@ use crate::incremental::{RunState, StoredBoundaries, policy_fingerprint};
 use crate::members::{Member, RunMembers};
 use crate::policy::Effective;
 use crate::scores::{
-    CHUNK_SIZE, Membership, StoredScore, chunk_bytes, encode_chunk, memberships, proto_state,
+    CHUNK_SIZE, Membership, StoredScore, chunk_bytes, decode_patch, encode_chunk, memberships,
+    proto_state,
 };
 use crate::store::queries::{self, ChunkRow, RunRow, TransitionRow};
 use crate::summary::SummaryBuilder;
@@ -394,25 +395,48 @@ fn fit_start(encoded_models: &[u8], unit_days: f64) -> Option<FitStart> {
     if !same_unit {
         return None;
     }
-    let nbd = |fit: &Option<NbdFit>| {
-        fit.as_ref().filter(|f| f.converged).map(|f| NbdParams {
-            r: f.r,
-            alpha: f.alpha,
-            a: f.a,
-            b: f.b,
+    let models = stored_models(&fits)?;
+    let converged = |fit: &ScoringNbdFit| fit.converged.then_some(fit.params);
+    Some(FitStart {
+        bg_nbd: converged(&models.bg_nbd),
+        mbg_nbd: converged(&models.mbg_nbd),
+        gamma_gamma: models.gamma_gamma.filter(|g| g.converged).map(|g| g.params),
+    })
+}
+
+/// A run's stored fits as the scoring library's models.
+pub(crate) fn stored_models(fits: &FitModelsResponse) -> Option<TenantModels> {
+    let nbd = |fit: &Option<NbdFit>, model| {
+        fit.as_ref().map(|f| ScoringNbdFit {
+            model,
+            params: NbdParams {
+                r: f.r,
+                alpha: f.alpha,
+                a: f.a,
+                b: f.b,
+            },
+            log_likelihood: f.log_likelihood,
+            customers: f.customers as u64,
+            distinct_rows: f.distinct_rows as u64,
+            converged: f.converged,
+            problem: None,
+            iterations: 0,
         })
     };
-    Some(FitStart {
-        bg_nbd: nbd(&fits.bg_nbd),
-        mbg_nbd: nbd(&fits.mbg_nbd),
-        gamma_gamma: fits
-            .gamma_gamma
-            .filter(|g| g.converged)
-            .map(|g| GammaGammaParams {
+    Some(TenantModels {
+        bg_nbd: nbd(&fits.bg_nbd, NbdModel::BgNbd)?,
+        mbg_nbd: nbd(&fits.mbg_nbd, NbdModel::MbgNbd)?,
+        gamma_gamma: fits.gamma_gamma.as_ref().map(|g| ScoringGammaGammaFit {
+            params: GammaGammaParams {
                 p: g.p,
                 q: g.q,
                 gamma: g.gamma,
-            }),
+            },
+            log_likelihood: g.log_likelihood,
+            customers: g.customers as u64,
+            converged: g.converged,
+            problem: None,
+        }),
     })
 }
 
@@ -583,13 +607,7 @@ impl Assembly {
         }
         let patched = patches
             .iter()
-            .map(|(id, score)| {
-                let score = (!score.is_empty())
-                    .then(|| StoredScore::decode(score.as_slice()))
-                    .transpose()
-                    .map_err(ServiceError::internal)?;
-                Ok((id.as_str(), score))
-            })
+            .map(|(id, score)| Ok((id.as_str(), decode_patch(score)?)))
             .collect::<Result<Vec<_>, ServiceError>>()?;
         let previous = overlay(previous, &patched);
         let n = self.facts.customers.len();

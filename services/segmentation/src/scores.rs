@@ -186,6 +186,16 @@ pub(crate) fn decode_chunk(bytes: &[u8]) -> Result<Vec<StoredScore>, ServiceErro
         .map_err(ServiceError::internal)
 }
 
+/// An incremental run's patch: the customer's score, or `None` when they were erased.
+pub(crate) fn decode_patch(bytes: &[u8]) -> Result<Option<StoredScore>, ServiceError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    StoredScore::decode(bytes)
+        .map(Some)
+        .map_err(ServiceError::internal)
+}
+
 /// One stored score's membership — customer, segment, state — read straight from a chunk's
 /// bytes: comparing a recompute with the last one needs only these three fields of a
 /// million scores, and decoding the rest (and allocating their strings) cost more than
